@@ -1,0 +1,27 @@
+# Every target sets up what it needs: a .venv at the repo root with the package installed (editable).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/ppo-telemetry demo
+
+bench: $(STAMP)
+	$(PY) bench/codec_validate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,35 @@
+"""The error hierarchy: one root, small subclasses named after the failure."""
+
+from __future__ import annotations
+
+__all__ = [
+    "TelemetryError",
+    "SchemaLoadError",
+    "DecodeError",
+    "EncodeError",
+    "CompatibilityError",
+]
+
+
+class TelemetryError(Exception):
+    """Root of every error this project raises on purpose; its message is one line a user can read."""
+
+
+class SchemaLoadError(TelemetryError):
+    """An `.avsc` file (or a schema fetched from the schema topic) is missing or not a valid Avro schema."""
+
+
+class DecodeError(TelemetryError):
+    """Bytes that are not a decodable single-object Avro message; `reason` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class EncodeError(TelemetryError):
+    """A record that cannot be written with its version's writer schema."""
+
+
+class CompatibilityError(TelemetryError):
+    """Two schema versions that cannot read each other's data; the message names the field."""

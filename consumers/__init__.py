@@ -1,0 +1,1 @@
+"""The reading side: pure cores (validator, drift, telemetry_watch); Kafka runners wrap them."""

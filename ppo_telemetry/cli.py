@@ -1,0 +1,321 @@
+"""`ppo-telemetry`: the command line of SPEC §7.
+
+Exit codes: 0 success, 1 when any record is invalid (or a schema check fails), 2 for usage or I/O errors,
+always with one line on stderr and never a traceback. Machine-readable output (`--json`) goes to stdout,
+one JSON object per line; summaries go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from avro_schemas import DecodeError, EncodeError, EpochSummary, TelemetryError, epoch_summary_codec
+from avro_schemas.ndjson import iter_file_lines, iter_segment_lines
+from consumers.validator import FieldError, Validator, Verdict, parse_json_line, validate_record
+
+__all__ = ["main", "UsageError", "InputError"]
+
+PROG = "ppo-telemetry"
+
+
+class UsageError(TelemetryError):
+    """The command line is wrong; exit 2."""
+
+
+class InputError(TelemetryError):
+    """An input cannot be read; exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block would make the message two lines or more."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _check_paths(paths: list[str]) -> None:
+    if paths.count("-") > 1:
+        raise UsageError("standard input ('-') can be named only once")
+    for path in paths:
+        if path != "-" and not Path(path).exists():
+            raise InputError(f"no such file or directory: {path}")
+
+
+def iter_lines(paths: list[str]) -> Iterator[bytes]:
+    """The lines of every input in order: a file, a segment directory (offset order), or '-' for stdin."""
+    for path in paths:
+        if path == "-":
+            for line in sys.stdin.buffer:
+                yield line.rstrip(b"\n")
+        elif Path(path).is_dir():
+            yield from iter_segment_lines(Path(path))
+        else:
+            yield from iter_file_lines(Path(path))
+
+
+def _numbered(paths: list[str]) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for non-blank lines; numbers count every line of all inputs, blank ones too."""
+    for number, line in enumerate(iter_lines(paths), start=1):
+        if line.strip():
+            yield number, line.rstrip(b"\r")
+
+
+def _emit(out: TextIO, obj: dict[str, Any]) -> None:
+    out.write(json.dumps(obj, ensure_ascii=False))
+    out.write("\n")
+
+
+def _valid_records(paths: list[str], label: str) -> Iterator[EpochSummary]:
+    """The valid, non-duplicate records of the inputs as models; what is dropped is counted on stderr."""
+    validator = Validator()
+    for number, line in _numbered(paths):
+        verdict = validator.validate_line(line)
+        if verdict.status == "valid":
+            yield EpochSummary.from_dict(verdict.record)
+        elif verdict.status == "invalid":
+            error = verdict.errors[0]
+            print(f"{PROG}: {label} line {number}: skipped invalid record: {error.message}", file=sys.stderr)
+    dropped = validator.counts["invalid"] + validator.counts["duplicate"]
+    if dropped:
+        print(
+            f"{PROG}: {label}: used {validator.counts['valid']} records, skipped "
+            f"{validator.counts['invalid']} invalid and {validator.counts['duplicate']} duplicate",
+            file=sys.stderr,
+        )
+
+
+# -------------------------------------------------------------------------------------------- commands
+
+
+def _human_verdict(number: int, verdict: Verdict) -> str:
+    head = f"line {number}: {verdict.status}"
+    if verdict.run_id is not None:
+        head += f" run {verdict.run_id}"
+    if verdict.log_stream_offset is not None:
+        head += f" offset {verdict.log_stream_offset}"
+    parts = [head]
+    parts += [f"  error {e.field or '-'} [{e.rule}]: {e.message}" for e in verdict.errors]
+    parts += [f"  warning: {w}" for w in verdict.warnings]
+    return "\n".join(parts)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """`validate PATH... [--json]`: one verdict per non-blank line; exit 1 when any record is invalid."""
+    _check_paths(args.paths)
+    validator = Validator()
+    warnings = 0
+    out = sys.stdout
+    for number, line in _numbered(args.paths):
+        verdict = validator.validate_line(line)
+        warnings += len(verdict.warnings)
+        if args.json:
+            _emit(out, verdict.to_json_dict(number))
+        elif verdict.status != "valid" or verdict.warnings:
+            out.write(_human_verdict(number, verdict) + "\n")
+    counts = validator.counts
+    total = sum(counts.values())
+    print(
+        f"validate: {total} records: {counts['valid']} valid, {counts['invalid']} invalid, "
+        f"{counts['duplicate']} duplicate; {warnings} warnings",
+        file=sys.stderr,
+    )
+    return 1 if counts["invalid"] else 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    """`drift --baseline PATH [--baseline-run ID] PATH... [--json]`: one summary per current run."""
+    from consumers.drift import Baseline, DriftTracker
+
+    _check_paths([args.baseline, *args.paths])
+    baseline = Baseline.from_records(list(_valid_records([args.baseline], "baseline")), run_id=args.baseline_run)
+    tracker = DriftTracker(baseline)
+    for record in _valid_records(args.paths, "current"):
+        tracker.observe(record)
+    for summary in tracker.summaries():
+        doc = summary.to_json_dict()
+        if args.json:
+            _emit(sys.stdout, doc)
+        else:
+            sys.stdout.write(_human_drift(doc))
+    return 0
+
+
+def _human_drift(doc: dict[str, Any]) -> str:
+    lines = [f"run {doc['run_id']} vs baseline {doc['baseline_run_id']}: {doc['epochs_compared']} epochs compared"]
+    for name, stats in doc["fields"].items():
+        lines.append(
+            f"  {name:<24} compared {stats['compared']:>5}  mean {stats['mean_relative_drift']:+.4f}  "
+            f"max|.| {stats['max_abs_relative_drift']:.4f}"
+        )
+    for name, reason in doc["skipped_fields"].items():
+        lines.append(f"  {name:<24} skipped: {reason}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """`watch PATH [--rules FILE] [--json]`: one line per alert transition."""
+    from consumers.telemetry_watch import RulesConfig, Watch, load_rules
+
+    _check_paths(args.paths)
+    config = load_rules(Path(args.rules)) if args.rules else RulesConfig.default()
+    watch = Watch(config)
+    for record in _valid_records(args.paths, "watch"):
+        for transition in watch.observe(record):
+            doc = transition.to_json_dict()
+            if args.json:
+                _emit(sys.stdout, doc)
+            else:
+                sys.stdout.write(
+                    f"{doc['run_id']} epoch {doc['epoch']}: {doc['rule']} {doc['state']} "
+                    f"(value {doc['value']:.6g}, threshold {doc['threshold']:.6g})\n"
+                )
+    return 0
+
+
+def cmd_codec_encode(args: argparse.Namespace) -> int:
+    """`codec encode [PATH]`: NDJSON records in, one hex single-object message per line out."""
+    paths = [args.path or "-"]
+    _check_paths(paths)
+    codec = epoch_summary_codec()
+    failed = 0
+    for number, line in _numbered(paths):
+        value = parse_json_line(line)
+        verdict = validate_record(value) if not isinstance(value, FieldError) else Verdict("invalid", errors=[value])
+        if verdict.status != "valid":
+            failed += 1
+            error = verdict.errors[0]
+            print(f"codec encode: line {number}: not encoded: {error.field or 'record'}: {error.message}", file=sys.stderr)
+            continue
+        try:
+            payload = codec.encode(verdict.record)
+        except EncodeError as exc:
+            failed += 1
+            print(f"codec encode: line {number}: not encoded: {exc}", file=sys.stderr)
+            continue
+        sys.stdout.write(payload.hex() + "\n")
+    return 1 if failed else 0
+
+
+def cmd_codec_decode(args: argparse.Namespace) -> int:
+    """`codec decode [PATH]`: hex single-object messages in, NDJSON records (writer version's fields) out."""
+    paths = [args.path or "-"]
+    _check_paths(paths)
+    codec = epoch_summary_codec()
+    failed = 0
+    for number, line in _numbered(paths):
+        try:
+            payload = bytes.fromhex(line.decode("ascii").strip())
+            record = codec.decode(payload)
+        except (ValueError, UnicodeDecodeError):
+            failed += 1
+            print(f"codec decode: line {number}: not hex", file=sys.stderr)
+            continue
+        except DecodeError as exc:
+            failed += 1
+            print(f"codec decode: line {number}: {exc.reason}", file=sys.stderr)
+            continue
+        _emit(sys.stdout, record)
+    return 1 if failed else 0
+
+
+def cmd_schemas_check(args: argparse.Namespace) -> int:
+    """`schemas check`: every schema version against all earlier ones, FULL_TRANSITIVE."""
+    from avro_schemas.compatibility import check_all
+    from avro_schemas.registry import load_family
+
+    problems = 0
+    for family, messages in check_all().items():
+        versions = [v.version for v in load_family(family)]
+        if messages:
+            problems += len(messages)
+            for message in messages:
+                print(message)
+        else:
+            print(f"{family}: versions {', '.join(versions)} are FULL_TRANSITIVE compatible")
+    return 1 if problems else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`demo`: the whole pipeline end to end."""
+    from ppo_telemetry.demo import run_demo
+
+    return run_demo(sys.stdout)
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = _Parser(prog=PROG, description="PPO training-health telemetry: validate, drift, watch, codec, schemas.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="validate NDJSON records (SPEC §2)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="NDJSON file, segment directory, or - for stdin")
+    p.add_argument("--json", action="store_true", help="one JSON verdict per input line")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("drift", help="relative drift of runs against a baseline run (SPEC §5)")
+    p.add_argument("--baseline", required=True, metavar="PATH", help="NDJSON file or directory with the baseline run")
+    p.add_argument("--baseline-run", metavar="RUN_ID", help="the baseline run, when the baseline holds several")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="one JSON summary per run")
+    p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("watch", help="alert transitions of the health rules (SPEC §6)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--rules", metavar="FILE", help="TOML file overriding the default rules")
+    p.add_argument("--json", action="store_true", help="one JSON object per transition")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("codec", help="single-object Avro encode/decode")
+    codec_sub = p.add_subparsers(dest="codec_command", required=True, parser_class=_Parser, metavar="ACTION")
+    e = codec_sub.add_parser("encode", help="NDJSON in, hex messages out")
+    e.add_argument("path", nargs="?", metavar="PATH", help="input file (default: stdin)")
+    e.set_defaults(func=cmd_codec_encode)
+    d = codec_sub.add_parser("decode", help="hex messages in, NDJSON out")
+    d.add_argument("path", nargs="?", metavar="PATH", help="input file (default: stdin)")
+    d.set_defaults(func=cmd_codec_decode)
+
+    p = sub.add_parser("schemas", help="schema compatibility")
+    schemas_sub = p.add_subparsers(dest="schemas_command", required=True, parser_class=_Parser, metavar="ACTION")
+    c = schemas_sub.add_parser("check", help="FULL_TRANSITIVE check of every schema family")
+    c.set_defaults(func=cmd_schemas_check)
+
+    p = sub.add_parser("demo", help="run the pipeline end to end")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ppo-telemetry` console script; returns the exit code."""
+    # A reader that closes the pipe early (`| head`) ends us quietly, as for any Unix filter.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (UsageError, InputError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except TelemetryError as exc:  # rules file, baseline, stream read errors: usage or I/O by nature
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"{PROG}: error: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

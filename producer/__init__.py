@@ -1,0 +1,1 @@
+"""The training side: PPO harness, statistics and telemetry sinks (NDJSON, Kafka)."""
