@@ -8,12 +8,14 @@ the body either as written or resolved into a reader schema. Any input bytes giv
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
 from .errors import DecodeError, EncodeError
+from .flat_reader import FlatReader, FlatReaderError, compile_flat_reader
 from .models import EpochSummary
 from .registry import SchemaRegistry, SchemaVersion, load_family
 
@@ -50,6 +52,15 @@ class SingleObjectCodec:
         for version in versions:
             self.registry.add(version)
         self._version_field = version_field
+        # Compiled readers by writer fingerprint; None marks a schema that stays with fastavro.
+        self._flat_readers: dict[bytes, FlatReader | None] = {}
+
+    def _flat_reader(self, writer: SchemaVersion) -> FlatReader | None:
+        try:
+            return self._flat_readers[writer.fingerprint]
+        except KeyError:
+            reader = self._flat_readers[writer.fingerprint] = compile_flat_reader(writer.schema)
+            return reader
 
     def writer_for(self, record: dict[str, Any]) -> SchemaVersion:
         """The local schema version a record is written with."""
@@ -95,6 +106,18 @@ class SingleObjectCodec:
     def decode(self, data: bytes, reader: SchemaVersion | None = None) -> dict[str, Any]:
         """The record in `data`, read with its writer schema, or resolved into `reader` when given."""
         writer = self.writer_of(data)
+        if reader is None or reader.fingerprint == writer.fingerprint:
+            flat = self._flat_reader(writer)
+            if flat is not None:
+                try:
+                    record, end = flat(data, HEADER_SIZE)
+                except (IndexError, struct.error) as exc:
+                    raise DecodeError("truncated body: ran out of bytes") from exc
+                except (FlatReaderError, UnicodeDecodeError) as exc:
+                    raise DecodeError(f"undecodable body ({exc})") from exc
+                if end != len(data):
+                    raise DecodeError(f"{len(data) - end} trailing bytes after the Avro body")
+                return record
         buf = BytesIO(data)
         buf.seek(HEADER_SIZE)
         reader_parsed = None if reader is None or reader.fingerprint == writer.fingerprint else reader.parsed

@@ -230,11 +230,17 @@ def cmd_codec_decode(args: argparse.Namespace) -> int:
 def cmd_schemas_check(args: argparse.Namespace) -> int:
     """`schemas check`: every schema version against all earlier ones, FULL_TRANSITIVE."""
     from avro_schemas.compatibility import check_all
-    from avro_schemas.registry import load_family
+    from avro_schemas.registry import SCHEMA_DIR, load_family
 
+    directory = Path(args.dir) if args.dir else SCHEMA_DIR
+    if not directory.is_dir():
+        raise InputError(f"no such schema directory: {directory}")
     problems = 0
-    for family, messages in check_all().items():
-        versions = [v.version for v in load_family(family)]
+    results = check_all(directory)
+    if not results:
+        raise InputError(f"no schema files (<family>_v<major>.<minor>.avsc) in {directory}")
+    for family, messages in results.items():
+        versions = [v.version for v in load_family(family, directory)]
         if messages:
             problems += len(messages)
             for message in messages:
@@ -289,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schemas", help="schema compatibility")
     schemas_sub = p.add_subparsers(dest="schemas_command", required=True, parser_class=_Parser, metavar="ACTION")
     c = schemas_sub.add_parser("check", help="FULL_TRANSITIVE check of every schema family")
+    c.add_argument("--dir", metavar="DIR", help="schema directory (default: the installed avro_schemas)")
     c.set_defaults(func=cmd_schemas_check)
 
     p = sub.add_parser("demo", help="run the pipeline end to end")
