@@ -1,0 +1,348 @@
+"""The command line of SPEC §7: output formats, exit codes, one-line errors, stdin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ppo_telemetry.cli import main
+from ppo_telemetry.demo import synthetic_run, write_segments
+
+VALIDATE_KEYS = ["line", "status", "telemetry_version", "run_id", "log_stream_offset", "errors", "warnings"]
+DRIFT_KEYS = ["run_id", "baseline_run_id", "epochs_compared", "fields", "skipped_fields"]
+WATCH_KEYS = ["run_id", "rule", "state", "epoch", "log_stream_offset", "value", "threshold"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_ndjson(path: Path, records: list, extra_lines: list[str] = ()) -> Path:
+    lines = [json.dumps(r) for r in records] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def v1_0(record: dict) -> dict:
+    from avro_schemas import VERSION_FIELDS
+
+    out = {k: record[k] for k in VERSION_FIELDS["1.0"]}
+    out["telemetry_version"] = "1.0"
+    return out
+
+
+@pytest.fixture
+def run_records() -> list[dict]:
+    return synthetic_run("run-a", 12, seed=3, unstable=True)
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+# ------------------------------------------------------------------------------------------- validate
+
+
+def test_validate_json_emits_one_object_per_nonblank_line_in_order(tmp_path, capsys, run_records):
+    path = tmp_path / "s.ndjson"
+    path.write_text(json.dumps(run_records[0]) + "\n\n   \n" + json.dumps(run_records[1]) + "\n")
+    code, out, err = run_cli(capsys, "validate", str(path), "--json")
+    docs = json_lines(out)
+    assert code == 0
+    assert [d["line"] for d in docs] == [1, 4]
+    assert all(list(d) == VALIDATE_KEYS for d in docs)
+    assert docs[0] == {
+        "line": 1, "status": "valid", "telemetry_version": "1.1", "run_id": "run-a",
+        "log_stream_offset": 0, "errors": [], "warnings": [],
+    }
+    assert "2 valid, 0 invalid, 0 duplicate" in err
+
+
+def test_validate_exits_1_and_names_field_and_rule_of_invalid_record(tmp_path, capsys, run_records):
+    bad = dict(run_records[2], clip_fraction=1.5)
+    path = write_ndjson(tmp_path / "s.ndjson", [run_records[0], bad], ["{not json", "[1, 2]"])
+    code, out, err = run_cli(capsys, "validate", str(path), "--json")
+    docs = json_lines(out)
+    assert code == 1
+    assert [d["status"] for d in docs] == ["valid", "invalid", "invalid", "invalid"]
+    assert docs[1]["errors"] == [{"field": "clip_fraction", "rule": "range", "message": docs[1]["errors"][0]["message"]}]
+    assert docs[1]["run_id"] == "run-a" and docs[1]["log_stream_offset"] == 2
+    assert docs[2]["errors"][0]["field"] is None and docs[2]["errors"][0]["rule"] == "json"
+    assert docs[2]["telemetry_version"] is None and docs[2]["run_id"] is None
+    assert docs[3]["errors"][0]["rule"] == "object"
+    assert "3 invalid" in err
+
+
+def test_validate_reports_duplicates_and_gaps_without_failing(tmp_path, capsys, run_records):
+    path = write_ndjson(tmp_path / "s.ndjson", [run_records[0], run_records[1], run_records[1], run_records[4]])
+    code, out, _ = run_cli(capsys, "validate", str(path), "--json")
+    docs = json_lines(out)
+    assert code == 0
+    assert [d["status"] for d in docs] == ["valid", "valid", "duplicate", "valid"]
+    assert docs[2]["errors"] == []
+    assert any("2 records missing" in w for w in docs[3]["warnings"])
+
+
+def test_validate_v1_0_record_with_extra_keys_is_valid_with_warning(tmp_path, capsys, run_records):
+    record = dict(v1_0(run_records[0]), cycle_id=4)
+    path = write_ndjson(tmp_path / "s.ndjson", [record])
+    code, out, _ = run_cli(capsys, "validate", str(path), "--json")
+    (doc,) = json_lines(out)
+    assert code == 0 and doc["status"] == "valid" and doc["telemetry_version"] == "1.0"
+    assert doc["log_stream_offset"] is None
+    assert len(doc["warnings"]) == 1 and "cycle_id" in doc["warnings"][0]
+
+
+def test_validate_reads_segment_directory_in_offset_order_across_rotation(tmp_path, capsys, run_records):
+    lines = [(r["log_stream_offset"], json.dumps(r)) for r in run_records]
+    segments = write_segments(tmp_path / "seg", lines, max_bytes=2000)
+    assert len(segments) > 2
+    code, out, _ = run_cli(capsys, "validate", str(tmp_path / "seg"), "--json")
+    docs = json_lines(out)
+    assert code == 0
+    assert [d["log_stream_offset"] for d in docs] == list(range(len(run_records)))
+    assert {d["status"] for d in docs} == {"valid"}
+
+
+def test_validate_in_segment_directory_holds_back_partial_last_line(tmp_path, capsys, run_records):
+    lines = [(r["log_stream_offset"], json.dumps(r)) for r in run_records[:3]]
+    (segment,) = write_segments(tmp_path / "seg", lines, max_bytes=1 << 20)
+    with open(segment, "ab") as handle:
+        handle.write(json.dumps(run_records[3])[:50].encode())  # a writer still appending
+    code, out, _ = run_cli(capsys, "validate", str(tmp_path / "seg"), "--json")
+    assert code == 0
+    assert [d["log_stream_offset"] for d in json_lines(out)] == [0, 1, 2]
+
+
+def test_validate_reads_stdin_when_path_is_dash(capsys, run_records, monkeypatch):
+    import io
+
+    data = (json.dumps(run_records[0]) + "\n" + json.dumps(run_records[1])).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    code, out, _ = run_cli(capsys, "validate", "-", "--json")
+    assert code == 0
+    assert [d["line"] for d in json_lines(out)] == [1, 2]
+
+
+def test_validate_numbers_lines_across_several_inputs(tmp_path, capsys, run_records):
+    a = write_ndjson(tmp_path / "a.ndjson", run_records[:2])
+    b = write_ndjson(tmp_path / "b.ndjson", run_records[2:3])
+    _, out, _ = run_cli(capsys, "validate", str(a), str(b), "--json")
+    assert [d["line"] for d in json_lines(out)] == [1, 2, 3]
+
+
+def test_validate_invalid_utf8_line_is_one_invalid_record(tmp_path, capsys, run_records):
+    path = tmp_path / "s.ndjson"
+    path.write_bytes(json.dumps(run_records[0]).encode() + b"\n\xff\xfe{}\n")
+    code, out, _ = run_cli(capsys, "validate", str(path), "--json")
+    docs = json_lines(out)
+    assert code == 1
+    assert docs[1]["status"] == "invalid" and docs[1]["errors"][0]["rule"] == "json"
+
+
+def test_validate_missing_file_is_one_line_exit_2(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "validate", str(tmp_path / "nope.ndjson"), "--json")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "nope.ndjson" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["validate"],
+        ["validate", "x", "--bogus"],
+        ["drift", "x"],
+        ["codec"],
+        ["codec", "encode", "a", "b"],
+    ],
+    ids=["no-command", "unknown-command", "validate-no-path", "unknown-flag", "drift-no-baseline", "codec-no-action", "codec-two-paths"],
+)
+def test_usage_errors_are_one_line_on_stderr_with_exit_2(capsys, argv):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("ppo-telemetry: error: ")
+
+
+def test_console_script_usage_error_has_no_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("ppo-telemetry")
+    proc = subprocess.run([str(exe), "validate", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------- drift
+
+
+def test_drift_json_one_object_per_current_run_with_spec_keys(tmp_path, capsys):
+    baseline = write_ndjson(tmp_path / "base.ndjson", synthetic_run("base", 10, seed=0, unstable=False))
+    current = write_ndjson(
+        tmp_path / "cur.ndjson",
+        synthetic_run("cur-1", 8, seed=1, unstable=False) + [v1_0(r) for r in synthetic_run("cur-2", 12, seed=2, unstable=False)],
+    )
+    code, out, _ = run_cli(capsys, "drift", "--baseline", str(baseline), str(current), "--json")
+    docs = json_lines(out)
+    assert code == 0
+    assert [d["run_id"] for d in docs] == ["cur-1", "cur-2"]
+    assert all(list(d) == DRIFT_KEYS for d in docs)
+    assert docs[0]["baseline_run_id"] == "base"
+    assert docs[0]["epochs_compared"] == 8 and docs[1]["epochs_compared"] == 10
+    assert docs[0]["fields"]["policy_loss"]["compared"] == 8
+    assert list(docs[0]["fields"]["policy_loss"]) == ["compared", "mean_relative_drift", "max_abs_relative_drift"]
+    # a v1.0 current run has none of the v1.1 metrics
+    assert docs[1]["skipped_fields"]["batch_entropy_mean"] == "missing_in_current"
+    assert "batch_entropy_mean" not in docs[1]["fields"]
+
+
+def test_drift_value_matches_direct_computation(tmp_path, capsys):
+    base = synthetic_run("base", 3, seed=0, unstable=False)
+    cur = synthetic_run("cur", 3, seed=1, unstable=False)
+    baseline = write_ndjson(tmp_path / "base.ndjson", base)
+    current = write_ndjson(tmp_path / "cur.ndjson", cur)
+    _, out, _ = run_cli(capsys, "drift", "--baseline", str(baseline), str(current), "--json")
+    (doc,) = json_lines(out)
+    drifts = [(c["value_loss"] - b["value_loss"]) / abs(b["value_loss"]) for b, c in zip(base, cur)]
+    assert doc["fields"]["value_loss"]["mean_relative_drift"] == pytest.approx(sum(drifts) / 3)
+    assert doc["fields"]["value_loss"]["max_abs_relative_drift"] == pytest.approx(max(map(abs, drifts)))
+
+
+def test_drift_baseline_with_several_runs_needs_baseline_run(tmp_path, capsys):
+    baseline = write_ndjson(
+        tmp_path / "base.ndjson",
+        synthetic_run("b1", 4, seed=0, unstable=False) + synthetic_run("b2", 4, seed=1, unstable=False),
+    )
+    current = write_ndjson(tmp_path / "cur.ndjson", synthetic_run("c", 4, seed=2, unstable=False))
+    code, out, err = run_cli(capsys, "drift", "--baseline", str(baseline), str(current), "--json")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--baseline-run" in err
+    code, out, _ = run_cli(capsys, "drift", "--baseline", str(baseline), "--baseline-run", "b2", str(current), "--json")
+    assert code == 0 and json_lines(out)[0]["baseline_run_id"] == "b2"
+
+
+def test_drift_skips_invalid_records_and_says_so(tmp_path, capsys):
+    base = synthetic_run("base", 4, seed=0, unstable=False)
+    cur = synthetic_run("cur", 4, seed=1, unstable=False)
+    baseline = write_ndjson(tmp_path / "base.ndjson", base)
+    current = write_ndjson(tmp_path / "cur.ndjson", cur, ["garbage"])
+    code, out, err = run_cli(capsys, "drift", "--baseline", str(baseline), str(current), "--json")
+    assert code == 0 and json_lines(out)[0]["epochs_compared"] == 4
+    assert "skipped invalid record" in err
+
+
+# ---------------------------------------------------------------------------------------------- watch
+
+
+def test_watch_json_emits_transitions_with_spec_keys(tmp_path, capsys):
+    records = synthetic_run("run-w", 40, seed=1, unstable=True)
+    path = write_ndjson(tmp_path / "w.ndjson", records)
+    code, out, _ = run_cli(capsys, "watch", str(path), "--json")
+    docs = json_lines(out)
+    assert code == 0 and docs
+    assert all(list(d) == WATCH_KEYS for d in docs)
+    grad = [d for d in docs if d["rule"] == "grad_explosion"]
+    assert [(d["state"], d["epoch"]) for d in grad] == [("firing", 17), ("resolved", 18)]
+    assert grad[0]["threshold"] == 10.0 and grad[0]["value"] == records[17]["grad_norm_max"]
+
+
+def test_watch_rules_file_overrides_and_disables(tmp_path, capsys):
+    records = synthetic_run("run-w", 40, seed=1, unstable=True)
+    path = write_ndjson(tmp_path / "w.ndjson", records)
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[grad_explosion]\nenabled = false\n[kl_spike]\nthreshold = 1.0\n")
+    code, out, _ = run_cli(capsys, "watch", str(path), "--rules", str(rules), "--json")
+    rules_fired = {d["rule"] for d in json_lines(out)}
+    assert code == 0
+    assert "grad_explosion" not in rules_fired and "kl_spike" not in rules_fired
+    assert "entropy_collapse" in rules_fired
+
+
+@pytest.mark.parametrize(
+    "text", ["[no_such_rule]\nthreshold = 1\n", "[kl_spike]\nlimit = 1\n", "[kl_spike\n"], ids=["rule", "key", "syntax"]
+)
+def test_watch_bad_rules_file_is_usage_error(tmp_path, capsys, text):
+    path = write_ndjson(tmp_path / "w.ndjson", synthetic_run("r", 2, seed=0, unstable=False))
+    rules = tmp_path / "rules.toml"
+    rules.write_text(text)
+    code, out, err = run_cli(capsys, "watch", str(path), "--rules", str(rules), "--json")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------- codec
+
+
+def test_codec_encode_then_decode_round_trips_both_versions(tmp_path, capsys, run_records):
+    records = [run_records[0], v1_0(run_records[1])]
+    source = write_ndjson(tmp_path / "in.ndjson", records)
+    code, hex_out, _ = run_cli(capsys, "codec", "encode", str(source))
+    assert code == 0
+    hex_lines = hex_out.splitlines()
+    assert len(hex_lines) == 2 and all(line.startswith("c301") for line in hex_lines)
+    hex_file = tmp_path / "msgs.hex"
+    hex_file.write_text(hex_out)
+    code, out, _ = run_cli(capsys, "codec", "decode", str(hex_file))
+    assert code == 0
+    assert json_lines(out) == records  # each with its writer version's fields, in schema order
+    assert list(json_lines(out)[1]) == list(records[1])
+
+
+def test_codec_reads_stdin_without_path(capsys, run_records, monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(run_records[0]).encode() + b"\n")))
+    code, out, _ = run_cli(capsys, "codec", "encode")
+    assert code == 0 and len(out.splitlines()) == 1
+
+
+def test_codec_decode_bad_lines_are_reported_and_skipped(tmp_path, capsys, run_records):
+    from avro_schemas import epoch_summary_codec
+
+    good = epoch_summary_codec().encode(run_records[0]).hex()
+    path = tmp_path / "in.hex"
+    path.write_text("\n".join(["zz-not-hex", "c301" + "00" * 8, good[:-6], good]) + "\n")
+    code, out, err = run_cli(capsys, "codec", "decode", str(path))
+    assert code == 1
+    assert json_lines(out) == [run_records[0]]
+    lines = err.strip().splitlines()
+    assert len(lines) == 3
+    assert "line 1" in lines[0] and "line 2: unknown writer schema fingerprint" in lines[1] and "line 3: truncated" in lines[2]
+
+
+def test_codec_encode_refuses_invalid_records_with_one_line_each(tmp_path, capsys, run_records):
+    path = write_ndjson(tmp_path / "in.ndjson", [dict(run_records[0], epoch=-1), run_records[1]], ["nope"])
+    code, out, err = run_cli(capsys, "codec", "encode", str(path))
+    assert code == 1 and len(out.splitlines()) == 1
+    assert len(err.strip().splitlines()) == 2 and "epoch" in err
+
+
+# -------------------------------------------------------------------------------------------- schemas
+
+
+def test_schemas_check_passes_on_shipped_schemas(capsys):
+    code, out, _ = run_cli(capsys, "schemas", "check")
+    assert code == 0 and "epoch_summary" in out and "FULL_TRANSITIVE" in out
+
+
+def test_schemas_check_rejects_incompatible_fixture_naming_field(capsys):
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "incompatible"
+    code, out, _ = run_cli(capsys, "schemas", "check", "--dir", str(fixtures))
+    assert code == 1
+    assert "'cycle_id' has no default" in out
+    assert "field 'epoch'" in out
+
+
+# ----------------------------------------------------------------------------------------------- demo
+
+
+def test_demo_runs_every_offline_stage(capsys):
+    code, out, _ = run_cli(capsys, "demo")
+    assert code == 0
+    assert "validate: 40 valid, 2 invalid, 1 duplicate dropped" in out
+    assert "40 decode back identical" in out
+    assert "grad_explosion    firing" in out
