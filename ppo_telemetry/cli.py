@@ -11,12 +11,13 @@ import argparse
 import json
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from avro_schemas import DecodeError, EncodeError, EpochSummary, TelemetryError, epoch_summary_codec
-from avro_schemas.ndjson import iter_file_lines, iter_segment_lines
+from avro_schemas.ndjson import SegmentFollower, iter_file_lines, iter_records_from, iter_segment_lines
 from consumers.validator import FieldError, Validator, Verdict, parse_json_line, validate_record
 
 __all__ = ["main", "UsageError", "InputError"]
@@ -250,6 +251,48 @@ def cmd_schemas_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    """`tail DIR --from-offset N [--follow]`: the stored lines with offset ≥ N, across segments, in order.
+
+    Lines go out exactly as stored, never a partial last one. With `--follow` it keeps polling until
+    SIGINT or SIGTERM and then exits 0: stopping is how a follower ends, not a failure.
+    """
+    directory = Path(args.dir)
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"not a directory: {args.dir}")
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    if not args.follow:
+        if not directory.exists():
+            raise InputError(f"no such directory: {args.dir}")
+        for _, line in iter_records_from(directory, args.from_offset):
+            out.write(line + b"\n")
+        out.flush()
+        return 0
+
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        # A flag, not an exception: an exception could land mid-write and leave a partial line out.
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        follower = SegmentFollower(directory, args.from_offset)
+        while not stopping:
+            batch = follower.poll()
+            for _, line in batch:
+                out.write(line + b"\n")
+            out.flush()
+            if not batch:
+                time.sleep(args.poll_interval)  # idle: a backlog is drained without waiting
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """`demo`: the whole pipeline end to end."""
     from ppo_telemetry.demo import run_demo
@@ -258,6 +301,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parser
+
+
+def _offset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0: {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = schemas_sub.add_parser("check", help="FULL_TRANSITIVE check of every schema family")
     c.add_argument("--dir", metavar="DIR", help="schema directory (default: the installed avro_schemas)")
     c.set_defaults(func=cmd_schemas_check)
+
+    p = sub.add_parser("tail", help="NDJSON records from an offset on, across segments (SPEC §3)")
+    p.add_argument("dir", metavar="DIR", help="the segment directory")
+    p.add_argument("--from-offset", required=True, type=_offset, metavar="N", help="first log_stream_offset to print")
+    p.add_argument("--follow", action="store_true", help="keep printing new records until SIGINT/SIGTERM")
+    p.add_argument(
+        "--poll-interval", type=_positive_seconds, default=0.2, metavar="SECONDS", help="idle wait between polls"
+    )
+    p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("demo", help="run the pipeline end to end")
     p.set_defaults(func=cmd_demo)
