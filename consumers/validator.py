@@ -43,6 +43,7 @@ __all__ = [
     "parse_json_line",
     "RULES",
     "NULLABLE_FIELDS",
+    "is_valid_run_id",
 ]
 
 RULES = (
@@ -144,6 +145,11 @@ def _identity(data: dict[str, Any]) -> tuple[str | None, str | None, int | None]
         # a v1.0 record has no log_stream_offset field; a key of that name in it is just an unknown key
         offset if type(offset) is int and version != "1.0" else None,
     )
+
+
+def is_valid_run_id(run_id: str) -> bool:
+    """True for 1-128 chars of [A-Za-z0-9._:-] (SPEC §1)."""
+    return isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) is not None
 
 
 def _remember_run_id(run_id: str) -> bool:

@@ -293,6 +293,27 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """`train ...`: PPO with telemetry to the NDJSON stream; 130 when stopped by Ctrl-C (stream flushed)."""
+    from consumers.validator import is_valid_run_id
+    from producer.ndjson_sink import NdjsonSink
+    from ppo_telemetry.train import TrainingRun, config_from_args
+
+    if not args.ndjson_dir:
+        raise UsageError("train needs somewhere to publish: --ndjson-dir DIR")
+    if args.run_id is not None and not is_valid_run_id(args.run_id):
+        raise UsageError(f"--run-id must be 1-128 chars of [A-Za-z0-9._:-], got {args.run_id!r}")
+    if args.replay and args.data_mode and args.data_mode != "replay":
+        raise UsageError("--replay trains from recorded rollouts; it cannot be combined with --data-mode " + args.data_mode)
+    if args.data_mode == "replay" and not args.replay:
+        raise UsageError("--data-mode replay needs --replay MANIFEST")
+    if args.replay and not Path(args.replay).exists():
+        raise InputError(f"no such replay manifest: {args.replay}")
+    config = config_from_args(args)
+    sinks = [NdjsonSink(Path(args.ndjson_dir), max_segment_bytes=args.ndjson_max_bytes)]
+    return TrainingRun(config, sinks).run()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """`demo`: the whole pipeline end to end."""
     from ppo_telemetry.demo import run_demo
@@ -301,6 +322,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1: {value}")
+    return value
 
 
 def _offset(text: str) -> int:
@@ -369,6 +400,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll-interval", type=_positive_seconds, default=0.2, metavar="SECONDS", help="idle wait between polls"
     )
     p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("train", help="run PPO and publish telemetry")
+    p.add_argument("--ndjson-dir", metavar="DIR", help="write the NDJSON stream (rotating segments) here")
+    p.add_argument("--ndjson-max-bytes", type=_positive_int, default=16 * 1024 * 1024, metavar="N",
+                   help="rotate segments at this size (default 16 MiB)")
+    p.add_argument("--telemetry-version", choices=("1.0", "1.1"), default="1.1")
+    p.add_argument("--env", default="Conflict-v0", help="Gymnasium environment id (default Conflict-v0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--total-steps", type=_positive_int, metavar="N", help="environment ticks (default: the preset's)")
+    p.add_argument("--run-id", metavar="RUN_ID", help="default: <env>.seed<N>.<UTC time>")
+    p.add_argument("--data-mode", choices=("mixed", "rollout", "replay"), help="default mixed (replay with --replay)")
+    p.add_argument("--replay", metavar="MANIFEST", help="train from recorded rollouts (data_mode replay)")
+    p.add_argument("--record-rollouts", metavar="DIR", help="record every capture for later --replay")
+    p.add_argument("--num-envs", type=_positive_int, metavar="N")
+    p.add_argument("--num-steps", type=_positive_int, metavar="N", help="vector steps per capture")
+    p.add_argument("--update-epochs", type=_positive_int, metavar="N")
+    p.add_argument("--num-minibatches", type=_positive_int, metavar="N")
+    p.add_argument("--learning-rate", type=float, metavar="LR")
+    p.add_argument("--ent-coef", type=float, metavar="C")
+    p.add_argument("--target-kl", type=float, metavar="KL")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="run the pipeline end to end")
     p.set_defaults(func=cmd_demo)

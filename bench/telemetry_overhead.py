@@ -1,0 +1,72 @@
+"""What telemetry costs the training loop: the same seeded run with telemetry off and on, alternating.
+
+"off" runs the harness with no publisher (no records built, no cycle statistics); "on" publishes every
+epoch's v1.1 record to an NDJSON stream (`NdjsonSink`, segments in a temporary directory). Same seed,
+same numbers, so the wall-time difference is telemetry plus noise; the harness also times its own
+telemetry path (`telemetry_seconds`: cycle statistics, record building, publishing), which is the
+precise figure. Target (issue 3): overhead ≤ 1 % of training wall time.
+
+    .venv/bin/python bench/telemetry_overhead.py [--env CartPole-v1] [--steps 50000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from producer.harness import TrainingHarness, preset_for
+from producer.ndjson_sink import NdjsonSink
+
+
+def run_once(env: str, steps: int, telemetry: bool) -> tuple[float, float, int]:
+    """(wall seconds, telemetry seconds, records) of one run."""
+    config = replace(preset_for(env), total_steps=steps, seed=0, run_id="overhead")
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = NdjsonSink(Path(tmp)) if telemetry else None
+        records = [0]
+
+        def publish(record):
+            sink.publish(record)
+            records[0] += 1
+
+        harness = TrainingHarness(config, publish=publish if telemetry else None)
+        start = time.perf_counter()
+        harness.run_ppo()
+        if sink is not None:
+            sink.close()
+        wall = time.perf_counter() - start
+        harness.close()
+        return wall, harness.telemetry_seconds, records[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    run_once(args.env, 2048, True)  # warm-up: imports, env construction, BLAS
+    off, on, inner, counts = [], [], [], []
+    for _ in range(args.rounds):
+        off.append(run_once(args.env, args.steps, False)[0])
+        wall, tele, records = run_once(args.env, args.steps, True)
+        on.append(wall)
+        inner.append(tele / wall)
+        counts.append(records)
+    off_med, on_med = statistics.median(off), statistics.median(on)
+    print(f"{args.env}, {args.steps:,} steps, {args.rounds} alternating rounds, {counts[0]} records per run")
+    print(f"telemetry off : median {off_med:7.3f} s   runs {', '.join(f'{x:.3f}' for x in off)}")
+    print(f"telemetry on  : median {on_med:7.3f} s   runs {', '.join(f'{x:.3f}' for x in on)}")
+    print(f"wall-time overhead (median on / median off - 1): {on_med / off_med - 1:+.2%}")
+    print(f"telemetry path timed inside the loop: {statistics.median(inner):.2%} of wall time "
+          f"({statistics.median(inner) * on_med / counts[0] * 1e6:.1f} µs per record)")
+    print(f"target <= 1%: {'met' if statistics.median(inner) <= 0.01 else 'NOT met'} (in-loop figure)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""`ppo-telemetry train`: run the harness with its sinks, a progress bar on a terminal, a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from producer.harness import HarnessConfig, TrainingHarness, preset_for
+
+__all__ = ["TrainingRun", "default_run_id"]
+
+
+def default_run_id(env_id: str, seed: int) -> str:
+    """`<env>.seed<N>.<UTC time>`: unique per start, within the run_id alphabet."""
+    return f"{env_id}.seed{seed}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+
+
+class _Progress:
+    """A one-line progress bar, redrawn at most 5 times a second; nothing when not a terminal."""
+
+    def __init__(self, out: TextIO, total_steps: int, enabled: bool) -> None:
+        self.out, self.total, self.enabled = out, max(total_steps, 1), enabled
+        self._last = 0.0
+
+    def update(self, harness: TrainingHarness, records: int, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.2:
+            return
+        self._last = now
+        done = min(harness.global_step / self.total, 1.0)
+        bar = "#" * int(done * 30)
+        recent = harness.episodes.returns[-20:]
+        ret = f"{sum(recent) / len(recent):8.1f}" if recent else "       -"
+        self.out.write(
+            f"\r[{bar:<30}] {done:6.1%}  step {harness.global_step:>9,}  epoch {harness.epoch:>6}  "
+            f"records {records:>6}  return(20) {ret}"
+        )
+        self.out.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.out.write("\n")
+            self.out.flush()
+
+
+class TrainingRun:
+    """One `train` invocation: harness + sinks + signal handling."""
+
+    def __init__(self, config: HarnessConfig, sinks: list[Any], err: TextIO = sys.stderr) -> None:
+        self.config = config
+        self.sinks = sinks
+        self.err = err
+        self.records = 0
+        self.harness = TrainingHarness(config, publish=self._publish)
+        self._progress = _Progress(err, config.total_steps, enabled=err.isatty())
+
+    def _publish(self, record: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.publish(record)
+        self.records += 1
+        self._progress.update(self.harness, self.records)
+
+    def run(self) -> int:
+        """Train; returns 0 when finished, 130 when stopped by SIGINT/SIGTERM (the stream flushed)."""
+        stop_signal: list[int] = []
+
+        def _request_stop(signum: int, frame: object) -> None:
+            # finish the current epoch so its record is complete; a second signal stops at once
+            stop_signal.append(signum)
+            self.harness.stop_requested = True
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+        previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        started = time.monotonic()
+        try:
+            self.harness.run_ppo()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._progress.update(self.harness, self.records, force=True)
+            self._progress.finish()
+            for sink in self.sinks:
+                sink.flush()
+                sink.close()
+            self.harness.close()
+        elapsed = time.monotonic() - started
+        recent = self.harness.episodes.returns[-20:]
+        summary = (
+            f"train: run {self.config.run_id}: {self.records} records, {self.harness.global_step:,} env steps, "
+            f"{self.harness.epoch} epochs in {elapsed:.1f} s"
+        )
+        if recent:
+            summary += f"; mean return of the last {len(recent)} episodes {sum(recent) / len(recent):.1f}"
+        if stop_signal:
+            self.err.write(f"{summary}; stopped by signal, stream flushed\n")
+            return 130
+        self.err.write(summary + "\n")
+        return 0
+
+
+def config_from_args(args: Any) -> HarnessConfig:
+    """A `HarnessConfig` from the parsed `train` arguments, over the environment's preset."""
+    config = preset_for(args.env)
+    overrides: dict[str, Any] = {"env_id": args.env, "seed": args.seed}
+    optional: dict[str, Callable[[Any], Any]] = {
+        "total_steps": int,
+        "num_envs": int,
+        "num_steps": int,
+        "update_epochs": int,
+        "num_minibatches": int,
+        "learning_rate": float,
+        "ent_coef": float,
+        "target_kl": float,
+    }
+    for name, cast in optional.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = cast(value)
+    if args.replay:
+        overrides["data_mode"] = "replay"
+        overrides["replay_manifest"] = Path(args.replay)
+    elif args.data_mode:
+        overrides["data_mode"] = args.data_mode
+    if args.record_rollouts:
+        overrides["record_rollouts"] = Path(args.record_rollouts)
+    overrides["enable_telemetry_v1_1"] = args.telemetry_version == "1.1"
+    overrides["run_id"] = args.run_id or default_run_id(args.env, args.seed)
+    return replace(config, **overrides)

@@ -1,0 +1,403 @@
+"""`TrainingHarness`: PPO on Gymnasium vector environments, publishing one `EpochSummary` per epoch.
+
+The loop, as in CleanRL's `ppo.py`:
+
+    for each cycle:                       # data_mode "mixed": capture <-> train, cycle_id 1, 2, 3, ...
+        dataset, meta = capture_rollout() #   num_envs x num_steps ticks with the current policy
+        for epoch in range(update_epochs):
+            for minibatch in shuffled(dataset):
+                loss, grad = PPO objective (producer.ppo)
+                clip grad to max_grad_norm; Adam step
+            publish EpochSummary           # statistics from the minibatches just run
+
+`data_mode "rollout"` captures once (all `total_steps` ticks) and trains on it; `"replay"` trains on
+rollouts recorded earlier (`producer.replay`), capturing nothing (`cycle_id` and `rollout_ticks` 0).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from avro_schemas.errors import TelemetryError
+
+from . import envs as _register_envs  # noqa: F401  (registers Conflict-v0)
+from .ppo import ActorCritic, Adam
+from .rollout import Dataset, DatasetMeta, RolloutBuffer
+from .stats import EpochStats, explained_variance, mean_or_none, pearson_or_none
+
+__all__ = ["HarnessConfig", "HarnessError", "TrainingHarness", "DATA_MODES", "PRESETS", "preset_for"]
+
+DATA_MODES = ("mixed", "rollout", "replay")
+
+
+class HarnessError(TelemetryError):
+    """A harness configuration or environment that cannot run."""
+
+
+@dataclass
+class HarnessConfig:
+    """Everything a run needs. Defaults are rl-baselines3-zoo's tuned PPO for CartPole-v1."""
+
+    env_id: str = "CartPole-v1"
+    """Gymnasium environment id (discrete actions, Box observations)."""
+    seed: int = 0
+    """Seeds the network initialisation, the action sampling, the shuffles and the environments."""
+    total_steps: int = 100_000
+    """Environment ticks to consume (summed over the vector environments)."""
+    num_envs: int = 8
+    """Environments stepped together through `gymnasium.vector.SyncVectorEnv`."""
+    num_steps: int = 32
+    """Vector steps per capture in mixed mode (a cycle's dataset is num_envs x num_steps samples)."""
+    num_minibatches: int = 1
+    """Minibatches per epoch."""
+    update_epochs: int = 20
+    """Epochs (passes over the dataset) per cycle; each publishes one record."""
+    learning_rate: float = 1e-3
+    """Adam step size at the start of the run."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly towards 0 over the run."""
+    clip_range: float = 0.2
+    """PPO's ratio clip ε at the start of the run."""
+    anneal_clip: bool = True
+    """Decay ε linearly with the learning rate, as rl-zoo's `lin_0.2`."""
+    gamma: float = 0.98
+    """Discount factor."""
+    gae_lambda: float = 0.8
+    """GAE λ."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value-loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global L2 gradient-norm clip."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    target_kl: float | None = None
+    """Stop a cycle's epochs early once a minibatch's KL exceeds 1.5 x this (SB3's rule)."""
+    hidden: int = 64
+    """Width of both hidden layers of the actor and of the critic."""
+    data_mode: str = "mixed"
+    """`mixed` (capture <-> train cycles), `rollout` (one capture, then train) or `replay`."""
+    replay_manifest: Path | None = None
+    """With data_mode `replay`: the manifest of recorded rollouts to train from."""
+    record_rollouts: Path | None = None
+    """Write every capture to this directory (manifest + .npz) for later replay."""
+    run_id: str = "run"
+    """The run's id in every record (1-128 chars of [A-Za-z0-9._:-])."""
+    enable_telemetry_v1_1: bool = True
+    """Publish v1.1 records; False falls back to v1.0 records for consumers that lag."""
+
+
+# Per-environment hyperparameters over the CartPole defaults above.
+PRESETS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {},
+}
+
+
+def preset_for(env_id: str) -> HarnessConfig:
+    """The tuned configuration for `env_id` (the CartPole defaults for an environment without a preset)."""
+    return HarnessConfig(env_id=env_id, **PRESETS.get(env_id, {}))
+
+
+@dataclass
+class CycleData:
+    """A dataset with what the records need from it, computed once per cycle."""
+
+    dataset: Dataset
+    meta: DatasetMeta
+    cycle_id: int
+    explained_variance: float | None = None
+    reward_advantage_corr: float | None = None
+    mean_episode_return: float | None = None
+
+
+@dataclass
+class EpisodeLog:
+    """Finished episodes of the run: (global_step at the end, return, length)."""
+
+    steps: list[int] = field(default_factory=list)
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _EpochOutcome:
+    """What an epoch's record needs, captured when the epoch ends."""
+
+    epoch: int
+    global_step: int
+    timestamp_ms: int
+    learning_rate: float
+    stats: EpochStats
+    duration: float
+
+
+Publish = Callable[[dict[str, Any]], None]
+
+
+class TrainingHarness:
+    """Runs PPO and hands each epoch's record to `publish` (a sink's publish method, or None)."""
+
+    def __init__(self, config: HarnessConfig, publish: Publish | None = None) -> None:
+        if config.data_mode not in DATA_MODES:
+            raise HarnessError(f"data_mode must be one of {', '.join(DATA_MODES)}, got {config.data_mode!r}")
+        if config.data_mode == "replay" and config.replay_manifest is None:
+            raise HarnessError("data_mode replay needs a replay manifest")
+        self.config = config
+        self.publish = publish
+        self.envs = self._make_envs(config)
+        obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
+        if not isinstance(act_space, gym.spaces.Discrete) or not isinstance(obs_space, gym.spaces.Box):
+            raise HarnessError(f"{config.env_id}: PPO here needs Discrete actions and Box observations")
+        self.obs_shape = tuple(obs_space.shape)
+        self.n_actions = int(act_space.n)
+        self.agent = ActorCritic(int(np.prod(self.obs_shape)), self.n_actions, config.hidden, seed=config.seed)
+        self.optimizer = Adam(self.agent.params.size, config.learning_rate)
+        self.rng = np.random.default_rng(config.seed)
+        self.global_step = 0
+        self.epoch = 0
+        self.cycle_id = 0
+        self.episodes = EpisodeLog()
+        self.stop_requested = False
+        self.telemetry_seconds = 0.0
+        self.max_publish_delay = 1.0
+        """Seconds a finished epoch's record may wait for the end of its cycle before it is published."""
+        self._pending: list[_EpochOutcome] = []
+        self._pending_since = time.perf_counter()
+        """Time spent building and publishing records (cycle statistics included): telemetry's cost."""
+        self._lr = config.learning_rate
+        self._clip = config.clip_range
+        self._obs: np.ndarray | None = None
+        self._ep_return = np.zeros(config.num_envs)
+        self._ep_length = np.zeros(config.num_envs, dtype=np.int64)
+        self._recorder = None
+        if config.record_rollouts is not None:
+            from .replay import RolloutRecorder
+
+            self._recorder = RolloutRecorder(config.record_rollouts, config.env_id, self.obs_shape, self.n_actions)
+
+    @staticmethod
+    def _make_envs(config: HarnessConfig) -> gym.vector.SyncVectorEnv:
+        try:
+            gym.spec(config.env_id)
+        except gym.error.Error as exc:
+            raise HarnessError(f"unknown environment {config.env_id!r}: {exc}") from exc
+        return gym.vector.SyncVectorEnv(
+            [lambda: gym.make(config.env_id) for _ in range(config.num_envs)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        )
+
+    # ------------------------------------------------------------------------------------- rollouts
+
+    def capture_rollout(self, num_steps: int | None = None) -> CycleData:
+        """Step the environments with the current policy; returns the next cycle's dataset."""
+        cfg = self.config
+        steps = num_steps or cfg.num_steps
+        if self._obs is None:
+            self._obs, _ = self.envs.reset(seed=cfg.seed)
+        self.cycle_id += 1
+        buffer = RolloutBuffer(steps, cfg.num_envs, self.obs_shape)
+        obs = self._obs
+        agent, rng, envs = self.agent, self.rng, self.envs
+        for _ in range(steps):
+            flat_obs = obs.reshape(cfg.num_envs, -1).astype(np.float64, copy=False)
+            actions, logprobs, values = agent.policy(flat_obs, rng)
+            next_obs, rewards, terminated, truncated, infos = envs.step(actions)
+            buffer.add(flat_obs, actions, logprobs, values, rewards, terminated, truncated)
+            self.global_step += cfg.num_envs
+            self._ep_return += rewards
+            self._ep_length += 1
+            done = terminated | truncated
+            if done.any():
+                cut = np.flatnonzero(truncated & ~terminated)
+                if cut.size:  # bootstrap truncated episodes from their true last observation
+                    final = np.stack([infos["final_obs"][i] for i in cut]).reshape(cut.size, -1)
+                    buffer.add_truncation_values(cut, agent.value(final.astype(np.float64)))
+                for i in np.flatnonzero(done):
+                    buffer.finish_episode(self._ep_return[i], self._ep_length[i])
+                    self.episodes.steps.append(self.global_step)
+                    self.episodes.returns.append(float(self._ep_return[i]))
+                    self.episodes.lengths.append(int(self._ep_length[i]))
+                self._ep_return[done] = 0.0
+                self._ep_length[done] = 0
+            obs = next_obs
+        self._obs = obs
+        last_values = agent.value(obs.reshape(cfg.num_envs, -1).astype(np.float64, copy=False))
+        if self._recorder is not None:
+            self._recorder.record(buffer, last_values, self.cycle_id)
+        dataset, meta = buffer.build_dataset(cfg.gamma, cfg.gae_lambda, last_values)
+        return self._cycle(dataset, meta, self.cycle_id)
+
+    def _cycle(self, dataset: Dataset, meta: DatasetMeta, cycle_id: int) -> CycleData:
+        if self.publish is None:  # nobody reads the statistics
+            return CycleData(dataset, meta, cycle_id)
+        # dataset-level statistics do not change between the epochs of a cycle: compute them once
+        mark = time.perf_counter()
+        try:
+            return CycleData(
+                dataset=dataset,
+                meta=meta,
+                cycle_id=cycle_id,
+                explained_variance=explained_variance(dataset.returns, dataset.values),
+                reward_advantage_corr=pearson_or_none(dataset.rewards, dataset.advantages),
+                mean_episode_return=mean_or_none(meta.episode_returns),
+            )
+        finally:
+            self.telemetry_seconds += time.perf_counter() - mark
+
+    # ------------------------------------------------------------------------------------- training
+
+    def train_epochs(self, cycle: CycleData, data_mode: str) -> int:
+        """PPO epochs on one cycle's dataset, one record published per epoch; returns epochs run."""
+        cfg = self.config
+        data = cycle.dataset
+        n = len(data)
+        batch = max(1, n // cfg.num_minibatches)
+        agent, optimizer = self.agent, self.optimizer
+        epochs_run = 0
+        for _ in range(cfg.update_epochs):
+            started = time.monotonic()
+            stats = EpochStats()
+            stop = False
+            order = self.rng.permutation(n)
+            for start in range(0, n - batch + 1, batch):
+                idx = order[start : start + batch]
+                adv = data.advantages[idx]
+                if cfg.norm_adv and batch > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                result = agent.loss_and_grad(
+                    data.obs[idx], data.actions[idx], data.logprobs[idx], adv, data.returns[idx],
+                    self._clip, cfg.ent_coef, cfg.vf_coef,
+                )
+                if result.grad_norm > cfg.max_grad_norm:
+                    agent.grad *= cfg.max_grad_norm / (result.grad_norm + 1e-6)
+                optimizer.step(agent.params, agent.grad)
+                stats.add(result, len(idx))
+                if cfg.target_kl is not None and result.approx_kl > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+            duration = time.monotonic() - started
+            if self.publish is not None:
+                mark = time.perf_counter()
+                self._pending.append(
+                    _EpochOutcome(self.epoch, self.global_step, int(time.time() * 1000), self._lr, stats, duration)
+                )
+                if mark - self._pending_since > self.max_publish_delay:
+                    self._flush_pending(cycle, data_mode)
+                self.telemetry_seconds += time.perf_counter() - mark
+            self.epoch += 1
+            epochs_run += 1
+            if stop or self.stop_requested:
+                break
+        if self.publish is not None:
+            mark = time.perf_counter()
+            self._flush_pending(cycle, data_mode)
+            self.telemetry_seconds += time.perf_counter() - mark
+        return epochs_run
+
+    def _flush_pending(self, cycle: CycleData, data_mode: str) -> None:
+        # Records are built and published in a tight loop at the end of a cycle (or once the oldest
+        # waits max_publish_delay): run cold between numpy-heavy updates, the same work cost 3-4x more.
+        pending, self._pending = self._pending, []
+        self._pending_since = time.perf_counter()
+        for outcome in pending:
+            self.publish(self._record(cycle, outcome, data_mode))
+
+    def _record(self, cycle: CycleData, outcome: _EpochOutcome, data_mode: str) -> dict[str, Any]:
+        cfg = self.config
+        stats = outcome.stats
+        mb = stats.fields()
+        record: dict[str, Any] = {
+            "telemetry_version": "1.1" if cfg.enable_telemetry_v1_1 else "1.0",
+            "run_id": cfg.run_id,
+            "epoch": outcome.epoch,
+            "global_step": outcome.global_step,
+            "timestamp_ms": outcome.timestamp_ms,
+            "policy_loss": mb["policy_loss"],
+            "value_loss": mb["value_loss"],
+            "kl_divergence": mb["kl_divergence"],
+            "clip_fraction": mb["clip_fraction"],
+            "explained_variance": cycle.explained_variance,
+            "learning_rate": outcome.learning_rate,
+            "mean_episode_return": cycle.mean_episode_return,
+            "num_samples": len(cycle.dataset),
+            "num_minibatches": stats.num_minibatches,
+        }
+        if cfg.enable_telemetry_v1_1:
+            record.update(
+                epoch_duration_sec=outcome.duration,
+                data_mode=data_mode,
+                cycle_id=cycle.cycle_id,
+                batch_entropy_mean=mb["batch_entropy_mean"],
+                batch_entropy_std=mb["batch_entropy_std"],
+                grad_norm_max=mb["grad_norm_max"],
+                kl_divergence_max=mb["kl_divergence_max"],
+                reward_advantage_corr=cycle.reward_advantage_corr,
+                rollout_ticks=cycle.meta.rollout_ticks,
+                log_stream_offset=None,  # the stream writer numbers records
+            )
+        return record
+
+    def _anneal(self, progress: float) -> None:
+        """Linear decay of the learning rate (and clip range) with the share of the run done."""
+        cfg = self.config
+        frac = 1.0 - progress
+        if cfg.anneal_lr:
+            self._lr = cfg.learning_rate * frac
+            self.optimizer.lr = self._lr
+        if cfg.anneal_clip:
+            self._clip = cfg.clip_range * frac
+
+    def run_ppo(self) -> None:
+        """Train for the configured data mode until done or `stop_requested`."""
+        # The matrices are tiny (64 wide): BLAS threads only add hand-over cost, and on a busy
+        # 2-core machine they made an update 30x slower.
+        with threadpool_limits(limits=1, user_api="blas"):
+            self._run()
+
+    def _run(self) -> None:
+        cfg = self.config
+        if cfg.data_mode == "mixed":
+            per_cycle = cfg.num_envs * cfg.num_steps
+            cycles = math.ceil(cfg.total_steps / per_cycle)
+            for cycle_index in range(cycles):
+                if self.stop_requested:
+                    break
+                self._anneal(cycle_index / cycles)
+                self.train_epochs(self.capture_rollout(), "mixed")
+        elif cfg.data_mode == "rollout":
+            cycle = self.capture_rollout(math.ceil(cfg.total_steps / cfg.num_envs))
+            self.train_epochs(cycle, "rollout")
+        else:
+            from .replay import load_manifest
+
+            recorded = load_manifest(cfg.replay_manifest)
+            if recorded.env_id != cfg.env_id or recorded.obs_shape != self.obs_shape or recorded.n_actions != self.n_actions:
+                raise HarnessError(
+                    f"replay manifest was recorded on {recorded.env_id} {recorded.obs_shape}/{recorded.n_actions} "
+                    f"actions, not {cfg.env_id} {self.obs_shape}/{self.n_actions}"
+                )
+            for index, rollout in enumerate(recorded.iter_rollouts()):
+                if self.stop_requested:
+                    break
+                self._anneal(index / len(recorded))
+                dataset, meta = rollout.build_dataset(cfg.gamma, cfg.gae_lambda)
+                # replayed data consumed no environment ticks in this run: rollout_ticks and cycle_id are 0
+                self.train_epochs(self._cycle(dataset, DatasetMeta(0, meta.episode_returns, meta.episode_lengths), 0), "replay")
+
+    def close(self) -> None:
+        """Close the environments."""
+        self.envs.close()
+
+    def config_dict(self) -> dict[str, Any]:
+        """The configuration as plain data (paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}

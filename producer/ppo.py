@@ -1,0 +1,204 @@
+"""PPO's learning machinery in plain numpy: the actor-critic MLP, its hand-written gradients, and Adam.
+
+Read top to bottom like CleanRL's `ppo.py`: `ActorCritic.policy` samples actions during rollouts;
+`ActorCritic.loss_and_grad` is one minibatch of the PPO objective
+
+    loss = pg_loss - ent_coef * entropy + vf_coef * v_loss
+    pg_loss = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))
+    v_loss  = 0.5 * mean((V(s) - R)^2)
+
+with its exact gradient (checked against finite differences in the tests); `Adam.step` applies it.
+
+All parameters live in one flat float64 vector (each weight matrix is a view into it), so the global
+gradient norm, clipping and Adam are single vector operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ActorCritic", "Adam", "MinibatchResult"]
+
+
+def _orthogonal(rng: np.random.Generator, rows: int, cols: int, gain: float) -> np.ndarray:
+    """Orthogonal initialisation (as torch.nn.init.orthogonal_), the PPO implementations' default."""
+    flat = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(flat)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return gain * q[:rows, :cols]
+
+
+@dataclass(slots=True)
+class MinibatchResult:
+    """One minibatch's loss terms and the statistics telemetry needs, all from the same forward pass."""
+
+    loss: float
+    pg_loss: float
+    v_loss: float
+    entropy: float  # mean policy entropy over the minibatch (nats)
+    approx_kl: float  # k3 estimator mean((ratio - 1) - log ratio)
+    clipped: int  # samples with |ratio - 1| > clip_range
+    grad_norm: float  # global L2 norm of the gradient before clipping
+
+
+class ActorCritic:
+    """Separate actor and critic MLPs (obs -> hidden -> hidden -> out, tanh), as CleanRL and SB3 use.
+
+    Layer shapes are `(in, out)`; `params` is the flat vector and `grad` its gradient buffer.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: int = 64, seed: int = 0) -> None:
+        self.obs_dim, self.n_actions, self.hidden = obs_dim, n_actions, hidden
+        shapes = []
+        for out_dim in (n_actions, 1):  # actor, then critic
+            shapes += [(obs_dim, hidden), (hidden,), (hidden, hidden), (hidden,), (hidden, out_dim), (out_dim,)]
+        sizes = [int(np.prod(s)) for s in shapes]
+        self.params = np.zeros(sum(sizes))
+        self.grad = np.zeros_like(self.params)
+        self._views, self._grad_views = [], []
+        start = 0
+        for shape, size in zip(shapes, sizes):
+            self._views.append(self.params[start : start + size].reshape(shape))
+            self._grad_views.append(self.grad[start : start + size].reshape(shape))
+            start += size
+        (self.a_w1, self.a_b1, self.a_w2, self.a_b2, self.a_w3, self.a_b3,
+         self.c_w1, self.c_b1, self.c_w2, self.c_b2, self.c_w3, self.c_b3) = self._views
+        rng = np.random.default_rng(seed)
+        gains = (np.sqrt(2), np.sqrt(2), 0.01, np.sqrt(2), np.sqrt(2), 1.0)  # CleanRL's layer_init gains
+        weights = [self.a_w1, self.a_w2, self.a_w3, self.c_w1, self.c_w2, self.c_w3]
+        for w, gain in zip(weights, gains):
+            w[...] = _orthogonal(rng, w.shape[0], w.shape[1], gain)
+
+    # ------------------------------------------------------------------------------------ forward
+
+    def _actor(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h1 = np.tanh(obs @ self.a_w1 + self.a_b1)
+        h2 = np.tanh(h1 @ self.a_w2 + self.a_b2)
+        return h1, h2, h2 @ self.a_w3 + self.a_b3
+
+    def _critic(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h1 = np.tanh(obs @ self.c_w1 + self.c_b1)
+        h2 = np.tanh(h1 @ self.c_w2 + self.c_b2)
+        return h1, h2, (h2 @ self.c_w3)[:, 0] + self.c_b3[0]
+
+    @staticmethod
+    def _log_softmax(logits: np.ndarray) -> np.ndarray:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        """V(s) for a batch of observations, shape (B,)."""
+        return self._critic(obs)[2]
+
+    def policy(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample actions for a batch: (actions, their log-probabilities, V(s))."""
+        logp_all = self._log_softmax(self._actor(obs)[2])
+        cdf = np.exp(logp_all).cumsum(axis=1)
+        u = rng.random((obs.shape[0], 1)) * cdf[:, -1:]  # scale by the sum: exp/cumsum rounding
+        actions = np.minimum((cdf < u).sum(axis=1), self.n_actions - 1)
+        return actions, logp_all[np.arange(len(actions)), actions], self.value(obs)
+
+    def log_prob_entropy(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log pi(a|s) and the policy entropy for a batch."""
+        logp_all = self._log_softmax(self._actor(obs)[2])
+        entropy = -(np.exp(logp_all) * logp_all).sum(axis=1)
+        return logp_all[np.arange(len(actions)), actions], entropy
+
+    # ----------------------------------------------------------------------------- loss and grad
+
+    def loss_and_grad(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        old_logp: np.ndarray,
+        advantages: np.ndarray,
+        returns: np.ndarray,
+        clip_range: float,
+        ent_coef: float,
+        vf_coef: float,
+    ) -> MinibatchResult:
+        """The PPO loss on one minibatch; its gradient is written into `self.grad`."""
+        n = obs.shape[0]
+        rows = np.arange(n)
+
+        # actor forward
+        a_h1, a_h2, logits = self._actor(obs)
+        logp_all = self._log_softmax(logits)
+        probs = np.exp(logp_all)
+        entropy = -(probs * logp_all).sum(axis=1)
+        new_logp = logp_all[rows, actions]
+        log_ratio = new_logp - old_logp
+        ratio = np.exp(log_ratio)
+
+        # clipped surrogate: the gradient flows where the unclipped term is the larger one
+        clipped_ratio = np.clip(ratio, 1.0 - clip_range, 1.0 + clip_range)
+        surr_unclipped = -advantages * ratio
+        surr_clipped = -advantages * clipped_ratio
+        pg_loss = float(np.maximum(surr_unclipped, surr_clipped).mean())
+        active = surr_unclipped >= surr_clipped
+
+        # critic forward
+        c_h1, c_h2, values = self._critic(obs)
+        v_err = values - returns
+        v_loss = 0.5 * float(v_err @ v_err) / n
+        mean_entropy = float(entropy.mean())
+
+        # d loss / d logits: surrogate through log pi(a|s), entropy bonus through every logit
+        g_logp = np.where(active, -advantages * ratio, 0.0) / n
+        g_logits = -probs * g_logp[:, None]
+        g_logits[rows, actions] += g_logp
+        g_logits += (ent_coef / n) * probs * (logp_all + entropy[:, None])
+        self._backward(obs, a_h1, a_h2, g_logits, self._grad_views[0:6], self.a_w2, self.a_w3)
+
+        g_values = (vf_coef / n) * v_err
+        self._backward(obs, c_h1, c_h2, g_values[:, None], self._grad_views[6:12], self.c_w2, self.c_w3)
+
+        return MinibatchResult(
+            loss=pg_loss - ent_coef * mean_entropy + vf_coef * v_loss,
+            pg_loss=pg_loss,
+            v_loss=v_loss,
+            entropy=mean_entropy,
+            approx_kl=float(((ratio - 1.0) - log_ratio).mean()),
+            clipped=int(np.count_nonzero(np.abs(ratio - 1.0) > clip_range)),
+            grad_norm=float(np.sqrt(self.grad @ self.grad)),
+        )
+
+    @staticmethod
+    def _backward(obs, h1, h2, g_out, grads, w2, w3) -> None:
+        gw1, gb1, gw2, gb2, gw3, gb3 = grads
+        np.matmul(h2.T, g_out, out=gw3)
+        gb3[...] = g_out.sum(axis=0)
+        g_pre2 = (g_out @ w3.T) * (1.0 - h2 * h2)
+        np.matmul(h1.T, g_pre2, out=gw2)
+        gb2[...] = g_pre2.sum(axis=0)
+        g_pre1 = (g_pre2 @ w2.T) * (1.0 - h1 * h1)
+        np.matmul(obs.T, g_pre1, out=gw1)
+        gb1[...] = g_pre1.sum(axis=0)
+
+
+class Adam:
+    """Adam on a flat parameter vector (bias-corrected, eps outside the sqrt, as torch.optim.Adam)."""
+
+    def __init__(self, size: int, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-5) -> None:
+        self.lr = lr
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.m = np.zeros(size)
+        self.v = np.zeros(size)
+        self.t = 0
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
+        """One update of `params` in place."""
+        self.t += 1
+        self.m *= self.beta1
+        self.m += (1.0 - self.beta1) * grad
+        self.v *= self.beta2
+        self.v += (1.0 - self.beta2) * grad * grad
+        step = self.lr / (1.0 - self.beta1**self.t)
+        denom = np.sqrt(self.v / (1.0 - self.beta2**self.t))
+        denom += self.eps
+        params -= step * self.m / denom
