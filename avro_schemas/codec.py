@@ -106,6 +106,8 @@ class SingleObjectCodec:
     def decode(self, data: bytes, reader: SchemaVersion | None = None) -> dict[str, Any]:
         """The record in `data`, read with its writer schema, or resolved into `reader` when given."""
         writer = self.writer_of(data)
+        if type(data) is not bytes:  # bytearray / memoryview: the compiled reader slices and decodes bytes
+            data = bytes(data)
         if reader is None or reader.fingerprint == writer.fingerprint:
             flat = self._flat_reader(writer)
             if flat is not None:

@@ -276,7 +276,7 @@ def _check_type(name: str, value: Any, errors: list[FieldError]) -> bool:
             return False
         low, high = _INT_BOUNDS[kind]
         if not low <= value <= high:
-            errors.append(FieldError(name, "range", f"{name} = {value} is outside the Avro {kind} range"))
+            errors.append(FieldError(name, "range", f"{name} = {_short(value)} is outside the Avro {kind} range"))
             return False
         return True
     if kind == "double":
@@ -300,7 +300,16 @@ def _check_type(name: str, value: Any, errors: list[FieldError]) -> bool:
 
 
 def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, float) else json.dumps(value)
+    """A short, safe rendering of a value for a message (never raises, never walks a whole container)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"<integer of {value.bit_length()} bits>"  # repr of a huge int is slow, and refused past 4300 digits
+    if isinstance(value, list):
+        return f"<array of {len(value)} items>"
+    if isinstance(value, dict):
+        return f"<object of {len(value)} keys>"
+    text = json.dumps(value) if isinstance(value, float) else repr(value[:41] if isinstance(value, str) else value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -259,7 +259,7 @@ def test_cli_tail_follow_streams_across_rotation_and_exits_0_on_sigterm(tmp_path
             for batch in range(5):
                 for record in records(8, start=batch * 8):
                     writer.write(record)
-                    expected.append(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+                    expected.append(record)
                 wait_for(len(expected))  # the follower keeps up batch by batch, across rotations
         assert len(list_segments(directory)) >= 5
         process.send_signal(signal.SIGTERM)
@@ -273,5 +273,7 @@ def test_cli_tail_follow_streams_across_rotation_and_exits_0_on_sigterm(tmp_path
             process.wait()
     assert code == 0
     assert process.stderr.read() == b""
-    assert got == expected
+    assert [json.loads(line) for line in got] == expected
+    stored = [line + b"\n" for segment in list_segments(directory) for line in segment[1].read_bytes().splitlines()]
+    assert got == stored  # byte for byte as the writer stored them
     assert [json.loads(line)["log_stream_offset"] for line in got] == list(range(40))
