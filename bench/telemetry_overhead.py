@@ -1,7 +1,8 @@
 """What telemetry costs the training loop: the same seeded run with telemetry off and on, alternating.
 
 "off" runs the harness with no publisher (no records built, no cycle statistics); "on" publishes every
-epoch's v1.1 record to an NDJSON stream (`NdjsonSink`, segments in a temporary directory). Same seed,
+epoch's v1.1 record to an NDJSON stream (`NdjsonSink`, buffered and flushed per cycle, as `train` does;
+segments in a temporary directory). Same seed,
 same numbers, so the wall-time difference is telemetry plus noise; the harness also times its own
 telemetry path (`telemetry_seconds`: cycle statistics, record building, publishing), which is the
 precise figure. Target (issue 3): overhead ≤ 1 % of training wall time.
@@ -26,14 +27,14 @@ def run_once(env: str, steps: int, telemetry: bool) -> tuple[float, float, int]:
     """(wall seconds, telemetry seconds, records) of one run."""
     config = replace(preset_for(env), total_steps=steps, seed=0, run_id="overhead")
     with tempfile.TemporaryDirectory() as tmp:
-        sink = NdjsonSink(Path(tmp)) if telemetry else None
+        sink = NdjsonSink(Path(tmp), buffered=True) if telemetry else None
         records = [0]
 
         def publish(record):
             sink.publish(record)
             records[0] += 1
 
-        harness = TrainingHarness(config, publish=publish if telemetry else None)
+        harness = TrainingHarness(config, publish=publish if telemetry else None, flush=sink.flush if sink else None)
         start = time.perf_counter()
         harness.run_ppo()
         if sink is not None:

@@ -310,7 +310,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.replay and not Path(args.replay).exists():
         raise InputError(f"no such replay manifest: {args.replay}")
     config = config_from_args(args)
-    sinks = [NdjsonSink(Path(args.ndjson_dir), max_segment_bytes=args.ndjson_max_bytes)]
+    sinks = [NdjsonSink(Path(args.ndjson_dir), max_segment_bytes=args.ndjson_max_bytes, buffered=True)]
     return TrainingRun(config, sinks).run()
 
 

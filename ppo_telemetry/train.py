@@ -58,7 +58,7 @@ class TrainingRun:
         self.sinks = sinks
         self.err = err
         self.records = 0
-        self.harness = TrainingHarness(config, publish=self._publish)
+        self.harness = TrainingHarness(config, publish=self._publish, flush=self._flush)
         self._progress = _Progress(err, config.total_steps, enabled=err.isatty())
 
     def _publish(self, record: dict[str, Any]) -> None:
@@ -66,6 +66,10 @@ class TrainingRun:
             sink.publish(record)
         self.records += 1
         self._progress.update(self.harness, self.records)
+
+    def _flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
 
     def run(self) -> int:
         """Train; returns 0 when finished, 130 when stopped by SIGINT/SIGTERM (the stream flushed)."""

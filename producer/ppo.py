@@ -9,8 +9,9 @@ Read top to bottom like CleanRL's `ppo.py`: `ActorCritic.policy` samples actions
 
 with its exact gradient (checked against finite differences in the tests); `Adam.step` applies it.
 
-All parameters live in one flat float64 vector (each weight matrix is a view into it), so the global
-gradient norm, clipping and Adam are single vector operations.
+All parameters live in one flat vector (each weight matrix is a view into it), so the global gradient
+norm, clipping and Adam are single vector operations. The harness trains in float32, like the PyTorch
+implementations, which halves the cost of the matrix products; float64 is there for the gradient checks.
 """
 
 from __future__ import annotations
@@ -51,13 +52,16 @@ class ActorCritic:
     Layer shapes are `(in, out)`; `params` is the flat vector and `grad` its gradient buffer.
     """
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self, obs_dim: int, n_actions: int, hidden: int = 64, seed: int = 0, dtype: type = np.float64
+    ) -> None:
         self.obs_dim, self.n_actions, self.hidden = obs_dim, n_actions, hidden
+        self.dtype = np.dtype(dtype)
         shapes = []
         for out_dim in (n_actions, 1):  # actor, then critic
             shapes += [(obs_dim, hidden), (hidden,), (hidden, hidden), (hidden,), (hidden, out_dim), (out_dim,)]
         sizes = [int(np.prod(s)) for s in shapes]
-        self.params = np.zeros(sum(sizes))
+        self.params = np.zeros(sum(sizes), dtype=self.dtype)
         self.grad = np.zeros_like(self.params)
         self._views, self._grad_views = [], []
         start = 0
@@ -92,10 +96,11 @@ class ActorCritic:
 
     def value(self, obs: np.ndarray) -> np.ndarray:
         """V(s) for a batch of observations, shape (B,)."""
-        return self._critic(obs)[2]
+        return self._critic(obs.astype(self.dtype, copy=False))[2]
 
     def policy(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample actions for a batch: (actions, their log-probabilities, V(s))."""
+        obs = obs.astype(self.dtype, copy=False)
         logp_all = self._log_softmax(self._actor(obs)[2])
         cdf = np.exp(logp_all).cumsum(axis=1)
         u = rng.random((obs.shape[0], 1)) * cdf[:, -1:]  # scale by the sum: exp/cumsum rounding
@@ -104,6 +109,7 @@ class ActorCritic:
 
     def log_prob_entropy(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log pi(a|s) and the policy entropy for a batch."""
+        obs = obs.astype(self.dtype, copy=False)
         logp_all = self._log_softmax(self._actor(obs)[2])
         entropy = -(np.exp(logp_all) * logp_all).sum(axis=1)
         return logp_all[np.arange(len(actions)), actions], entropy
@@ -124,6 +130,11 @@ class ActorCritic:
         """The PPO loss on one minibatch; its gradient is written into `self.grad`."""
         n = obs.shape[0]
         rows = np.arange(n)
+        dtype = self.dtype
+        obs = obs.astype(dtype, copy=False)
+        old_logp = old_logp.astype(dtype, copy=False)
+        advantages = advantages.astype(dtype, copy=False)
+        returns = returns.astype(dtype, copy=False)
 
         # actor forward
         a_h1, a_h2, logits = self._actor(obs)
@@ -183,12 +194,14 @@ class ActorCritic:
 class Adam:
     """Adam on a flat parameter vector (bias-corrected, eps outside the sqrt, as torch.optim.Adam)."""
 
-    def __init__(self, size: int, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-5) -> None:
+    def __init__(
+        self, size: int, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-5, dtype: type = np.float64
+    ) -> None:
         self.lr = lr
         self.beta1, self.beta2 = betas
         self.eps = eps
-        self.m = np.zeros(size)
-        self.v = np.zeros(size)
+        self.m = np.zeros(size, dtype=dtype)
+        self.v = np.zeros(size, dtype=dtype)
         self.t = 0
 
     def step(self, params: np.ndarray, grad: np.ndarray) -> None:

@@ -20,10 +20,13 @@ __all__ = ["EpochStats", "explained_variance", "pearson_or_none", "mean_or_none"
 
 def explained_variance(returns: np.ndarray, values: np.ndarray) -> float | None:
     """`1 - Var(returns - values) / Var(returns)`; None when Var(returns) is 0."""
-    var_returns = float(np.var(returns))
+    centered = returns - returns.mean()
+    var_returns = float(centered @ centered)
     if var_returns == 0.0:
         return None
-    return 1.0 - float(np.var(returns - values)) / var_returns
+    residual = returns - values
+    residual -= residual.mean()
+    return 1.0 - float(residual @ residual) / var_returns  # the 1/n of both variances cancels
 
 
 def pearson_or_none(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -45,46 +48,56 @@ def mean_or_none(values) -> float | None:
 
 @dataclass(slots=True)
 class EpochStats:
-    """Minibatch results of one epoch, reduced to the record's fields."""
+    """Minibatch results of one epoch, reduced as they arrive to what the record's fields need."""
 
-    pg_losses: list[float] = field(default_factory=list)
-    v_losses: list[float] = field(default_factory=list)
-    entropies: list[float] = field(default_factory=list)
-    kls: list[float] = field(default_factory=list)
-    grad_norms: list[float] = field(default_factory=list)
+    pg_loss_sum: float = 0.0
+    v_loss_sum: float = 0.0
+    kl_sum: float = 0.0
+    kl_max: float = -math.inf
+    grad_norm_max: float = 0.0
+    entropies: list[float] = field(default_factory=list)  # kept whole: the std is taken in two passes
     clipped: int = 0
     samples: int = 0
 
     def add(self, result: MinibatchResult, batch_size: int) -> None:
         """Take one minibatch's result."""
-        self.pg_losses.append(result.pg_loss)
-        self.v_losses.append(result.v_loss)
+        self.pg_loss_sum += result.pg_loss
+        self.v_loss_sum += result.v_loss
+        self.kl_sum += result.approx_kl
+        if result.approx_kl > self.kl_max:
+            self.kl_max = result.approx_kl
+        if result.grad_norm > self.grad_norm_max:
+            self.grad_norm_max = result.grad_norm
         self.entropies.append(result.entropy)
-        self.kls.append(result.approx_kl)
-        self.grad_norms.append(result.grad_norm)
         self.clipped += result.clipped
         self.samples += batch_size
 
     @property
     def num_minibatches(self) -> int:
         """Minibatches run this epoch (fewer than planned after a target-KL stop)."""
-        return len(self.kls)
+        return len(self.entropies)
+
+    def entropy_mean_std(self) -> tuple[float, float]:
+        """Mean and population std (SPEC §1) of the per-minibatch mean entropies."""
+        entropies = self.entropies
+        n = len(entropies)
+        mean = sum(entropies) / n
+        if n == 1:
+            return mean, 0.0
+        return mean, math.sqrt(sum((e - mean) ** 2 for e in entropies) / n)
 
     def fields(self) -> dict[str, float]:
         """The minibatch-derived fields of SPEC §1, by field name."""
-        # plain Python on a handful of floats: numpy's per-call overhead would dominate here
-        n = len(self.kls)
-        entropies = self.entropies
-        entropy_mean = sum(entropies) / n
-        entropy_var = sum((e - entropy_mean) ** 2 for e in entropies) / n  # population variance (SPEC §1)
+        n = len(self.entropies)
+        entropy_mean, entropy_std = self.entropy_mean_std()
         return {
-            "policy_loss": sum(self.pg_losses) / n,
-            "value_loss": sum(self.v_losses) / n,
+            "policy_loss": self.pg_loss_sum / n,
+            "value_loss": self.v_loss_sum / n,
             # the k3 estimator is >= 0; rounding can leave -1e-17
-            "kl_divergence": max(0.0, sum(self.kls) / n),
-            "kl_divergence_max": max(0.0, max(self.kls)),
+            "kl_divergence": max(0.0, self.kl_sum / n),
+            "kl_divergence_max": max(0.0, self.kl_max),
             "clip_fraction": self.clipped / self.samples,
             "batch_entropy_mean": entropy_mean,
-            "batch_entropy_std": math.sqrt(entropy_var),
-            "grad_norm_max": max(self.grad_norms),
+            "batch_entropy_std": entropy_std,
+            "grad_norm_max": self.grad_norm_max,
         }

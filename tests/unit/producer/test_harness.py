@@ -416,6 +416,7 @@ def test_mean_episode_return_is_the_mean_of_episodes_finished_in_the_capture(env
                     running[e] = 0.0
             assert cycle.meta.episode_returns == pytest.approx(tuple(finished), rel=1e-12)
             harness.train_epochs(cycle, "mixed")
+            harness.publish_pending()  # records are published in batches
             record = collector.records[-1]
             if finished:
                 assert cycle.mean_episode_return == pytest.approx(np.mean(finished), rel=1e-12)
@@ -439,6 +440,8 @@ def test_dataset_statistics_of_a_record_equal_direct_computations(env_id):
             cycle = harness.capture_rollout(64)
             before = len(collector.records)
             harness.train_epochs(cycle, "mixed")
+            harness.publish_pending()  # records are published in batches
+            assert len(collector.records) - before == harness.config.update_epochs
             data = cycle.dataset
             expected_ev = 1.0 - np.var(data.returns - data.values) / np.var(data.returns)
             if np.var(data.rewards) == 0.0:
