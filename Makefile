@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench samples clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/codec_validate.py
+	$(PY) bench/learning.py
+	$(PY) bench/telemetry_overhead.py
+
+samples: $(STAMP)
+	$(PY) -m ppo_telemetry.samples
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

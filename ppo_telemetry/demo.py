@@ -1,10 +1,12 @@
 """`ppo-telemetry demo`: the pipeline end to end on what exists so far.
 
-Until the training harness lands (issue 3), the demo writes a seeded, synthetic telemetry stream shaped
-like a PPO run — a healthy baseline run, and a current run whose entropy collapses, whose KL spikes and
-whose gradients explode — as rotated NDJSON segments, adds what a real stream suffers (a re-sent record,
-a torn line, a record with a NaN), and runs every offline stage on it: validate, codec round trip,
-drift against the baseline, and the alert rules.
+It trains two PPO runs on Conflict-v0 — a baseline, and a candidate with a 3x learning rate — each
+publishing v1.1 records to a rotating NDJSON stream, then runs every offline stage on them: validate
+(also on a damaged copy: a re-sent record, a torn line, a NaN), the single-object Avro codec, drift of
+the candidate against the baseline, and the alert rules.
+
+`synthetic_run` and `write_segments` make hand-shaped streams (healthy or failing on purpose, with
+arbitrary lines) for tests and dashboards.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ import json
 import math
 import random
 import tempfile
+import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from avro_schemas import epoch_summary_codec
-from avro_schemas.ndjson import iter_segment_lines, segment_name
+from avro_schemas import EpochSummary, epoch_summary_codec
+from avro_schemas.ndjson import iter_segment_lines, list_segments, segment_name
 from consumers.drift import Baseline, DriftTracker
 from consumers.telemetry_watch import RulesConfig, Watch
 from consumers.validator import Validator
+from producer.harness import TrainingHarness, preset_for
+from producer.ndjson_sink import NdjsonSink
 
 __all__ = ["synthetic_run", "write_segments", "run_demo"]
 
@@ -96,67 +102,94 @@ def write_segments(directory: Path, lines: list[tuple[int, str]], max_bytes: int
     return written
 
 
-def run_demo(out: TextIO, workdir: Path | None = None) -> int:
+def _train(run_id: str, seed: int, learning_rate: float, stream: Path, steps: int) -> tuple[int, float]:
+    """Train one Conflict-v0 run into an NDJSON stream; returns (records, seconds)."""
+    config = replace(preset_for("Conflict-v0"), seed=seed, total_steps=steps, learning_rate=learning_rate, run_id=run_id)
+    sink = NdjsonSink(stream, max_segment_bytes=256 * 1024, buffered=True)
+    harness = TrainingHarness(config, publish=sink.publish, flush=sink.flush)
+    started = time.monotonic()
+    try:
+        harness.run_ppo()
+    finally:
+        harness.close()
+        sink.close()
+    return sink.writer.next_offset, time.monotonic() - started
+
+
+def _read(stream: Path, out: TextIO, label: str) -> list[dict[str, Any]]:
+    """Validate a stream; print the counts and return its valid records."""
+    validator = Validator()
+    records, reasons = [], Counter()
+    for line in iter_segment_lines(stream):
+        verdict = validator.validate_line(line)
+        if verdict.status == "valid":
+            records.append(verdict.record)
+        for error in verdict.errors:
+            reasons[f"{error.field or 'record'}: {error.rule}"] += 1
+    counts = validator.counts
+    out.write(
+        f"validate {label}: {counts['valid']} valid, {counts['invalid']} invalid, "
+        f"{counts['duplicate']} duplicate dropped\n"
+    )
+    for reason, n in reasons.most_common():
+        out.write(f"  invalid because {reason} (x{n})\n")
+    return records
+
+
+def run_demo(out: TextIO, workdir: Path | None = None, steps: int = 30_000) -> int:
     """Run the demo, printing what happened to `out`; returns the exit code."""
     with tempfile.TemporaryDirectory(prefix="ppo-telemetry-demo-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
-        baseline = synthetic_run("baseline-seed0", 40, seed=0, unstable=False)
-        current = synthetic_run("candidate-seed1", 40, seed=1, unstable=True)
+        out.write(f"training two PPO runs on Conflict-v0, {steps:,} ticks each (streams in {root})\n")
+        for run_id, seed, lr in (("baseline-lr1e-3", 0, 1e-3), ("candidate-lr3e-3", 1, 3e-3)):
+            records, seconds = _train(run_id, seed, lr, root / run_id, steps)
+            segments = len(list_segments(root / run_id))
+            out.write(f"  {run_id}: {records} epoch records in {segments} NDJSON segments, {seconds:.1f} s\n")
 
-        lines = [(r["log_stream_offset"], json.dumps(r)) for r in current]
-        lines.insert(12, lines[11])  # a producer retry re-sends offset 11
-        broken = dict(current[30], value_loss=float("nan"))
-        lines.insert(31, (30, json.dumps(broken)))  # NaN is not allowed anywhere
-        lines.insert(5, (5, '{"telemetry_version": "1.1", "run_id": "candidate-seed1", "epoch": 5, "glo'))  # torn line
-        stream_dir = root / "stream"
-        segments = write_segments(stream_dir, lines, max_bytes=8192)
-        out.write(f"wrote {len(lines)} lines of candidate-seed1 into {len(segments)} NDJSON segments in {stream_dir}\n")
+        baseline = _read(root / "baseline-lr1e-3", out, "baseline")
+        current = _read(root / "candidate-lr3e-3", out, "candidate")
 
-        validator = Validator()
-        valid_records, reasons = [], Counter()
-        for line in iter_segment_lines(stream_dir):
-            verdict = validator.validate_line(line)
-            if verdict.status == "valid":
-                valid_records.append(verdict.record)
-            for error in verdict.errors:
-                reasons[f"{error.field or 'record'}: {error.rule}"] += 1
-        counts = validator.counts
-        out.write(
-            f"validate: {counts['valid']} valid, {counts['invalid']} invalid, {counts['duplicate']} duplicate dropped\n"
-        )
-        for reason, n in reasons.most_common():
-            out.write(f"  invalid because {reason} (x{n})\n")
+        # What a real stream suffers: a producer retry re-sends a record, a crash tears a line, a bug writes NaN.
+        inbox = root / "inbox"
+        lines = [(r["log_stream_offset"], json.dumps(r)) for r in current[:30]]
+        lines.insert(12, lines[11])
+        lines.insert(20, (19, json.dumps(dict(current[19], value_loss=float("nan")))))
+        lines.insert(5, (5, '{"telemetry_version": "1.1", "run_id": "candidate-lr3e-3", "epoch": 5, "glo'))
+        write_segments(inbox, lines, max_bytes=8192)
+        _read(inbox, out, "a damaged copy of 30 candidate records")
 
         codec = epoch_summary_codec()
-        messages = [codec.encode(r) for r in valid_records]
-        identical = sum(codec.decode(m) == r for m, r in zip(messages, valid_records))
+        messages = [codec.encode(r) for r in current]
+        identical = sum(codec.decode(m) == r for m, r in zip(messages, current))
         out.write(
-            f"codec: {len(messages)} records as single-object Avro, {sum(map(len, messages))} bytes, "
-            f"{identical} decode back identical\n"
+            f"codec: {len(messages)} records as single-object Avro, {sum(map(len, messages)) / len(messages):.0f} "
+            f"bytes each, {identical} decode back identical\n"
         )
 
-        from avro_schemas import EpochSummary
-
         tracker = DriftTracker(Baseline.from_records([EpochSummary.from_dict(r) for r in baseline]))
-        for record in valid_records:
+        for record in current:
             tracker.observe(EpochSummary.from_dict(record))
         for summary in tracker.summaries():
             doc = summary.to_json_dict()
             out.write(f"drift vs {doc['baseline_run_id']}: {doc['epochs_compared']} epochs compared; largest drifts:\n")
-            top = sorted(doc["fields"].items(), key=lambda kv: -kv[1]["max_abs_relative_drift"])[:4]
+            top = sorted(doc["fields"].items(), key=lambda kv: -abs(kv[1]["mean_relative_drift"]))[:5]
             for name, stats in top:
                 out.write(
-                    f"  {name:<22} mean {stats['mean_relative_drift']:+8.2%}   max |drift| "
-                    f"{stats['max_abs_relative_drift']:8.2%}\n"
+                    f"  {name:<22} mean {stats['mean_relative_drift']:+9.1%}   max |drift| "
+                    f"{stats['max_abs_relative_drift']:9.1%}\n"
                 )
+            for name, reason in doc["skipped_fields"].items():
+                out.write(f"  {name:<22} skipped: {reason}\n")
 
         watch = Watch(RulesConfig.default())
-        out.write("alerts:\n")
-        for record in valid_records:
-            for t in watch.observe(EpochSummary.from_dict(record)):
-                out.write(
-                    f"  epoch {t.epoch:>3} offset {t.log_stream_offset:>3}  {t.rule:<17} {t.state:<8} "
-                    f"value {t.value:.4g} (threshold {t.threshold:.4g})\n"
-                )
-        out.write("demo finished (synthetic stream; training and Kafka stages are not part of this build yet)\n")
+        transitions = [t for record in current for t in watch.observe(EpochSummary.from_dict(record))]
+        out.write(f"alerts on candidate-lr3e-3: {len(transitions)} transitions\n")
+        for t in transitions[:12]:
+            out.write(
+                f"  epoch {t.epoch:>5} offset {t.log_stream_offset:>5}  {t.rule:<17} {t.state:<8} "
+                f"value {t.value:.4g} (threshold {t.threshold:.4g})\n"
+            )
+        if len(transitions) > 12:
+            out.write(f"  ... and {len(transitions) - 12} more\n")
+        out.write("demo finished (Kafka stages are not part of this build yet)\n")
     return 0
