@@ -54,6 +54,7 @@ class SingleObjectCodec:
         self._version_field = version_field
         # Compiled readers by writer fingerprint; None marks a schema that stays with fastavro.
         self._flat_readers: dict[bytes, FlatReader | None] = {}
+        self._int_field_cache: dict[bytes, tuple[str, ...]] = {}
 
     def _flat_reader(self, writer: SchemaVersion) -> FlatReader | None:
         try:
@@ -61,6 +62,17 @@ class SingleObjectCodec:
         except KeyError:
             reader = self._flat_readers[writer.fingerprint] = compile_flat_reader(writer.schema)
             return reader
+
+    def _int_fields(self, writer: SchemaVersion) -> tuple[str, ...]:
+        try:
+            return self._int_field_cache[writer.fingerprint]
+        except KeyError:
+            names = tuple(
+                f["name"] for f in writer.schema.get("fields", ())
+                if f["type"] == "int" or (isinstance(f["type"], list) and "int" in f["type"])
+            )
+            self._int_field_cache[writer.fingerprint] = names
+            return names
 
     def writer_for(self, record: dict[str, Any]) -> SchemaVersion:
         """The local schema version a record is written with."""
@@ -78,6 +90,11 @@ class SingleObjectCodec:
             record = record.to_dict()
         if writer is None:
             writer = self.writer_for(record)
+        for name in self._int_fields(writer):
+            value = record.get(name)
+            # fastavro writes any Python int as a varint; a reader of an Avro int would refuse it
+            if isinstance(value, int) and not -(2**31) <= value < 2**31:
+                raise EncodeError(f"cannot encode with {writer.family} v{writer.version}: {name} = {value} is outside the Avro int range")
         out = BytesIO()
         out.write(MAGIC)
         out.write(writer.fingerprint)

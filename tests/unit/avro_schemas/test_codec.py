@@ -310,3 +310,20 @@ def test_epoch_summary_v1_0_has_no_v1_1_values_and_ignores_extra_keys():
 def test_data_mode_values_are_the_schema_symbols(versions):
     (field,) = [f for f in versions["1.1"].schema["fields"] if f["name"] == "data_mode"]
     assert [m.value for m in DataMode] == field["type"][1]["symbols"]
+
+
+@pytest.mark.parametrize("value", [2**31, -(2**31) - 1])
+def test_encode_refuses_int_field_outside_avro_int_range(value):
+    from avro_schemas import EncodeError, epoch_summary_codec
+
+    codec = epoch_summary_codec()
+    record = {
+        "telemetry_version": "1.0", "run_id": "r", "epoch": value, "global_step": 2, "timestamp_ms": 3,
+        "policy_loss": 0.5, "value_loss": 1.0, "kl_divergence": 0.01, "clip_fraction": 0.1,
+        "explained_variance": None, "learning_rate": 1e-3, "mean_episode_return": 2.5,
+        "num_samples": 8, "num_minibatches": 2,
+    }
+    with pytest.raises(EncodeError, match="epoch"):
+        codec.encode(record)
+    record["epoch"] = 2**31 - 1
+    assert codec.decode(codec.encode(record))["epoch"] == 2**31 - 1
