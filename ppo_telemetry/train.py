@@ -53,13 +53,18 @@ class _Progress:
 class TrainingRun:
     """One `train` invocation: harness + sinks + signal handling."""
 
-    def __init__(self, config: HarnessConfig, sinks: list[Any], err: TextIO = sys.stderr) -> None:
+    def __init__(self, config: HarnessConfig, sinks: list[Any], err: TextIO | None = None) -> None:
         self.config = config
         self.sinks = sinks
-        self.err = err
+        self.err = err if err is not None else sys.stderr  # the current stderr, not the one at import
         self.records = 0
-        self.harness = TrainingHarness(config, publish=self._publish, flush=self._flush)
-        self._progress = _Progress(err, config.total_steps, enabled=err.isatty())
+        try:
+            self.harness = TrainingHarness(config, publish=self._publish, flush=self._flush)
+        except BaseException:
+            for sink in sinks:  # a rejected run must not keep the stream locked
+                sink.close()
+            raise
+        self._progress = _Progress(self.err, config.total_steps, enabled=self.err.isatty())
 
     def _publish(self, record: dict[str, Any]) -> None:
         for sink in self.sinks:
