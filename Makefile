@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench samples clean
+.PHONY: install test demo bench endurance samples clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ bench: $(STAMP)
 	$(PY) bench/codec_validate.py
 	$(PY) bench/learning.py
 	$(PY) bench/telemetry_overhead.py
+
+endurance: $(STAMP)
+	$(PY) bench/endurance.py
 
 samples: $(STAMP)
 	$(PY) -m ppo_telemetry.samples

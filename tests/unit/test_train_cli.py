@@ -27,7 +27,6 @@ import pytest
 from avro_schemas import VERSION_FIELDS
 from avro_schemas.ndjson import iter_segment_lines, list_segments, segment_name
 from ppo_telemetry.cli import main
-from ppo_telemetry.train import TrainingRun
 
 SCRIPT = Path(sys.executable).with_name("ppo-telemetry")
 if not SCRIPT.exists():  # an interpreter outside the venv: the script on PATH
