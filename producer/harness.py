@@ -33,7 +33,7 @@ from avro_schemas.models import V1_1_ADDED_FIELDS
 from . import envs as _register_envs  # noqa: F401  (registers Conflict-v0)
 from .ppo import ActorCritic, Adam
 from .rollout import Dataset, DatasetMeta, RolloutBuffer
-from .stats import EpochStats, explained_variance, mean_or_none, pearson_or_none
+from .stats import EpochStats, dataset_statistics, mean_or_none
 
 __all__ = ["HarnessConfig", "HarnessError", "TrainingHarness", "DATA_MODES", "PRESETS", "preset_for"]
 
@@ -113,14 +113,36 @@ def preset_for(env_id: str) -> HarnessConfig:
 
 @dataclass
 class CycleData:
-    """A dataset with what the records need from it, computed once per cycle."""
+    """A dataset, with the statistics records need from it computed once per cycle, when first asked."""
 
     dataset: Dataset
     meta: DatasetMeta
     cycle_id: int
-    explained_variance: float | None = None
-    reward_advantage_corr: float | None = None
-    mean_episode_return: float | None = None
+    _statistics: tuple[float | None, float | None, float | None] | None = None
+
+    def statistics(self) -> tuple[float | None, float | None, float | None]:
+        """(explained_variance, reward_advantage_corr, mean_episode_return) of the dataset."""
+        # computed when the cycle's first record is built (in a publish batch), not in the training loop
+        if self._statistics is None:
+            data = self.dataset
+            ev, corr = dataset_statistics(data.returns, data.values, data.rewards, data.advantages)
+            self._statistics = (ev, corr, mean_or_none(self.meta.episode_returns))
+        return self._statistics
+
+    @property
+    def explained_variance(self) -> float | None:
+        """`1 - Var(returns - values) / Var(returns)` over the dataset (None for constant returns)."""
+        return self.statistics()[0]
+
+    @property
+    def reward_advantage_corr(self) -> float | None:
+        """Pearson correlation of per-sample rewards and GAE advantages (None for zero variance)."""
+        return self.statistics()[1]
+
+    @property
+    def mean_episode_return(self) -> float | None:
+        """Mean return of the episodes that finished in the dataset's capture (None when none did)."""
+        return self.statistics()[2]
 
 
 @dataclass
@@ -130,6 +152,25 @@ class EpisodeLog:
     steps: list[int] = field(default_factory=list)
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+
+
+class _CycleSummary:
+    """What a cycle's records need, without the dataset: pending records must not keep datasets alive."""
+
+    __slots__ = ("cycle_id", "num_samples", "rollout_ticks", "_cycle", "_statistics")
+
+    def __init__(self, cycle: CycleData) -> None:
+        self.cycle_id = cycle.cycle_id
+        self.num_samples = len(cycle.dataset)
+        self.rollout_ticks = cycle.meta.rollout_ticks
+        self._cycle: CycleData | None = cycle
+        self._statistics: tuple[float | None, float | None, float | None] | None = None
+
+    def statistics(self) -> tuple[float | None, float | None, float | None]:
+        if self._statistics is None:
+            self._statistics = self._cycle.statistics()
+            self._cycle = None
+        return self._statistics
 
 
 @dataclass(slots=True)
@@ -142,7 +183,7 @@ class _EpochOutcome:
     learning_rate: float
     stats: EpochStats
     duration: float
-    cycle: CycleData
+    cycle: _CycleSummary
     data_mode: str
 
 
@@ -253,21 +294,7 @@ class TrainingHarness:
         return self._cycle(dataset, meta, self.cycle_id)
 
     def _cycle(self, dataset: Dataset, meta: DatasetMeta, cycle_id: int) -> CycleData:
-        if self.publish is None:  # nobody reads the statistics
-            return CycleData(dataset, meta, cycle_id)
-        # dataset-level statistics do not change between the epochs of a cycle: compute them once
-        mark = time.perf_counter()
-        try:
-            return CycleData(
-                dataset=dataset,
-                meta=meta,
-                cycle_id=cycle_id,
-                explained_variance=explained_variance(dataset.returns, dataset.values),
-                reward_advantage_corr=pearson_or_none(dataset.rewards, dataset.advantages),
-                mean_episode_return=mean_or_none(meta.episode_returns),
-            )
-        finally:
-            self.telemetry_seconds += time.perf_counter() - mark
+        return CycleData(dataset, meta, cycle_id)
 
     # ------------------------------------------------------------------------------------- training
 
@@ -279,6 +306,7 @@ class TrainingHarness:
         batch = max(1, n // cfg.num_minibatches)
         agent, optimizer = self.agent, self.optimizer
         epochs_run = 0
+        cycle_summary = _CycleSummary(cycle) if self.publish is not None else None
         for _ in range(cfg.update_epochs):
             started = time.monotonic()
             stats = EpochStats()
@@ -306,7 +334,7 @@ class TrainingHarness:
                 self._pending.append(
                     _EpochOutcome(
                         self.epoch, self.global_step, time.time_ns() // 1_000_000, self._lr, stats, duration,
-                        cycle, data_mode,
+                        cycle_summary, data_mode,
                     )
                 )
                 if mark - self._pending_since > self.max_publish_delay:
@@ -316,6 +344,10 @@ class TrainingHarness:
             epochs_run += 1
             if stop or self.stop_requested:
                 break
+        if cycle_summary is not None:
+            mark = time.perf_counter()
+            cycle_summary.statistics()  # now, while the dataset is in cache; then it can be freed
+            self.telemetry_seconds += time.perf_counter() - mark
         return epochs_run
 
     def publish_pending(self) -> None:
@@ -332,6 +364,7 @@ class TrainingHarness:
     def _record(self, outcome: _EpochOutcome) -> dict[str, Any]:
         stats = outcome.stats
         cycle = outcome.cycle
+        explained_var, corr, mean_return = cycle.statistics()
         n = len(stats.entropies)
         entropy_mean, entropy_std = stats.entropy_mean_std()
         kl_mean = stats.kl_sum / n
@@ -346,10 +379,10 @@ class TrainingHarness:
             "value_loss": stats.v_loss_sum / n,
             "kl_divergence": kl_mean if kl_mean > 0.0 else 0.0,  # k3 >= 0; rounding can leave -1e-17
             "clip_fraction": stats.clipped / stats.samples,
-            "explained_variance": cycle.explained_variance,
+            "explained_variance": explained_var,
             "learning_rate": outcome.learning_rate,
-            "mean_episode_return": cycle.mean_episode_return,
-            "num_samples": len(cycle.dataset),
+            "mean_episode_return": mean_return,
+            "num_samples": cycle.num_samples,
             "num_minibatches": n,
             "epoch_duration_sec": outcome.duration,
             "data_mode": outcome.data_mode,
@@ -358,8 +391,8 @@ class TrainingHarness:
             "batch_entropy_std": entropy_std,
             "grad_norm_max": stats.grad_norm_max,
             "kl_divergence_max": stats.kl_max if stats.kl_max > 0.0 else 0.0,
-            "reward_advantage_corr": cycle.reward_advantage_corr,
-            "rollout_ticks": cycle.meta.rollout_ticks,
+            "reward_advantage_corr": corr,
+            "rollout_ticks": cycle.rollout_ticks,
             "log_stream_offset": None,  # the stream writer numbers records
         }
         if not self.config.enable_telemetry_v1_1:

@@ -153,3 +153,24 @@ def test_epoch_stats_values_are_plain_floats():
         stats.add(result(pg, v, ent, kl, clipped, gn), size)
     for name, value in stats.fields().items():
         assert type(value) is float, name  # the validator wants JSON numbers, not numpy scalars
+
+
+def test_constant_rewards_that_do_not_centre_exactly_give_null_correlation():
+    from producer.stats import dataset_statistics
+
+    rewards = np.full(256, 0.1)  # the mean of 256 x 0.1 is not exactly 0.1 in binary
+    advantages = np.random.default_rng(0).normal(size=256)
+    returns = np.random.default_rng(1).normal(size=256)
+    assert pearson_or_none(rewards, advantages) is None
+    assert dataset_statistics(returns, returns * 0.5, rewards, advantages)[1] is None
+    assert explained_variance(np.full(256, 0.1), advantages) is None
+
+
+def test_dataset_statistics_equal_the_separate_definitions():
+    from producer.stats import dataset_statistics
+
+    rng = np.random.default_rng(5)
+    returns, values, rewards, advantages = rng.normal(size=(4, 300))
+    ev, corr = dataset_statistics(returns, values, rewards, advantages)
+    assert ev == pytest.approx(1 - np.var(returns - values) / np.var(returns), rel=1e-12)
+    assert corr == pytest.approx(np.corrcoef(rewards, advantages)[0, 1], rel=1e-12)
