@@ -14,7 +14,7 @@ The run uses the Conflict-v0 preset in data_mode `mixed` with `total_steps = cyc
 through `TrainingHarness.run_ppo` itself; a subclass samples RSS after each cycle's epochs. The stream
 lives in a temporary directory unless `--dir` keeps it. Exits 1 when any target is not met.
 
-    .venv/bin/python bench/endurance.py [--cycles 250] [--max-segment-bytes 262144] [--seed 0] [--dir DIR]
+    .venv/bin/python bench/endurance.py [--cycles 1000] [--max-segment-bytes 262144] [--seed 0] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def run(config: HarnessConfig, directory: Path, max_segment_bytes: int) -> tuple
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=250, help=f"capture<->train cycles (>= {MIN_CYCLES})")
+    parser.add_argument("--cycles", type=int, default=1000, help=f"capture<->train cycles (>= {MIN_CYCLES})")
     parser.add_argument("--max-segment-bytes", type=int, default=256 * 1024, help="segment rotation size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", type=Path, default=None, help="keep the stream here (an empty or new directory)")

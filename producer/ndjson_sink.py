@@ -104,8 +104,8 @@ class NdjsonStreamWriter:
       line is handed to the OS at once, visible to readers, and survives a crash of this process.
     - `buffered=True` holds lines in memory until `flush()` (or 1 MiB, a rotation, `close`) and appends
       them with one `write`: still whole lines only, for a fraction of the per-line system-call cost. The
-      training harness flushes at the end of every cycle (or within a second); a crash loses at most the
-      unflushed lines, and a restart numbers on from what the segments hold.
+      training harness flushes after each batch of records (about once a second) and at the end; a
+      crash loses at most the unflushed lines, and a restart numbers on from what the segments hold.
 
     Not thread-safe: one thread writes.
     """
