@@ -54,23 +54,24 @@ def dataset_statistics(
     4x4 product cost a third of the eight separate reductions, and this runs once per cycle.
     """
     rows = np.stack((returns, returns - values, rewards, advantages))
+    # "zero variance" means constant data; the centred sum of a constant like 0.1 can round to 1e-33
+    const_returns, _, const_rewards, const_advantages = (rows.max(axis=1) == rows.min(axis=1)).tolist()
     rows -= rows.mean(axis=1, keepdims=True)
     gram = rows @ rows.T
     var_returns, var_residual, var_rewards, var_advantages = np.diag(gram).tolist()
-    # "zero variance" means constant data; the centred sum of a constant like 0.1 can round to 1e-33
-    ev = None if var_returns == 0.0 or _constant(returns) else 1.0 - var_residual / var_returns
+    ev = None if var_returns == 0.0 or const_returns else 1.0 - var_residual / var_returns
     corr = None
     if (
         var_rewards != 0.0 and var_advantages != 0.0 and math.isfinite(var_rewards * var_advantages)
-        and not _constant(rewards) and not _constant(advantages)
+        and not const_rewards and not const_advantages
     ):
         corr = min(1.0, max(-1.0, float(gram[2, 3]) / math.sqrt(var_rewards * var_advantages)))
     return ev, corr
 
 
 def mean_or_none(values) -> float | None:
-    """The mean of a sequence, or None when it is empty."""
-    return float(np.mean(values)) if len(values) else None
+    """The mean of a sequence of floats, or None when it is empty."""
+    return math.fsum(values) / len(values) if len(values) else None
 
 
 @dataclass(slots=True)
@@ -107,10 +108,10 @@ class EpochStats:
     def entropy_mean_std(self) -> tuple[float, float]:
         """Mean and population std (SPEC §1) of the per-minibatch mean entropies."""
         entropies = self.entropies
+        if len(entropies) == 1:
+            return entropies[0], 0.0
         n = len(entropies)
         mean = sum(entropies) / n
-        if n == 1:
-            return mean, 0.0
         return mean, math.sqrt(sum((e - mean) ** 2 for e in entropies) / n)
 
     def fields(self) -> dict[str, float]:
