@@ -1,8 +1,10 @@
 """What telemetry costs the training loop: the same seeded run with telemetry off and on, alternating.
 
 "off" runs the harness with no publisher (no records built, no cycle statistics); "on" publishes every
-epoch's v1.1 record to an NDJSON stream (`NdjsonSink`, buffered and flushed per cycle, as `train` does;
-segments in a temporary directory). Same seed,
+epoch's v1.1 record to an NDJSON stream exactly as `train` does: the harness hands batches of compact
+epoch rows to the publisher process (`producer.publisher`), which builds, serialises and writes the
+records (segments in a temporary directory). The publisher's start-up and final close are outside the
+timed training, as they are outside the training loop. Same seed,
 same numbers, so the wall-time difference is telemetry plus noise; the harness also times its own
 telemetry path (`telemetry_seconds`: cycle statistics, record building, publishing), which is the
 precise figure. Target (issue 3): overhead ≤ 1 % of training wall time.
@@ -21,28 +23,24 @@ from dataclasses import replace
 from pathlib import Path
 
 from producer.harness import TrainingHarness, preset_for
-from producer.ndjson_sink import NdjsonSink
+from producer.publisher import PublisherProcess
 
 
 def run_once(env: str, steps: int, telemetry: bool) -> tuple[float, float, int]:
     """(wall seconds, telemetry seconds, records) of one run."""
     config = replace(preset_for(env), total_steps=steps, seed=0, run_id="overhead")
     with tempfile.TemporaryDirectory() as tmp:
-        sink = NdjsonSink(Path(tmp), buffered=True) if telemetry else None
-        records = [0]
-
-        def publish(record):
-            sink.publish(record)
-            records[0] += 1
-
-        harness = TrainingHarness(config, publish=publish if telemetry else None, flush=sink.flush if sink else None)
+        publisher = PublisherProcess(Path(tmp), 16 << 20, config.run_id, True) if telemetry else None
+        harness = TrainingHarness(config, publish_rows=publisher.publish_rows if publisher else None)
         start = time.perf_counter()
         harness.run_ppo()
-        if sink is not None:
-            sink.close()
         wall = time.perf_counter() - start
+        records = 0
+        if publisher is not None:
+            publisher.close()
+            records = publisher.next_offset
         harness.close()
-        return wall, harness.telemetry_seconds, records[0]
+        return wall, harness.telemetry_seconds, records
 
 
 def main() -> None:

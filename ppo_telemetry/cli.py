@@ -296,7 +296,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """`train ...`: PPO with telemetry to the NDJSON stream; 130 when stopped by Ctrl-C (stream flushed)."""
     from consumers.validator import is_valid_run_id
-    from producer.ndjson_sink import NdjsonSink
+    from producer.publisher import PublisherProcess
     from ppo_telemetry.train import TrainingRun, config_from_args
 
     if not args.ndjson_dir:
@@ -310,8 +310,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.replay and not Path(args.replay).exists():
         raise InputError(f"no such replay manifest: {args.replay}")
     config = config_from_args(args)
-    sinks = [NdjsonSink(Path(args.ndjson_dir), max_segment_bytes=args.ndjson_max_bytes, buffered=True)]
-    return TrainingRun(config, sinks).run()
+    # train writes records through a pipe to its publisher process: a dead publisher must be an error
+    # (BrokenPipeError), not a silent death by SIGPIPE as for a filter whose reader went away
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    publisher = PublisherProcess(
+        Path(args.ndjson_dir), args.ndjson_max_bytes, config.run_id, config.enable_telemetry_v1_1
+    )
+    return TrainingRun(config, publisher).run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,4 +1,8 @@
-"""`ppo-telemetry train`: run the harness with its sinks, a progress bar on a terminal, a clean Ctrl-C."""
+"""`ppo-telemetry train`: the harness and its publisher process, a progress bar on a terminal, a clean Ctrl-C.
+
+Records are written by a child process (`producer.publisher`), so that serialising and writing them
+does not cost the training loop: it sends compact rows, once a second.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from producer.harness import HarnessConfig, TrainingHarness, preset_for
+from producer.publisher import PublisherProcess
 
 __all__ = ["TrainingRun", "default_run_id"]
 
@@ -51,30 +56,24 @@ class _Progress:
 
 
 class TrainingRun:
-    """One `train` invocation: harness + sinks + signal handling."""
+    """One `train` invocation: the harness, its publisher process, signal handling and the summary."""
 
-    def __init__(self, config: HarnessConfig, sinks: list[Any], err: TextIO | None = None) -> None:
+    def __init__(self, config: HarnessConfig, publisher: PublisherProcess, err: TextIO | None = None) -> None:
         self.config = config
-        self.sinks = sinks
+        self.publisher = publisher
         self.err = err if err is not None else sys.stderr  # the current stderr, not the one at import
         self.records = 0
         try:
-            self.harness = TrainingHarness(config, publish=self._publish, flush=self._flush)
+            self.harness = TrainingHarness(config, publish_rows=self._publish_rows)
         except BaseException:
-            for sink in sinks:  # a rejected run must not keep the stream locked
-                sink.close()
+            publisher.close()  # a rejected run must not keep the stream locked
             raise
         self._progress = _Progress(self.err, config.total_steps, enabled=self.err.isatty())
 
-    def _publish(self, record: dict[str, Any]) -> None:
-        for sink in self.sinks:
-            sink.publish(record)
-        self.records += 1
+    def _publish_rows(self, rows: list[tuple]) -> None:
+        self.publisher.publish_rows(rows)
+        self.records += len(rows)
         self._progress.update(self.harness, self.records)
-
-    def _flush(self) -> None:
-        for sink in self.sinks:
-            sink.flush()
 
     def run(self) -> int:
         """Train; returns 0 when finished, 130 when stopped by SIGINT/SIGTERM (the stream flushed)."""
@@ -95,10 +94,8 @@ class TrainingRun:
                 signal.signal(sig, handler)
             self._progress.update(self.harness, self.records, force=True)
             self._progress.finish()
-            for sink in self.sinks:
-                sink.flush()
-                sink.close()
             self.harness.close()
+            self.publisher.close()  # waits until every record is written
         elapsed = time.monotonic() - started
         recent = self.harness.episodes.returns[-20:]
         summary = (

@@ -28,10 +28,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from avro_schemas.errors import TelemetryError
-from avro_schemas.models import V1_1_ADDED_FIELDS
 
 from . import envs as _register_envs  # noqa: F401  (registers Conflict-v0)
 from .ppo import ActorCritic, Adam
+from .records import DATA_MODE_NAMES, build_record
 from .rollout import Dataset, DatasetMeta, RolloutBuffer
 from .stats import EpochStats, dataset_statistics, mean_or_none
 
@@ -154,46 +154,25 @@ class EpisodeLog:
     lengths: list[int] = field(default_factory=list)
 
 
-class _CycleSummary:
-    """What a cycle's records need. The cycle's statistics are computed when its first record is built
-    (in a publish batch, where the code is warm: in the training loop they cost 4x more); after that
-    the dataset is released."""
-
-    __slots__ = ("cycle_id", "num_samples", "rollout_ticks", "_cycle", "_statistics")
-
-    def __init__(self, cycle: CycleData) -> None:
-        self.cycle_id = cycle.cycle_id
-        self.num_samples = len(cycle.dataset)
-        self.rollout_ticks = cycle.meta.rollout_ticks
-        self._cycle: CycleData | None = cycle
-        self._statistics: tuple[float | None, float | None, float | None] | None = None
-
-    def statistics(self) -> tuple[float | None, float | None, float | None]:
-        if self._statistics is None:
-            self._statistics = self._cycle.statistics()
-            self._cycle = None
-        return self._statistics
-
-
-# What an epoch's record needs, captured when the epoch ends: a plain tuple, the cheapest thing to build
-# (epoch, global_step, timestamp_ms, learning_rate, stats, duration, cycle summary, data_mode).
-_EpochOutcome = tuple[int, int, int, float, EpochStats, float, _CycleSummary, str]
-
-
 Publish = Callable[[dict[str, Any]], None]
 
 
 class TrainingHarness:
     """Runs PPO and hands each epoch's record to `publish` (a sink's publish method, or None).
 
-    Records are published in batches: when an epoch ends and the previous batch is more than
+    `publish_rows` (instead of `publish`) takes each batch as compact rows (`producer.records`), for a
+    publisher in another process. Records are published in batches: when an epoch ends and the previous batch is more than
     `max_publish_delay` seconds old, and when the run ends (or stops); `flush` (optional) is called
     after each batch. Records reach readers within about a second of their epoch, and building,
     serialising and writing them in batches keeps telemetry's cost under 1% of training time.
     """
 
     def __init__(
-        self, config: HarnessConfig, publish: Publish | None = None, flush: Callable[[], None] | None = None
+        self,
+        config: HarnessConfig,
+        publish: Publish | None = None,
+        flush: Callable[[], None] | None = None,
+        publish_rows: Callable[[list[tuple]], None] | None = None,
     ) -> None:
         if config.data_mode not in DATA_MODES:
             raise HarnessError(f"data_mode must be one of {', '.join(DATA_MODES)}, got {config.data_mode!r}")
@@ -202,6 +181,7 @@ class TrainingHarness:
         self.config = config
         self.publish = publish
         self.flush = flush
+        self.publish_rows = publish_rows
         self.envs = self._make_envs(config)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         if not isinstance(act_space, gym.spaces.Discrete) or not isinstance(obs_space, gym.spaces.Box):
@@ -220,7 +200,7 @@ class TrainingHarness:
         self.telemetry_seconds = 0.0
         self.max_publish_delay = 1.0
         """Seconds between record batches (a record waits at most about this long to be published)."""
-        self._pending: list[_EpochOutcome] = []
+        self._pending: list[tuple] = []  # rows of finished epochs not yet published
         self._pending_since = time.perf_counter()
         """Time spent building and publishing records (cycle statistics included): telemetry's cost."""
         self._lr = config.learning_rate
@@ -286,6 +266,10 @@ class TrainingHarness:
         dataset, meta = buffer.build_dataset(cfg.gamma, cfg.gae_lambda, last_values)
         return self._cycle(dataset, meta, self.cycle_id)
 
+    @property
+    def _publishing(self) -> bool:
+        return self.publish is not None or self.publish_rows is not None
+
     def _cycle(self, dataset: Dataset, meta: DatasetMeta, cycle_id: int) -> CycleData:
         return CycleData(dataset, meta, cycle_id)
 
@@ -299,7 +283,14 @@ class TrainingHarness:
         batch = max(1, n // cfg.num_minibatches)
         agent, optimizer = self.agent, self.optimizer
         epochs_run = 0
-        cycle_summary = _CycleSummary(cycle) if self.publish is not None else None
+        publishing = self._publishing
+        if publishing:
+            # the dataset-level statistics, once per cycle, while the dataset is still in cache
+            mark = time.perf_counter()
+            explained_var, corr, mean_return = cycle.statistics()
+            cycle_fields = (explained_var, corr, mean_return, n, DATA_MODE_NAMES.index(data_mode),
+                            cycle.cycle_id, cycle.meta.rollout_ticks)
+            self.telemetry_seconds += time.perf_counter() - mark
         for _ in range(cfg.update_epochs):
             started = time.monotonic()
             stats = EpochStats()
@@ -322,12 +313,11 @@ class TrainingHarness:
                     stop = True
                     break
             duration = time.monotonic() - started
-            if self.publish is not None:
+            if publishing:
                 mark = time.perf_counter()
-                self._pending.append(
-                    (self.epoch, self.global_step, time.time_ns() // 1_000_000, self._lr, stats, duration,
-                     cycle_summary, data_mode)
-                )
+                # a row of plain numbers, made now: pending records must hold no live objects (a
+                # second's worth of retained datasets and stats slowed the training loop itself)
+                self._pending.append(self._row(stats, duration, cycle_fields))
                 if mark - self._pending_since > self.max_publish_delay:
                     self.publish_pending()
                 self.telemetry_seconds += time.perf_counter() - mark
@@ -338,55 +328,37 @@ class TrainingHarness:
         return epochs_run
 
     def publish_pending(self) -> None:
-        """Build, publish and flush the records of the epochs finished since the last batch."""
-        # Batched: built in one tight loop, the records cost a third of what they cost one at a time
-        # between numpy-heavy updates, and the sink pays its write once per batch.
+        """Publish (and flush) the records of the epochs finished since the last batch."""
+        # Batched: the sink's work runs in one tight loop (or another process) and pays its write once.
         pending, self._pending = self._pending, []
         self._pending_since = time.perf_counter()
-        for outcome in pending:
-            self.publish(self._record(outcome))
+        if self.publish_rows is not None:
+            self.publish_rows(pending)
+        else:
+            run_id, v1_1 = self.config.run_id, self.config.enable_telemetry_v1_1
+            for row in pending:
+                self.publish(build_record(row, run_id, v1_1))
         if self.flush is not None:
             self.flush()
 
-    def _record(self, outcome: _EpochOutcome) -> dict[str, Any]:
-        epoch, global_step, timestamp_ms, learning_rate, stats, duration, cycle, data_mode = outcome
-        explained_var, corr, mean_return = cycle.statistics()
+    def _row(self, stats: EpochStats, duration: float, cycle_fields: tuple) -> tuple:
+        """The compact row (`producer.records.ROW_FIELDS`) of the epoch that just ended."""
+        explained_var, corr, mean_return, num_samples, data_mode, cycle_id, rollout_ticks = cycle_fields
         n = len(stats.entropies)
         entropy_mean, entropy_std = stats.entropy_mean_std()
         kl_mean = stats.kl_sum / n
         kl_max = stats.kl_max
-        # one dict literal in schema order: this runs once per epoch
-        record: dict[str, Any] = {
-            "telemetry_version": "1.1",
-            "run_id": self.config.run_id,
-            "epoch": epoch,
-            "global_step": global_step,
-            "timestamp_ms": timestamp_ms,
-            "policy_loss": stats.pg_loss_sum / n,
-            "value_loss": stats.v_loss_sum / n,
-            "kl_divergence": kl_mean if kl_mean > 0.0 else 0.0,  # k3 >= 0; rounding can leave -1e-17
-            "clip_fraction": stats.clipped / stats.samples,
-            "explained_variance": explained_var,
-            "learning_rate": learning_rate,
-            "mean_episode_return": mean_return,
-            "num_samples": cycle.num_samples,
-            "num_minibatches": n,
-            "epoch_duration_sec": duration,
-            "data_mode": data_mode,
-            "cycle_id": cycle.cycle_id,
-            "batch_entropy_mean": entropy_mean,
-            "batch_entropy_std": entropy_std,
-            "grad_norm_max": stats.grad_norm_max,
-            "kl_divergence_max": kl_max if kl_max > 0.0 else 0.0,
-            "reward_advantage_corr": corr,
-            "rollout_ticks": cycle.rollout_ticks,
-            "log_stream_offset": None,  # the stream writer numbers records
-        }
-        if not self.config.enable_telemetry_v1_1:
-            record["telemetry_version"] = "1.0"
-            for name in V1_1_ADDED_FIELDS:
-                del record[name]
-        return record
+        return (
+            self.epoch, self.global_step, time.time_ns() // 1_000_000,
+            stats.pg_loss_sum / n,
+            stats.v_loss_sum / n,
+            kl_mean if kl_mean > 0.0 else 0.0,  # k3 >= 0; rounding can leave -1e-17
+            stats.clipped / stats.samples,
+            explained_var, self._lr, mean_return, num_samples, n, duration, data_mode, cycle_id,
+            entropy_mean, entropy_std, stats.grad_norm_max,
+            kl_max if kl_max > 0.0 else 0.0,
+            corr, rollout_ticks,
+        )
 
     def _anneal(self, progress: float) -> None:
         """Linear decay of the learning rate (and clip range) with the share of the run done."""
@@ -406,7 +378,7 @@ class TrainingHarness:
             with threadpool_limits(limits=1, user_api="blas"):
                 self._run()
         finally:
-            if self.publish is not None:
+            if self._publishing:
                 mark = time.perf_counter()
                 self.publish_pending()
                 self.telemetry_seconds += time.perf_counter() - mark

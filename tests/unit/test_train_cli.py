@@ -443,6 +443,60 @@ def test_a_stop_signal_finishes_the_epoch_flushes_the_stream_and_exits_130(tmp_p
     assert_contiguous_from(verdicts)
 
 
+def test_ctrl_c_at_a_terminal_reaches_the_whole_group_and_still_loses_nothing(tmp_path, capsys):
+    # A terminal's Ctrl-C signals the whole foreground process group, the publisher process too:
+    # it must keep writing until the trainer, having finished its epoch, closes it.
+    stream = tmp_path / "stream"
+    proc = subprocess.Popen(
+        [str(SCRIPT), "train", "--ndjson-dir", str(stream), "--run-id", "group", "--total-steps", "200000"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _complete_lines(stream) < 3:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no records reached the stream within 30 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    summary = SUMMARY.match(err)
+    assert summary is not None, err
+    records = stream_records(stream)
+    assert len(records) == int(summary["records"]) == int(summary["epochs"])
+    assert_contiguous_from(validate(capsys, stream))
+
+
+def test_a_publisher_process_that_dies_is_one_line_exit_2(tmp_path):
+    stream = tmp_path / "stream"
+    proc = subprocess.Popen(
+        [str(SCRIPT), "train", "--ndjson-dir", str(stream), "--run-id", "orphan", "--total-steps", "200000"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        children: list[int] = []
+        while not children:
+            assert time.monotonic() < deadline, "the publisher process never started"
+            children = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+            time.sleep(0.05)
+        os.kill(children[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "publisher process" in err
+
+
 # ------------------------------------------------------------------------------------------ determinism
 
 

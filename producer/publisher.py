@@ -1,0 +1,199 @@
+"""The publisher process: telemetry's serialising and I/O, off the training process.
+
+Building, checking, serialising and writing a record costs a few microseconds of Python, which on a
+fast environment is more than 1% of an epoch. The training process instead sends each batch of compact
+epoch rows (`producer.records`) down a pipe to a child process (`python -m producer.publisher`) that
+owns the sinks, builds the records and writes them, on the machine's other core.
+
+Protocol, on the child's stdin and stdout: frames of a 4-byte big-endian length and a pickle.
+Parent -> child: the configuration first, then `("rows", [row, ...])`, `("flush",)`, `("close",)`.
+Child -> parent: `("ok", next_offset)` after the configuration, each flush and the close, or
+`("error", message)`, after which the child exits. Rows are not acknowledged one batch at a time (the
+training loop never waits for the disk); the first error is reported on the next call, as
+confluent-kafka and Quix Streams report a failed delivery on the next produce or flush.
+
+The child ignores SIGINT: a Ctrl-C at a terminal reaches the whole process group, and the parent, which
+finishes its epoch and then closes the publisher, decides when writing stops. When the parent dies, the
+child reads end-of-file, writes what it has and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from avro_schemas.errors import TelemetryError
+
+__all__ = ["PublisherError", "PublisherProcess"]
+
+_LENGTH = struct.Struct(">I")
+
+
+class PublisherError(TelemetryError):
+    """The publisher process could not write, or stopped."""
+
+
+def _send(stream: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _receive(stream: BinaryIO) -> Any | None:
+    """The next message, or None at end of file."""
+    header = stream.read(_LENGTH.size)
+    if len(header) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+class PublisherProcess:
+    """The parent's end: start the child, send it row batches, flush, close."""
+
+    def __init__(self, ndjson_dir: Path, max_segment_bytes: int, run_id: str, v1_1: bool) -> None:
+        """Start the child and wait until its sinks are open (a one-line `PublisherError` if not)."""
+        self.rows_sent = 0
+        self.next_offset: int | None = None
+        self._closed = False
+        self._error: PublisherError | None = None  # the first failure, raised again on every later call
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "producer.publisher"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=os.getcwd(),
+        )
+        config = {
+            "ndjson_dir": str(ndjson_dir),
+            "max_segment_bytes": max_segment_bytes,
+            "run_id": run_id,
+            "v1_1": v1_1,
+        }
+        try:
+            _send(self._process.stdin, config)
+        except OSError:
+            pass  # the reply (or its absence) says what happened
+        self._await_ok("start")
+
+    def _fail(self, message: str) -> PublisherError:
+        self._process.wait()
+        self._closed = True
+        self._error = PublisherError(message)
+        return self._error
+
+    def _await_ok(self, what: str) -> None:
+        reply = _receive(self._process.stdout)
+        if reply is None:
+            code = self._process.wait()
+            raise self._fail(f"the publisher process exited during {what} (exit code {code}); records since the last flush may be lost")
+        kind, value = reply
+        if kind == "error":
+            raise self._fail(value)
+        self.next_offset = value
+
+    def _send(self, message: Any, what: str) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise PublisherError("the publisher process is closed")
+        try:
+            _send(self._process.stdin, message)
+        except (BrokenPipeError, OSError):
+            self._await_ok(what)  # reads the child's error, or reports its exit
+            raise PublisherError(f"the publisher process stopped reading during {what}") from None
+
+    def publish_rows(self, rows: list[tuple]) -> None:
+        """Hand a batch of epoch rows to the child (it writes them while training goes on)."""
+        self._send(("rows", rows), "publish")
+        self.rows_sent += len(rows)
+
+    def flush(self) -> None:
+        """Wait until the child has written every row sent so far."""
+        self._send(("flush",), "flush")
+        self._await_ok("flush")
+
+    def close(self) -> None:
+        """Write everything, close the sinks and wait for the child to exit; idempotent.
+
+        After a failure, closing raises that failure again (once it is handled, call it no more)."""
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            return
+        try:
+            self._send(("close",), "close")
+            self._await_ok("close")
+        finally:
+            self._closed = True
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass
+            self._process.wait()
+            self._process.stdout.close()
+
+
+def _serve(inp: BinaryIO, out: BinaryIO) -> int:
+    """The child's loop; returns its exit code."""
+    from producer.ndjson_sink import NdjsonSink
+    from producer.records import build_record
+
+    config = _receive(inp)
+    if config is None:
+        return 0
+    try:
+        sink = NdjsonSink(Path(config["ndjson_dir"]), config["max_segment_bytes"], buffered=True)
+    except TelemetryError as exc:
+        _send(out, ("error", str(exc)))
+        return 1
+    run_id, v1_1 = config["run_id"], config["v1_1"]
+    publish = sink.publish
+    _send(out, ("ok", sink.writer.next_offset))
+    try:
+        while True:
+            message = _receive(inp)
+            if message is None:  # the parent is gone: keep what it sent
+                sink.close()
+                return 0
+            kind = message[0]
+            if kind == "rows":
+                for row in message[1]:
+                    publish(build_record(row, run_id, v1_1))
+                sink.flush()
+            elif kind == "flush":
+                sink.flush()
+                _send(out, ("ok", sink.writer.next_offset))
+            elif kind == "close":
+                sink.close()
+                _send(out, ("ok", sink.writer.next_offset))
+                return 0
+    except TelemetryError as exc:
+        try:
+            sink.close()
+        except TelemetryError:
+            pass
+        try:
+            _send(out, ("error", str(exc)))
+        except OSError:
+            pass
+        return 1
+
+
+def main() -> int:
+    """Entry point of `python -m producer.publisher` (started by `PublisherProcess`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return _serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
