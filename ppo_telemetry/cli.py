@@ -433,8 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ppo-telemetry` console script; returns the exit code."""
-    # A reader that closes the pipe early (`| head`) ends us quietly, as for any Unix filter.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # A reader that closes the pipe early (`| head`) ends us quietly, as for any Unix filter. The
+    # previous disposition comes back on return, for callers that run main() in their own process.
+    previous_sigpipe = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
@@ -450,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"{PROG}: error: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGPIPE, previous_sigpipe)
 
 
 if __name__ == "__main__":
