@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from avro_schemas.models import V1_1_ADDED_FIELDS
+from avro_schemas.models import V1_1_ADDED_FIELDS, VERSION_FIELDS
 
 __all__ = ["DATA_MODE_NAMES", "ROW_FIELDS", "build_record"]
 
@@ -17,28 +17,8 @@ DATA_MODE_NAMES = ("mixed", "rollout", "replay")
 
 # The row's layout: the record's fields in schema order, less telemetry_version, run_id and
 # log_stream_offset, with data_mode as an index into DATA_MODE_NAMES.
-ROW_FIELDS = (
-    "epoch",
-    "global_step",
-    "timestamp_ms",
-    "policy_loss",
-    "value_loss",
-    "kl_divergence",
-    "clip_fraction",
-    "explained_variance",
-    "learning_rate",
-    "mean_episode_return",
-    "num_samples",
-    "num_minibatches",
-    "epoch_duration_sec",
-    "data_mode",
-    "cycle_id",
-    "batch_entropy_mean",
-    "batch_entropy_std",
-    "grad_norm_max",
-    "kl_divergence_max",
-    "reward_advantage_corr",
-    "rollout_ticks",
+ROW_FIELDS = tuple(
+    name for name in VERSION_FIELDS["1.1"] if name not in ("telemetry_version", "run_id", "log_stream_offset")
 )
 
 

@@ -405,19 +405,26 @@ def _complete_lines(stream: Path) -> int:
     return total
 
 
+def _start_training(stream: Path, run_id: str, **popen) -> subprocess.Popen:
+    """A long `train` in a subprocess, returned once its stream holds a few complete records."""
+    proc = subprocess.Popen(
+        [str(SCRIPT), "train", "--ndjson-dir", str(stream), "--run-id", run_id, "--total-steps", "200000"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
+    )
+    deadline = time.monotonic() + 30
+    while _complete_lines(stream) < 3:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no records reached the stream within 30 s: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_finishes_the_epoch_flushes_the_stream_and_exits_130(tmp_path, capsys, signum):
     stream = tmp_path / "stream"
-    proc = subprocess.Popen(
-        [str(SCRIPT), "train", "--ndjson-dir", str(stream), "--run-id", "stopped", "--total-steps", "200000"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = _start_training(stream, "stopped")
     try:
-        deadline = time.monotonic() + 30
-        while _complete_lines(stream) < 3:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no records reached the stream within 30 s"
-            time.sleep(0.05)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -447,17 +454,8 @@ def test_ctrl_c_at_a_terminal_reaches_the_whole_group_and_still_loses_nothing(tm
     # A terminal's Ctrl-C signals the whole foreground process group, the publisher process too:
     # it must keep writing until the trainer, having finished its epoch, closes it.
     stream = tmp_path / "stream"
-    proc = subprocess.Popen(
-        [str(SCRIPT), "train", "--ndjson-dir", str(stream), "--run-id", "group", "--total-steps", "200000"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )
+    proc = _start_training(stream, "group", start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while _complete_lines(stream) < 3:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no records reached the stream within 30 s"
-            time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -475,17 +473,10 @@ def test_ctrl_c_at_a_terminal_reaches_the_whole_group_and_still_loses_nothing(tm
 
 def test_a_publisher_process_that_dies_is_one_line_exit_2(tmp_path):
     stream = tmp_path / "stream"
-    proc = subprocess.Popen(
-        [str(SCRIPT), "train", "--ndjson-dir", str(stream), "--run-id", "orphan", "--total-steps", "200000"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = _start_training(stream, "orphan")
     try:
-        deadline = time.monotonic() + 30
-        children: list[int] = []
-        while not children:
-            assert time.monotonic() < deadline, "the publisher process never started"
-            children = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-            time.sleep(0.05)
+        children = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(children) == 1  # the publisher process
         os.kill(children[0], signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
     finally:
