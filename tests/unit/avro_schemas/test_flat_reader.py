@@ -85,7 +85,7 @@ def test_compiled_reader_never_accepts_what_fastavro_reads_differently(data):
         return  # refusing is always allowed: the reader may be stricter than fastavro
     if end != len(body):
         return
-    assert ours == fastavro_read(ALL_KINDS, body)
+    assert repr(ours) == repr(fastavro_read(ALL_KINDS, body))  # repr: a flipped byte can make a NaN, and NaN != NaN
 
 
 @pytest.mark.parametrize(
