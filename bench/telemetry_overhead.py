@@ -9,7 +9,10 @@ same numbers, so the wall-time difference is telemetry plus noise; the harness a
 telemetry path (`telemetry_seconds`: cycle statistics, record building, publishing), which is the
 precise figure. Target (issue 3): overhead ≤ 1 % of training wall time.
 
-    .venv/bin/python bench/telemetry_overhead.py [--env CartPole-v1] [--steps 30000] [--rounds 9] [--pin]
+    .venv/bin/python bench/telemetry_overhead.py [--env CartPole-v1] [--steps 8192] [--rounds 30] [--pin]
+
+Many short paired rounds: on this shared 2-core machine single runs vary by several percent, far more
+than the effect measured, so the figure is the median of 30 paired differences, with its spread.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ def run_once(env: str, steps: int, telemetry: bool) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("--steps", type=int, default=30_000)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=8_192)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--pin", action="store_true", help="pin to one core (training as users run it is not pinned)")
     args = parser.parse_args()
 
@@ -70,13 +73,17 @@ def main() -> None:
         pairs.append(walls[True] / walls[False] - 1)
     off_med, on_med = statistics.median(off), statistics.median(on)
     print(f"{args.env}, {args.steps:,} steps, {args.rounds} rounds (off/on order alternating), {counts[0]} records per run")
-    print(f"telemetry off : median {off_med:7.3f} s   runs {', '.join(f'{x:.3f}' for x in off)}")
-    print(f"telemetry on  : median {on_med:7.3f} s   runs {', '.join(f'{x:.3f}' for x in on)}")
-    print(f"wall-time overhead: median of paired rounds {statistics.median(pairs):+.2%} "
-          f"(rounds: {', '.join(f'{p:+.1%}' for p in pairs)})")
+    print(f"telemetry off : median {off_med:7.3f} s   (min {min(off):.3f}, max {max(off):.3f})")
+    print(f"telemetry on  : median {on_med:7.3f} s   (min {min(on):.3f}, max {max(on):.3f})")
+    ranked = sorted(pairs)
+    quarter = len(ranked) // 4
+    print(f"wall-time overhead: median of paired rounds {statistics.median(pairs):+.2%}, "
+          f"interquartile range [{ranked[quarter]:+.2%}, {ranked[-quarter - 1]:+.2%}]")
     print(f"telemetry path timed inside the loop: {statistics.median(inner):.2%} of wall time "
           f"({statistics.median(inner) * on_med / counts[0] * 1e6:.1f} µs per record)")
-    print(f"target <= 1%: {'met' if statistics.median(inner) <= 0.01 else 'NOT met'} (in-loop figure)")
+    wall_ok = statistics.median(pairs) <= 0.01
+    inner_ok = statistics.median(inner) <= 0.01
+    print(f"target <= 1%: in-loop {'met' if inner_ok else 'NOT met'}, wall time {'met' if wall_ok else 'NOT met'}")
 
 
 if __name__ == "__main__":
