@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,11 +148,15 @@ class CycleData:
 
 @dataclass
 class EpisodeLog:
-    """Finished episodes of the run: (global_step at the end, return, length)."""
+    """Finished episodes of the run: (global_step at the end, return, length).
 
-    steps: list[int] = field(default_factory=list)
-    returns: list[float] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
+    Typed arrays, not lists: a long run finishes millions of episodes, at 8 bytes a value instead of a
+    Python object each.
+    """
+
+    steps: array = field(default_factory=lambda: array("q"))
+    returns: array = field(default_factory=lambda: array("d"))
+    lengths: array = field(default_factory=lambda: array("q"))
 
 
 Publish = Callable[[dict[str, Any]], None]
