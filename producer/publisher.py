@@ -88,8 +88,18 @@ class PublisherProcess:
     def _fail(self, message: str) -> PublisherError:
         self._process.wait()
         self._closed = True
+        self._release_pipes()
         self._error = PublisherError(message)
         return self._error
+
+    def _release_pipes(self) -> None:
+        # closed now, not by a finaliser later: flushing a pipe to a dead child at an arbitrary moment
+        # (a process running with SIGPIPE at its default) would kill the process
+        for stream in (self._process.stdin, self._process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
     def _await_ok(self, what: str) -> None:
         reply = _receive(self._process.stdout)
@@ -135,12 +145,8 @@ class PublisherProcess:
             self._await_ok("close")
         finally:
             self._closed = True
-            try:
-                self._process.stdin.close()
-            except OSError:
-                pass
+            self._release_pipes()
             self._process.wait()
-            self._process.stdout.close()
 
 
 def _serve(inp: BinaryIO, out: BinaryIO) -> int:

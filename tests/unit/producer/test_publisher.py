@@ -75,6 +75,6 @@ def test_end_of_input_makes_the_child_write_what_it_has_and_exit(tmp_path):
     rows = capture_rows(tiny())
     publisher = PublisherProcess(tmp_path, 1 << 20, "pub", True)
     publisher.publish_rows(rows)
-    publisher._process.stdin.close()  # the parent vanished
+    publisher._release_pipes()  # as when the parent vanishes
     assert publisher._process.wait(timeout=10) == 0
     assert (tmp_path / "telemetry-00000000000000000000.ndjson").read_bytes().count(b"\n") == len(rows)
