@@ -40,6 +40,7 @@ __all__ = [
     "StreamTracker",
     "Validator",
     "validate_record",
+    "validate_line_record",
     "parse_json_line",
     "RULES",
     "NULLABLE_FIELDS",
@@ -425,6 +426,14 @@ def validate_record(data: Any) -> Verdict:
     return verdict
 
 
+def validate_line_record(line: bytes | str) -> Verdict:
+    """Record-level validation of one NDJSON line (not JSON: an `invalid` verdict with rule `json`)."""
+    value = parse_json_line(line)
+    if isinstance(value, FieldError):
+        return Verdict("invalid", errors=[value])
+    return validate_record(value)
+
+
 class StreamTracker:
     """Stream-level rules (SPEC §2): per run, the last accepted `log_stream_offset`.
 
@@ -476,14 +485,6 @@ class Validator:
 
     def validate_line(self, line: bytes | str) -> Verdict:
         """Validate one NDJSON line in stream order."""
-        value = parse_json_line(line)
-        if isinstance(value, FieldError):
-            verdict = Verdict("invalid", errors=[value])
-            self.counts["invalid"] += 1
-            return verdict
-        return self.validate(value)
-
-    def invalid_verdict(self, error: FieldError) -> Verdict:
-        """Count and return an `invalid` verdict for a payload that never became a record (e.g. `decode`)."""
-        self.counts["invalid"] += 1
-        return Verdict("invalid", errors=[error])
+        verdict = self.tracker.check(validate_line_record(line))
+        self.counts[verdict.status] += 1
+        return verdict

@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TextIO
 
 from avro_schemas import DecodeError, EncodeError, EpochSummary, TelemetryError, epoch_summary_codec
 from avro_schemas.ndjson import SegmentFollower, iter_file_lines, iter_records_from, iter_segment_lines
-from consumers.validator import FieldError, Validator, Verdict, parse_json_line, validate_record
+from consumers.validator import Validator, Verdict, validate_line_record
 
 __all__ = ["main", "UsageError", "InputError"]
 
@@ -189,8 +189,7 @@ def cmd_codec_encode(args: argparse.Namespace) -> int:
     codec = epoch_summary_codec()
     failed = 0
     for number, line in _numbered(paths):
-        value = parse_json_line(line)
-        verdict = validate_record(value) if not isinstance(value, FieldError) else Verdict("invalid", errors=[value])
+        verdict = validate_line_record(line)
         if verdict.status != "valid":
             failed += 1
             error = verdict.errors[0]

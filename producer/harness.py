@@ -20,7 +20,7 @@ import math
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -269,14 +269,11 @@ class TrainingHarness:
         if self._recorder is not None:
             self._recorder.record(buffer, last_values, self.cycle_id)
         dataset, meta = buffer.build_dataset(cfg.gamma, cfg.gae_lambda, last_values)
-        return self._cycle(dataset, meta, self.cycle_id)
+        return CycleData(dataset, meta, self.cycle_id)
 
     @property
     def _publishing(self) -> bool:
         return self.publish is not None or self.publish_rows is not None
-
-    def _cycle(self, dataset: Dataset, meta: DatasetMeta, cycle_id: int) -> CycleData:
-        return CycleData(dataset, meta, cycle_id)
 
     # ------------------------------------------------------------------------------------- training
 
@@ -349,20 +346,11 @@ class TrainingHarness:
     def _row(self, stats: EpochStats, duration: float, cycle_fields: tuple) -> tuple:
         """The compact row (`producer.records.ROW_FIELDS`) of the epoch that just ended."""
         explained_var, corr, mean_return, num_samples, data_mode, cycle_id, rollout_ticks = cycle_fields
-        n = len(stats.entropies)
-        entropy_mean, entropy_std = stats.entropy_mean_std()
-        kl_mean = stats.kl_sum / n
-        kl_max = stats.kl_max
+        pg, vl, kl, kl_max, clip, entropy_mean, entropy_std, grad_max = stats.values()
         return (
-            self.epoch, self.global_step, time.time_ns() // 1_000_000,
-            stats.pg_loss_sum / n,
-            stats.v_loss_sum / n,
-            kl_mean if kl_mean > 0.0 else 0.0,  # k3 >= 0; rounding can leave -1e-17
-            stats.clipped / stats.samples,
-            explained_var, self._lr, mean_return, num_samples, n, duration, data_mode, cycle_id,
-            entropy_mean, entropy_std, stats.grad_norm_max,
-            kl_max if kl_max > 0.0 else 0.0,
-            corr, rollout_ticks,
+            self.epoch, self.global_step, time.time_ns() // 1_000_000, pg, vl, kl, clip,
+            explained_var, self._lr, mean_return, num_samples, stats.num_minibatches, duration, data_mode,
+            cycle_id, entropy_mean, entropy_std, grad_max, kl_max, corr, rollout_ticks,
         )
 
     def _anneal(self, progress: float) -> None:
@@ -416,12 +404,8 @@ class TrainingHarness:
                 self._anneal(index / len(recorded))
                 dataset, meta = rollout.build_dataset(cfg.gamma, cfg.gae_lambda)
                 # replayed data consumed no environment ticks in this run: rollout_ticks and cycle_id are 0
-                self.train_epochs(self._cycle(dataset, DatasetMeta(0, meta.episode_returns, meta.episode_lengths), 0), "replay")
+                self.train_epochs(CycleData(dataset, DatasetMeta(0, meta.episode_returns, meta.episode_lengths), 0), "replay")
 
     def close(self) -> None:
         """Close the environments."""
         self.envs.close()
-
-    def config_dict(self) -> dict[str, Any]:
-        """The configuration as plain data (paths as strings)."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}

@@ -39,14 +39,14 @@ class PublisherError(TelemetryError):
     """The publisher process could not write, or stopped."""
 
 
-def _send(stream: BinaryIO, message: Any) -> None:
+def _write_frame(stream: BinaryIO, message: Any) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_LENGTH.pack(len(data)))
     stream.write(data)
     stream.flush()
 
 
-def _receive(stream: BinaryIO) -> Any | None:
+def _read_frame(stream: BinaryIO) -> Any | None:
     """The next message, or None at end of file."""
     header = stream.read(_LENGTH.size)
     if len(header) < _LENGTH.size:
@@ -63,7 +63,6 @@ class PublisherProcess:
 
     def __init__(self, ndjson_dir: Path, max_segment_bytes: int, run_id: str, v1_1: bool) -> None:
         """Start the child and wait until its sinks are open (a one-line `PublisherError` if not)."""
-        self.rows_sent = 0
         self.next_offset: int | None = None
         self._closed = False
         self._error: PublisherError | None = None  # the first failure, raised again on every later call
@@ -80,7 +79,7 @@ class PublisherProcess:
             "v1_1": v1_1,
         }
         try:
-            _send(self._process.stdin, config)
+            _write_frame(self._process.stdin, config)
         except OSError:
             pass  # the reply (or its absence) says what happened
         self._await_ok("start")
@@ -102,7 +101,7 @@ class PublisherProcess:
                 pass
 
     def _await_ok(self, what: str) -> None:
-        reply = _receive(self._process.stdout)
+        reply = _read_frame(self._process.stdout)
         if reply is None:
             code = self._process.wait()
             raise self._fail(f"the publisher process exited during {what} (exit code {code}); records since the last flush may be lost")
@@ -117,7 +116,7 @@ class PublisherProcess:
         if self._closed:
             raise PublisherError("the publisher process is closed")
         try:
-            _send(self._process.stdin, message)
+            _write_frame(self._process.stdin, message)
         except (BrokenPipeError, OSError):
             self._await_ok(what)  # reads the child's error, or reports its exit
             raise PublisherError(f"the publisher process stopped reading during {what}") from None
@@ -125,7 +124,6 @@ class PublisherProcess:
     def publish_rows(self, rows: list[tuple]) -> None:
         """Hand a batch of epoch rows to the child (it writes them while training goes on)."""
         self._send(("rows", rows), "publish")
-        self.rows_sent += len(rows)
 
     def flush(self) -> None:
         """Wait until the child has written every row sent so far."""
@@ -154,20 +152,20 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> int:
     from producer.ndjson_sink import NdjsonSink
     from producer.records import build_record
 
-    config = _receive(inp)
+    config = _read_frame(inp)
     if config is None:
         return 0
     try:
         sink = NdjsonSink(Path(config["ndjson_dir"]), config["max_segment_bytes"], buffered=True)
     except TelemetryError as exc:
-        _send(out, ("error", str(exc)))
+        _write_frame(out, ("error", str(exc)))
         return 1
     run_id, v1_1 = config["run_id"], config["v1_1"]
     publish = sink.publish
-    _send(out, ("ok", sink.writer.next_offset))
+    _write_frame(out, ("ok", sink.writer.next_offset))
     try:
         while True:
-            message = _receive(inp)
+            message = _read_frame(inp)
             if message is None:  # the parent is gone: keep what it sent
                 sink.close()
                 return 0
@@ -178,10 +176,10 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> int:
                 sink.flush()
             elif kind == "flush":
                 sink.flush()
-                _send(out, ("ok", sink.writer.next_offset))
+                _write_frame(out, ("ok", sink.writer.next_offset))
             elif kind == "close":
                 sink.close()
-                _send(out, ("ok", sink.writer.next_offset))
+                _write_frame(out, ("ok", sink.writer.next_offset))
                 return 0
     except TelemetryError as exc:
         try:
@@ -189,7 +187,7 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> int:
         except TelemetryError:
             pass
         try:
-            _send(out, ("error", str(exc)))
+            _write_frame(out, ("error", str(exc)))
         except OSError:
             pass
         return 1

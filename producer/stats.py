@@ -121,18 +121,30 @@ class EpochStats:
         mean = sum(entropies) / n
         return mean, math.sqrt(sum((e - mean) ** 2 for e in entropies) / n)
 
-    def fields(self) -> dict[str, float]:
-        """The minibatch-derived fields of SPEC §1, by field name."""
+    def values(self) -> tuple[float, float, float, float, float, float, float, float]:
+        """(policy_loss, value_loss, kl_divergence, kl_divergence_max, clip_fraction,
+        batch_entropy_mean, batch_entropy_std, grad_norm_max): the minibatch-derived fields of SPEC §1."""
         n = len(self.entropies)
         entropy_mean, entropy_std = self.entropy_mean_std()
-        return {
-            "policy_loss": self.pg_loss_sum / n,
-            "value_loss": self.v_loss_sum / n,
-            # the k3 estimator is >= 0; rounding can leave -1e-17
-            "kl_divergence": max(0.0, self.kl_sum / n),
-            "kl_divergence_max": max(0.0, self.kl_max),
-            "clip_fraction": self.clipped / self.samples,
-            "batch_entropy_mean": entropy_mean,
-            "batch_entropy_std": entropy_std,
-            "grad_norm_max": self.grad_norm_max,
-        }
+        kl_mean = self.kl_sum / n
+        kl_max = self.kl_max
+        return (
+            self.pg_loss_sum / n,
+            self.v_loss_sum / n,
+            kl_mean if kl_mean > 0.0 else 0.0,  # the k3 estimator is >= 0; rounding can leave -1e-17
+            kl_max if kl_max > 0.0 else 0.0,
+            self.clipped / self.samples,
+            entropy_mean,
+            entropy_std,
+            self.grad_norm_max,
+        )
+
+    def fields(self) -> dict[str, float]:
+        """`values()` by field name."""
+        return dict(zip(_FIELD_NAMES, self.values()))
+
+
+_FIELD_NAMES = (
+    "policy_loss", "value_loss", "kl_divergence", "kl_divergence_max", "clip_fraction",
+    "batch_entropy_mean", "batch_entropy_std", "grad_norm_max",
+)
