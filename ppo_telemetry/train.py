@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from producer.harness import HarnessConfig, TrainingHarness, preset_for
 from producer.publisher import PublisherProcess
+from producer.records import RowBatch
 
 __all__ = ["TrainingRun", "default_run_id"]
 
@@ -70,7 +71,7 @@ class TrainingRun:
             raise
         self._progress = _Progress(self.err, config.total_steps, enabled=self.err.isatty())
 
-    def _publish_rows(self, rows: list[tuple]) -> None:
+    def _publish_rows(self, rows: RowBatch) -> None:
         self.publisher.publish_rows(rows)
         self.records += len(rows)
         self._progress.update(self.harness, self.records)

@@ -32,7 +32,7 @@ from avro_schemas.errors import TelemetryError
 
 from . import envs as _register_envs  # noqa: F401  (registers Conflict-v0)
 from .ppo import ActorCritic, Adam
-from .records import DATA_MODE_NAMES, build_record
+from .records import DATA_MODE_NAMES, RowBatch, build_record, cycle_block, pack_epoch
 from .rollout import Dataset, DatasetMeta, RolloutBuffer
 from .stats import EpochStats, dataset_statistics, mean_or_none
 
@@ -123,7 +123,7 @@ class CycleData:
 
     def statistics(self) -> tuple[float | None, float | None, float | None]:
         """(explained_variance, reward_advantage_corr, mean_episode_return) of the dataset."""
-        # computed when the cycle's first record is built (in a publish batch), not in the training loop
+        # for library users; published records get theirs from `producer.records.RowBatch`, outside the loop
         if self._statistics is None:
             data = self.dataset
             ev, corr = dataset_statistics(data.returns, data.values, data.rewards, data.advantages)
@@ -165,8 +165,8 @@ Publish = Callable[[dict[str, Any]], None]
 class TrainingHarness:
     """Runs PPO and hands each epoch's record to `publish` (a sink's publish method, or None).
 
-    `publish_rows` (instead of `publish`) takes each batch as compact rows (`producer.records`), for a
-    publisher in another process. Records are published in batches: when an epoch ends and the previous batch is more than
+    `publish_rows` (instead of `publish`) takes each batch as packed rows (`producer.records.RowBatch`),
+    for a publisher in another process. Records are published in batches: when an epoch ends and the previous batch is more than
     `max_publish_delay` seconds old, and when the run ends (or stops); `flush` (optional) is called
     after each batch. Records reach readers within about a second of their epoch, and building,
     serialising and writing them in batches keeps telemetry's cost under 1% of training time.
@@ -177,7 +177,7 @@ class TrainingHarness:
         config: HarnessConfig,
         publish: Publish | None = None,
         flush: Callable[[], None] | None = None,
-        publish_rows: Callable[[list[tuple]], None] | None = None,
+        publish_rows: Callable[[RowBatch], None] | None = None,
     ) -> None:
         if config.data_mode not in DATA_MODES:
             raise HarnessError(f"data_mode must be one of {', '.join(DATA_MODES)}, got {config.data_mode!r}")
@@ -203,11 +203,11 @@ class TrainingHarness:
         self.episodes = EpisodeLog()
         self.stop_requested = False
         self.telemetry_seconds = 0.0
+        """Time spent building and publishing records (cycle statistics included): telemetry's cost."""
         self.max_publish_delay = 1.0
         """Seconds between record batches (a record waits at most about this long to be published)."""
-        self._pending: list[tuple] = []  # rows of finished epochs not yet published
+        self._pending = bytearray()  # packed rows of finished epochs not yet published
         self._pending_since = time.perf_counter()
-        """Time spent building and publishing records (cycle statistics included): telemetry's cost."""
         self._lr = config.learning_rate
         self._clip = config.clip_range
         self._obs: np.ndarray | None = None
@@ -286,13 +286,7 @@ class TrainingHarness:
         agent, optimizer = self.agent, self.optimizer
         epochs_run = 0
         publishing = self._publishing
-        if publishing:
-            # the dataset-level statistics, once per cycle, while the dataset is still in cache
-            mark = time.perf_counter()
-            explained_var, corr, mean_return = cycle.statistics()
-            cycle_fields = (explained_var, corr, mean_return, n, DATA_MODE_NAMES.index(data_mode),
-                            cycle.cycle_id, cycle.meta.rollout_ticks)
-            self.telemetry_seconds += time.perf_counter() - mark
+        finished: list[EpochStats] = []  # this cycle's epochs whose rows are not packed yet
         for _ in range(cfg.update_epochs):
             started = time.monotonic()
             stats = EpochStats()
@@ -314,25 +308,53 @@ class TrainingHarness:
                 if cfg.target_kl is not None and result.approx_kl > 1.5 * cfg.target_kl:
                     stop = True
                     break
-            duration = time.monotonic() - started
-            if publishing:
-                mark = time.perf_counter()
-                # a row of plain numbers, made now: pending records must hold no live objects (a
-                # second's worth of retained datasets and stats slowed the training loop itself)
-                self._pending.append(self._row(stats, duration, cycle_fields))
-                if mark - self._pending_since > self.max_publish_delay:
-                    self.publish_pending()
-                self.telemetry_seconds += time.perf_counter() - mark
+            stats.duration_sec = time.monotonic() - started
             self.epoch += 1
             epochs_run += 1
+            if publishing:
+                mark = time.perf_counter()
+                stats.timestamp_ms = time.time_ns() // 1_000_000
+                finished.append(stats)
+                if mark - self._pending_since > self.max_publish_delay:
+                    self._pack_rows(finished, cycle, data_mode)
+                    finished = []
+                    self.publish_pending()
+                self.telemetry_seconds += time.perf_counter() - mark
             if stop or self.stop_requested:
                 break
+        if finished:
+            mark = time.perf_counter()
+            self._pack_rows(finished, cycle, data_mode)
+            self.telemetry_seconds += time.perf_counter() - mark
         return epochs_run
+
+    def _pack_rows(self, finished: list[EpochStats], cycle: CycleData, data_mode: str) -> None:
+        """Pack the rows of a cycle's finished epochs (the last `len(finished)` epochs run).
+
+        One block per cycle (or per publish batch): the cycle's fields and the arrays its dataset-level
+        statistics come from, which the publisher computes (`producer.records`), then a row per epoch,
+        packed in one tight loop: between two epochs' numpy work a row costs several times what it
+        costs here. The stats objects are then dropped: pending rows hold no live objects.
+        """
+        data = cycle.dataset
+        pending, global_step, lr = self._pending, self.global_step, self._lr
+        cycle_block(
+            pending, len(finished), (data.returns, data.values, data.rewards, data.advantages),
+            mean_or_none(cycle.meta.episode_returns), DATA_MODE_NAMES.index(data_mode), cycle.cycle_id,
+            cycle.meta.rollout_ticks,
+        )
+        for epoch, stats in enumerate(finished, self.epoch - len(finished)):
+            pg, vl, kl, kl_max, clip, entropy_mean, entropy_std, grad_max = stats.values()
+            pending += pack_epoch(
+                epoch, global_step, stats.timestamp_ms, pg, vl, kl, clip, lr, stats.num_minibatches,
+                stats.duration_sec, entropy_mean, entropy_std, grad_max, kl_max,
+            )
 
     def publish_pending(self) -> None:
         """Publish (and flush) the records of the epochs finished since the last batch."""
         # Batched: the sink's work runs in one tight loop (or another process) and pays its write once.
-        pending, self._pending = self._pending, []
+        pending = RowBatch(self._pending)  # handed over, not copied: a new buffer takes its place
+        self._pending = bytearray()
         self._pending_since = time.perf_counter()
         if self.publish_rows is not None:
             self.publish_rows(pending)
@@ -343,16 +365,6 @@ class TrainingHarness:
         if self.flush is not None:
             self.flush()
 
-    def _row(self, stats: EpochStats, duration: float, cycle_fields: tuple) -> tuple:
-        """The compact row (`producer.records.ROW_FIELDS`) of the epoch that just ended."""
-        explained_var, corr, mean_return, num_samples, data_mode, cycle_id, rollout_ticks = cycle_fields
-        pg, vl, kl, kl_max, clip, entropy_mean, entropy_std, grad_max = stats.values()
-        return (
-            self.epoch, self.global_step, time.time_ns() // 1_000_000, pg, vl, kl, clip,
-            explained_var, self._lr, mean_return, num_samples, stats.num_minibatches, duration, data_mode,
-            cycle_id, entropy_mean, entropy_std, grad_max, kl_max, corr, rollout_ticks,
-        )
-
     def _anneal(self, progress: float) -> None:
         """Linear decay of the learning rate (and clip range) with the share of the run done."""
         cfg = self.config
@@ -362,6 +374,12 @@ class TrainingHarness:
             self.optimizer.lr = self._lr
         if cfg.anneal_clip:
             self._clip = cfg.clip_range * frac
+
+    def mixed_cycle(self, progress: float) -> int:
+        """One capture-then-train cycle of the `mixed` mode, `progress` (0..1) of the run done; returns
+        the epochs run. `run_ppo` loops over these; a benchmark can interleave two harnesses with it."""
+        self._anneal(progress)
+        return self.train_epochs(self.capture_rollout(), "mixed")
 
     def run_ppo(self) -> None:
         """Train for the configured data mode until done or `stop_requested`."""
@@ -384,8 +402,7 @@ class TrainingHarness:
             for cycle_index in range(cycles):
                 if self.stop_requested:
                     break
-                self._anneal(cycle_index / cycles)
-                self.train_epochs(self.capture_rollout(), "mixed")
+                self.mixed_cycle(cycle_index / cycles)
         elif cfg.data_mode == "rollout":
             cycle = self.capture_rollout(math.ceil(cfg.total_steps / cfg.num_envs))
             self.train_epochs(cycle, "rollout")

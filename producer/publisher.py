@@ -1,12 +1,13 @@
 """The publisher process: telemetry's serialising and I/O, off the training process.
 
 Building, checking, serialising and writing a record costs a few microseconds of Python, which on a
-fast environment is more than 1% of an epoch. The training process instead sends each batch of compact
+fast environment is more than 1% of an epoch. The training process instead sends each batch of packed
 epoch rows (`producer.records`) down a pipe to a child process (`python -m producer.publisher`) that
 owns the sinks, builds the records and writes them, on the machine's other core.
 
 Protocol, on the child's stdin and stdout: frames of a 4-byte big-endian length and a pickle.
-Parent -> child: the configuration first, then `("rows", [row, ...])`, `("flush",)`, `("close",)`.
+Parent -> child: the configuration first, then packed rows (`RowBatch.data`, framed raw: the length's
+top bit set), `("flush",)`, `("close",)`.
 Child -> parent: `("ok", next_offset)` after the configuration, each flush and the close, or
 `("error", message)`, after which the child exits. Rows are not acknowledged one batch at a time (the
 training loop never waits for the disk); the first error is reported on the next call, as
@@ -26,13 +27,18 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from avro_schemas.errors import TelemetryError
+
+if TYPE_CHECKING:
+    from producer.records import RowBatch
 
 __all__ = ["PublisherError", "PublisherProcess"]
 
 _LENGTH = struct.Struct(">I")
+_RAW = 0x8000_0000  # a length with this bit set frames raw packed rows, not a pickle
+_PIPE_BYTES = 1 << 20  # a second's rows fit in the pipe: the training loop never waits for the child
 
 
 class PublisherError(TelemetryError):
@@ -46,16 +52,35 @@ def _write_frame(stream: BinaryIO, message: Any) -> None:
     stream.flush()
 
 
+def _write_rows(stream: BinaryIO, rows: bytes | bytearray) -> None:
+    """A frame of packed rows, written as they are (no pickling, no copy)."""
+    stream.write(_LENGTH.pack(_RAW | len(rows)))
+    stream.write(rows)
+    stream.flush()
+
+
 def _read_frame(stream: BinaryIO) -> Any | None:
-    """The next message, or None at end of file."""
+    """The next message (packed rows arrive as `("rows", bytes)`), or None at end of file."""
     header = stream.read(_LENGTH.size)
     if len(header) < _LENGTH.size:
         return None
     (size,) = _LENGTH.unpack(header)
+    raw = size & _RAW
+    size &= ~_RAW
     data = stream.read(size)
     if len(data) < size:
         return None
-    return pickle.loads(data)
+    return ("rows", data) if raw else pickle.loads(data)
+
+
+def _widen_pipe(stream: BinaryIO) -> None:
+    """Let the pipe hold a batch or two (Linux; elsewhere, or when refused, the default stays)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
+    except (ImportError, OSError):
+        pass
 
 
 class PublisherProcess:
@@ -78,6 +103,7 @@ class PublisherProcess:
             "run_id": run_id,
             "v1_1": v1_1,
         }
+        _widen_pipe(self._process.stdin)
         try:
             _write_frame(self._process.stdin, config)
         except OSError:
@@ -110,20 +136,20 @@ class PublisherProcess:
             raise self._fail(value)
         self.next_offset = value
 
-    def _send(self, message: Any, what: str) -> None:
+    def _send(self, message: Any, what: str, raw: bool = False) -> None:
         if self._error is not None:
             raise self._error
         if self._closed:
             raise PublisherError("the publisher process is closed")
         try:
-            _write_frame(self._process.stdin, message)
+            (_write_rows if raw else _write_frame)(self._process.stdin, message)
         except (BrokenPipeError, OSError):
             self._await_ok(what)  # reads the child's error, or reports its exit
             raise PublisherError(f"the publisher process stopped reading during {what}") from None
 
-    def publish_rows(self, rows: list[tuple]) -> None:
+    def publish_rows(self, rows: RowBatch) -> None:
         """Hand a batch of epoch rows to the child (it writes them while training goes on)."""
-        self._send(("rows", rows), "publish")
+        self._send(rows.data, "publish", raw=True)
 
     def flush(self) -> None:
         """Wait until the child has written every row sent so far."""
@@ -150,7 +176,7 @@ class PublisherProcess:
 def _serve(inp: BinaryIO, out: BinaryIO) -> int:
     """The child's loop; returns its exit code."""
     from producer.ndjson_sink import NdjsonSink
-    from producer.records import build_record
+    from producer.records import RowBatch, build_record
 
     config = _read_frame(inp)
     if config is None:
@@ -171,7 +197,7 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> int:
                 return 0
             kind = message[0]
             if kind == "rows":
-                for row in message[1]:
+                for row in RowBatch(message[1]):
                     publish(build_record(row, run_id, v1_1))
                 sink.flush()
             elif kind == "flush":

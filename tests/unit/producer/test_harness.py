@@ -739,3 +739,21 @@ def test_records_through_the_ndjson_sink_have_contiguous_offsets_and_validate(tm
         assert verdict.warnings == []
     assert validator.counts == {"valid": len(lines), "invalid": 0, "duplicate": 0}
     assert all(math.isfinite(r["policy_loss"]) for r in records)
+
+
+def test_batches_cut_mid_cycle_give_the_records_of_one_batch_at_the_end():
+    # a batch due mid-cycle packs the epochs so far in a block of their own (the arrays repeated)
+    def records(delay: float) -> list[dict]:
+        published: list[dict] = []
+        harness = TrainingHarness(tiny(), publish=published.append)
+        harness.max_publish_delay = delay
+        try:
+            harness.run_ppo()
+        finally:
+            harness.close()
+        return without_timing(published)
+
+    every_epoch, at_the_end = records(0.0), records(3600.0)
+    assert len(every_epoch) == CYCLES * UPDATE_EPOCHS
+    assert every_epoch == at_the_end
+    assert len({(r["cycle_id"], r["explained_variance"]) for r in every_epoch}) == CYCLES
