@@ -24,6 +24,8 @@ __all__ = [
     "HEADER_SIZE",
     "SingleObjectCodec",
     "epoch_summary_codec",
+    "drift_record_codec",
+    "alert_codec",
 ]
 
 MAGIC = b"\xc3\x01"
@@ -156,3 +158,20 @@ class SingleObjectCodec:
 def epoch_summary_codec(registry: SchemaRegistry | None = None) -> SingleObjectCodec:
     """A codec for `ppo.telemetry.EpochSummary`, knowing every local version."""
     return SingleObjectCodec(load_family("epoch_summary"), registry)
+
+
+def drift_record_codec(registry: SchemaRegistry | None = None) -> SingleObjectCodec:
+    """A codec for `ppo.telemetry.DriftRecord` (topic `ppo.telemetry.drift`), knowing every local version.
+
+    The record carries no version field, so it is written with the newest local version. Its maps are not
+    flat, so it is read by fastavro rather than a compiled reader.
+    """
+    return SingleObjectCodec(load_family("drift_record"), registry, version_field=None)
+
+
+def alert_codec(registry: SchemaRegistry | None = None) -> SingleObjectCodec:
+    """A codec for `ppo.telemetry.Alert` (topic `ppo.telemetry.alerts`), knowing every local version.
+
+    The record carries no version field, so it is written with the newest local version.
+    """
+    return SingleObjectCodec(load_family("alert"), registry, version_field=None)
