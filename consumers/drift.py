@@ -100,6 +100,11 @@ class Baseline:
         """The baseline record of `epoch`, or None when the baseline has no such epoch."""
         return self.records.get(epoch)
 
+    def compare(self, record: EpochSummary) -> EpochDrift | None:
+        """The drift of one current record against the baseline's same epoch (None when it has none)."""
+        base = self.records.get(record.epoch)
+        return None if base is None else _compare_epoch(record, base, self.run_id)
+
 
 @dataclass(frozen=True, slots=True)
 class EpochDrift:
@@ -243,10 +248,9 @@ class DriftTracker:
         The record's run is remembered either way, so it gets a summary even with no compared epoch.
         """
         epochs = self._runs.setdefault(record.run_id, {})
-        base = self._baseline.at(record.epoch)
-        if base is None:
+        drift = self._baseline.compare(record)
+        if drift is None:
             return None
-        drift = _compare_epoch(record, base, self._baseline.run_id)
         epochs[record.epoch] = drift
         return drift
 

@@ -304,6 +304,26 @@ class Watch:
             },
         }
 
+    def run_state(self, run_id: str) -> dict[str, Any] | None:
+        """One run's entry of `state_snapshot()` (None for a run never seen), for per-run persistence."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        return {"first_batch_entropy_mean": run.first_entropy, "firing": [n for n in RULE_NAMES if n in run.firing]}
+
+    def restore_run(self, run_id: str, entry: Mapping[str, Any] | None) -> None:
+        """Take back one run's `run_state` (None forgets the run); raises `WatchStateError` if malformed."""
+        if entry is None:
+            self._runs.pop(run_id, None)
+            return
+        probe = Watch(self._config)
+        probe.restore({"version": _SNAPSHOT_VERSION, "runs": {run_id: entry}})
+        self._runs[run_id] = probe._runs[run_id]
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop one run's rule state."""
+        self._runs.pop(run_id, None)
+
     def restore(self, snapshot: Mapping[str, Any]) -> None:
         """Replace the whole rule state with a `state_snapshot()`; raises `WatchStateError` if malformed."""
         if not isinstance(snapshot, Mapping) or snapshot.get("version") != _SNAPSHOT_VERSION:

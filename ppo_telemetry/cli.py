@@ -298,8 +298,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from producer.publisher import PublisherProcess
     from ppo_telemetry.train import TrainingRun, config_from_args
 
-    if not args.ndjson_dir:
-        raise UsageError("train needs somewhere to publish: --ndjson-dir DIR")
+    if not args.ndjson_dir and not args.kafka:
+        raise UsageError("train needs somewhere to publish: --ndjson-dir DIR, --kafka BOOTSTRAP or both")
     if args.run_id is not None and not is_valid_run_id(args.run_id):
         raise UsageError(f"--run-id must be 1-128 chars of [A-Za-z0-9._:-], got {args.run_id!r}")
     if args.replay and args.data_mode and args.data_mode != "replay":
@@ -312,10 +312,98 @@ def cmd_train(args: argparse.Namespace) -> int:
     # train writes records through a pipe to its publisher process: a dead publisher must be an error
     # (BrokenPipeError), not a silent death by SIGPIPE as for a filter whose reader went away
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    kafka = _kafka_settings(args.kafka, args.kafka_config).librdkafka_config() if args.kafka else None
     publisher = PublisherProcess(
-        Path(args.ndjson_dir), args.ndjson_max_bytes, config.run_id, config.enable_telemetry_v1_1
+        Path(args.ndjson_dir) if args.ndjson_dir else None, args.ndjson_max_bytes, config.run_id,
+        config.enable_telemetry_v1_1, kafka=kafka, kafka_partitions=args.partitions,
     )
     return TrainingRun(config, publisher).run()
+
+
+def _kafka_settings(bootstrap: str | None, config_file: str | None):
+    """Connection and security settings: the flag, over `PPO_TELEMETRY_KAFKA_*`, over the TOML file."""
+    from ppo_telemetry.kafka_settings import KafkaSettings
+
+    overrides = {"bootstrap_servers": bootstrap} if bootstrap else {}
+    if config_file:
+        return KafkaSettings.from_toml(config_file, **overrides)
+    return KafkaSettings(**overrides)
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    """`consume validate|drift|watch`: one instance of a consumer group, until SIGTERM/SIGINT."""
+    from consumers.runner import TransactionalRunner
+    from ppo_telemetry.kafka_settings import scrub
+
+    settings = _kafka_settings(args.bootstrap_servers, args.kafka_config)
+    config = settings.librdkafka_config()
+    if args.group == "validate":
+        from consumers.groups import ValidatorGroup
+
+        core = ValidatorGroup()
+    elif args.group == "drift":
+        core = _drift_group(args, config)
+    else:
+        from consumers.groups import WatchGroup
+        from consumers.telemetry_watch import load_rules
+
+        core = WatchGroup(load_rules(Path(args.rules)) if args.rules else None)
+    runner = TransactionalRunner(
+        config, core, instance_id=args.instance_id, batch_size=args.batch_size,
+        session_timeout_ms=args.session_timeout_ms, scrub=lambda text: scrub(text, config),
+    )
+    try:
+        code = runner.run()
+    except TelemetryError as exc:
+        raise TelemetryError(scrub(str(exc), config)) from None
+    counts = runner.counts
+    print(
+        f"{PROG} consume {args.group}: stopped after {counts.consumed} records: {counts.processed} processed, "
+        f"{counts.rejected} rejected, {counts.duplicates} duplicate; {counts.outputs} outputs in "
+        f"{counts.batches} transactions",
+        file=sys.stderr,
+    )
+    return code
+
+
+def _drift_group(args: argparse.Namespace, config: dict[str, Any]):
+    from consumers.drift import Baseline
+    from consumers.groups import DriftGroup
+
+    if not args.baseline and not args.baseline_run:
+        raise UsageError("consume drift needs --baseline PATH or --baseline-run RUN_ID")
+    if args.baseline:
+        _check_paths([args.baseline])
+        records = list(_valid_records([args.baseline], "baseline"))
+        return DriftGroup(Baseline.from_records(records, args.baseline_run))
+    from consumers.runner import baseline_records
+
+    records = baseline_records(config, args.baseline_run)
+    if not records:
+        raise InputError(f"baseline run {args.baseline_run!r} not found on the epochs topic (no valid records)")
+    return DriftGroup(Baseline.from_records(records, args.baseline_run))
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """`broker start|stop|status`: the local single-node KRaft broker."""
+    from ppo_telemetry.broker import LocalBroker
+
+    broker = LocalBroker(port=args.port)
+    if args.broker_command == "start":
+        address = broker.start()
+        print(f"{PROG} broker: running (pid {broker.pid()}, data in {broker.run_dir})", file=sys.stderr)
+        print(address)
+        return 0
+    if args.broker_command == "stop":
+        stopped = broker.stop()
+        print(f"{PROG} broker: {'stopped' if stopped else 'none was running'} on port {args.port}", file=sys.stderr)
+        return 0
+    if broker.running():
+        print(f"{PROG} broker: running (pid {broker.pid()})", file=sys.stderr)
+        print(broker.bootstrap)
+        return 0
+    print(f"{PROG} broker: not running on port {args.port}", file=sys.stderr)
+    return 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -423,7 +511,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, metavar="LR")
     p.add_argument("--ent-coef", type=float, metavar="C")
     p.add_argument("--target-kl", type=float, metavar="KL")
+    p.add_argument("--kafka", metavar="BOOTSTRAP", help="publish to Kafka (alone or with --ndjson-dir)")
+    p.add_argument("--kafka-config", metavar="TOML", help="Kafka connection and security settings ([kafka] table)")
+    p.add_argument("--partitions", type=_positive_int, default=3, metavar="N",
+                   help="partitions of the epochs topic when train creates it (default 3)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("consume", help="run one instance of a Kafka consumer group (SPEC §4)")
+    p.add_argument("group", choices=("validate", "drift", "watch"))
+    p.add_argument("--bootstrap-servers", metavar="B", help="default: the settings' (127.0.0.1:9092)")
+    p.add_argument("--kafka-config", metavar="TOML", help="Kafka connection and security settings ([kafka] table)")
+    p.add_argument("--baseline", metavar="PATH", help="drift: the baseline run's NDJSON")
+    p.add_argument("--baseline-run", metavar="RUN_ID", help="drift: the baseline run (on the topic, or in --baseline)")
+    p.add_argument("--rules", metavar="FILE", help="watch: rules TOML (SPEC §6)")
+    p.add_argument("--instance-id", default="0", metavar="ID",
+                   help="this instance's name in the group; a restart with the same id fences its predecessor")
+    p.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N")
+    p.add_argument("--session-timeout-ms", type=_positive_int, default=10_000, metavar="MS")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("broker", help="a local single-node KRaft Kafka broker (no Docker needed)")
+    p.add_argument("broker_command", choices=("start", "stop", "status"))
+    p.add_argument("--port", type=_positive_int, default=9092, metavar="P")
+    p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("demo", help="run the pipeline end to end")
     p.set_defaults(func=cmd_demo)

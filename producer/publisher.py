@@ -86,8 +86,21 @@ def _widen_pipe(stream: BinaryIO) -> None:
 class PublisherProcess:
     """The parent's end: start the child, send it row batches, flush, close."""
 
-    def __init__(self, ndjson_dir: Path, max_segment_bytes: int, run_id: str, v1_1: bool) -> None:
-        """Start the child and wait until its sinks are open (a one-line `PublisherError` if not)."""
+    def __init__(
+        self,
+        ndjson_dir: Path | None,
+        max_segment_bytes: int,
+        run_id: str,
+        v1_1: bool,
+        kafka: dict[str, Any] | None = None,
+        kafka_partitions: int = 3,
+    ) -> None:
+        """Start the child and wait until its sinks are open (a one-line `PublisherError` if not).
+
+        Sinks: the NDJSON stream in `ndjson_dir` and/or Kafka (`kafka`: librdkafka settings, the
+        epochs topic created with `kafka_partitions` partitions when missing); at least one."""
+        if ndjson_dir is None and kafka is None:
+            raise ValueError("the publisher needs an NDJSON directory, Kafka settings or both")
         self.next_offset: int | None = None
         self._closed = False
         self._error: PublisherError | None = None  # the first failure, raised again on every later call
@@ -98,10 +111,12 @@ class PublisherProcess:
             cwd=os.getcwd(),
         )
         config = {
-            "ndjson_dir": str(ndjson_dir),
+            "ndjson_dir": None if ndjson_dir is None else str(ndjson_dir),
             "max_segment_bytes": max_segment_bytes,
             "run_id": run_id,
             "v1_1": v1_1,
+            "kafka": kafka,
+            "kafka_partitions": kafka_partitions,
         }
         _widen_pipe(self._process.stdin)
         try:
@@ -173,45 +188,81 @@ class PublisherProcess:
             self._process.wait()
 
 
+def _open_sinks(config: dict[str, Any]) -> list:
+    """The configured sinks, the numbering one (NDJSON) first; closes what it opened if one fails."""
+    sinks: list = []
+    try:
+        if config["ndjson_dir"] is not None:
+            from producer.ndjson_sink import NdjsonSink
+
+            sinks.append(NdjsonSink(Path(config["ndjson_dir"]), config["max_segment_bytes"], buffered=True))
+        if config.get("kafka") is not None:
+            from producer.kafka_sink import KafkaSink
+
+            first = sinks[0].writer.next_offset if sinks else 0
+            sinks.append(KafkaSink(config["kafka"], partitions=config["kafka_partitions"], first_offset=first))
+    except TelemetryError:
+        _close_quietly(sinks)
+        raise
+    return sinks
+
+
+def _close_quietly(sinks: list) -> None:
+    for sink in sinks:
+        try:
+            sink.close()
+        except TelemetryError:
+            pass
+
+
+def _next_offset(sinks: list) -> int:
+    first = sinks[0]
+    return first.writer.next_offset if hasattr(first, "writer") else first.next_offset
+
+
 def _serve(inp: BinaryIO, out: BinaryIO) -> int:
     """The child's loop; returns its exit code."""
-    from producer.ndjson_sink import NdjsonSink
     from producer.records import RowBatch, build_record
 
     config = _read_frame(inp)
     if config is None:
         return 0
     try:
-        sink = NdjsonSink(Path(config["ndjson_dir"]), config["max_segment_bytes"], buffered=True)
+        sinks = _open_sinks(config)
     except TelemetryError as exc:
         _write_frame(out, ("error", str(exc)))
         return 1
     run_id, v1_1 = config["run_id"], config["v1_1"]
-    publish = sink.publish
-    _write_frame(out, ("ok", sink.writer.next_offset))
+    publishers = [sink.publish for sink in sinks]
+    _write_frame(out, ("ok", _next_offset(sinks)))
     try:
         while True:
             message = _read_frame(inp)
             if message is None:  # the parent is gone: keep what it sent
-                sink.close()
+                for sink in sinks:
+                    sink.close()
                 return 0
             kind = message[0]
             if kind == "rows":
                 for row in RowBatch(message[1]):
-                    publish(build_record(row, run_id, v1_1))
-                sink.flush()
+                    record = build_record(row, run_id, v1_1)
+                    for publish in publishers:
+                        publish(record)
+                for sink in sinks:
+                    # the stream's buffer goes to disk once a batch; Kafka only serves its delivery
+                    # reports (waiting for deliveries here would stall the pipe while a broker is away)
+                    (sink.poll if hasattr(sink, "poll") else sink.flush)()
             elif kind == "flush":
-                sink.flush()
-                _write_frame(out, ("ok", sink.writer.next_offset))
+                for sink in sinks:
+                    sink.flush()
+                _write_frame(out, ("ok", _next_offset(sinks)))
             elif kind == "close":
-                sink.close()
-                _write_frame(out, ("ok", sink.writer.next_offset))
+                for sink in sinks:
+                    sink.close()
+                _write_frame(out, ("ok", _next_offset(sinks)))
                 return 0
     except TelemetryError as exc:
-        try:
-            sink.close()
-        except TelemetryError:
-            pass
+        _close_quietly(sinks)
         try:
             _write_frame(out, ("error", str(exc)))
         except OSError:

@@ -1,0 +1,537 @@
+"""The Kafka runner around a consumer's pure core: batches, transactions, state, schemas, shutdown.
+
+Each consumer group (validator, drift, watch) is a `ConsumerCore` (records in, output messages out)
+inside a `TransactionalRunner`, which owns everything Kafka (SPEC §4):
+
+- **Consume-transform-produce in transactions.** A batch of input messages (`consume(batch_size)`,
+  not one poll per record) is decoded, validated and handed to the core; the outputs, the changed
+  per-run state and the input offsets (`send_offsets_to_transaction`) commit in one transaction.
+  Readers of the outputs use `isolation.level=read_committed`, so a crash at any point leaves either
+  the whole batch's effects or none of them, and the batch is consumed again after restart.
+- **Per-run dedupe.** Beside the Kafka offsets, per run, the last `log_stream_offset` processed
+  (`consumers.validator.StreamTracker`): a re-sent record is a duplicate and produces nothing.
+- **State survives restarts and rebalances.** Per-run state (the dedupe mark and the core's own, such
+  as the watch rules' firing states) is written, in the same transaction, to the compacted topic
+  `<group>.state`, into the partition of the input partition the run's records come from (records are
+  keyed by `run_id`, so a run lives in one partition). When a partition is assigned, its state
+  partition is read back to its end (read_committed); when revoked, its runs are forgotten.
+- **Schemas.** A message whose writer schema is not known locally makes the runner read the schema
+  topic (`ppo.telemetry.schemas`) and retry; a writer schema learnt that way is read resolved into the
+  newest local version.
+- **Shutdown.** SIGTERM or SIGINT sets a flag: the current batch finishes and commits, then the
+  consumer closes (leaving the group, so its partitions move at once).
+- **Zombies.** The transactional id is `<group>-<instance id>`: a restarted instance with the same id
+  fences its predecessor and aborts its open transaction at start; a different instance's takeover is
+  fenced by the consumer group generation (KIP-447), and an abandoned transaction expires after
+  `transaction.timeout.ms` (10 s here).
+
+Every message printed passes through `scrub` (no secret from the settings appears in logs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from avro_schemas.codec import SingleObjectCodec, epoch_summary_codec
+from avro_schemas.errors import DecodeError, TelemetryError
+from avro_schemas.models import EpochSummary
+from avro_schemas.topics import EPOCHS_TOPIC, SCHEMAS_TOPIC, state_topic
+
+from .validator import StreamTracker, Verdict, validate_record
+
+__all__ = [
+    "ConsumerCore", "ConsumerError", "Output", "Rejection", "TransactionalRunner", "baseline_records",
+    "ensure_topics", "read_to_end",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerError(TelemetryError):
+    """A consumer cannot run: Kafka unreachable, fenced by another instance, a fatal client error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One message a core produces (inside the batch's transaction)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an input message was not processed: `stage` `decode` or `validate`, a rule and a message."""
+
+    stage: str
+    rule: str
+    message: str
+
+
+class ConsumerCore(Protocol):
+    """A consumer group's logic, free of Kafka: what to output for each valid or rejected record."""
+
+    group: str
+    output_topics: tuple[str, ...]
+
+    def on_record(self, record: EpochSummary, verdict: Verdict) -> list[Output]:
+        """Outputs for one valid, non-duplicate record."""
+        ...
+
+    def on_rejected(self, message: Any, rejection: Rejection) -> list[Output]:
+        """Outputs for a message that did not decode or validate (the validator's dead letters)."""
+        ...
+
+    def run_state(self, run_id: str) -> Any:
+        """The core's own JSON-able state of one run (None when it keeps none)."""
+        ...
+
+    def restore_run(self, run_id: str, state: Any) -> None:
+        """Take back a `run_state` after a restart or a rebalance."""
+        ...
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop a run whose partition went to another instance."""
+        ...
+
+
+def _reason(exc: BaseException) -> str:
+    if exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return str(exc)
+
+
+def _quiet_logger() -> logging.Logger:
+    return logging.getLogger("ppo_telemetry.librdkafka")
+
+
+def ensure_topics(config: dict[str, Any], topics: dict[str, tuple[int, dict[str, str]]], timeout: float = 30.0) -> None:
+    """Create missing topics: name -> (partitions, topic config); existing ones are left as they are."""
+    admin = AdminClient({**config, "logger": _quiet_logger()})
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise ConsumerError(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {_reason(exc)}") from None
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=-1, config=topic_config)
+        for name, (partitions, topic_config) in topics.items()
+        if name not in existing
+    ]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise ConsumerError(f"cannot create topic {name}: {_reason(exc)}") from None
+
+
+def partition_count(config: dict[str, Any], topic: str, timeout: float = 30.0) -> int | None:
+    """How many partitions `topic` has (None when it does not exist)."""
+    admin = AdminClient({**config, "logger": _quiet_logger()})
+    try:
+        metadata = admin.list_topics(topic=topic, timeout=timeout)
+    except KafkaException as exc:
+        raise ConsumerError(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {_reason(exc)}") from None
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None:
+        return None
+    return len(info.partitions)
+
+
+def read_to_end(config: dict[str, Any], partitions: Iterable[TopicPartition], timeout: float = 60.0) -> Iterable[Any]:
+    """Every committed message of the given partitions, from their beginnings to their current ends.
+
+    A group-less consumer, `read_committed`: the end of a partition is its last stable offset, so an
+    open transaction (a zombie's) neither blocks nor leaks into what is read."""
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": "ppo-telemetry-reader",  # required by the client; no offsets are committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "logger": _quiet_logger(),
+        }
+    )
+    try:
+        assignment = [TopicPartition(tp.topic, tp.partition, -2) for tp in partitions]  # -2: beginning
+        pending = {(tp.topic, tp.partition) for tp in assignment}
+        for tp in assignment:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            if high <= low:
+                pending.discard((tp.topic, tp.partition))
+        if not pending:
+            return
+        consumer.assign(assignment)
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise ConsumerError(f"reading {sorted(pending)} to its end took over {timeout:.0f} s")
+            for message in consumer.consume(500, 0.5):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard((message.topic(), message.partition()))
+                        continue
+                    raise ConsumerError(f"reading {message.topic()}: {error.str()}")
+                yield message
+    finally:
+        consumer.close()
+
+
+def baseline_records(
+    config: dict[str, Any], run_id: str, topic: str = EPOCHS_TOPIC, codec: SingleObjectCodec | None = None
+) -> list[EpochSummary]:
+    """The valid records of run `run_id` on the epochs topic so far (the drift group's baseline run)."""
+    codec = codec if codec is not None else epoch_summary_codec()
+    count = partition_count(config, topic)
+    if not count:
+        raise ConsumerError(f"topic {topic} does not exist, so baseline run {run_id} is not on it")
+    key = run_id.encode("utf-8")
+    tracker = StreamTracker()
+    records = []
+    for message in read_to_end(config, [TopicPartition(topic, p) for p in range(count)]):
+        if message.key() != key:
+            continue
+        try:
+            verdict = tracker.check(validate_record(codec.decode(message.value())))
+        except DecodeError:
+            continue
+        if verdict.status == "valid" and verdict.run_id == run_id:
+            records.append(EpochSummary.from_dict(verdict.record))
+    return records
+
+
+@dataclass
+class RunnerCounts:
+    """What a runner has done since it started."""
+
+    consumed: int = 0
+    processed: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    outputs: int = 0
+    batches: int = 0
+    aborted: int = 0
+
+
+@dataclass
+class TransactionalRunner:
+    """Runs a `ConsumerCore` as one instance of its consumer group (see the module docstring)."""
+
+    config: dict[str, Any]
+    core: ConsumerCore
+    instance_id: str = "0"
+    input_topic: str = EPOCHS_TOPIC
+    batch_size: int = 1000
+    poll_timeout: float = 0.5
+    session_timeout_ms: int = 10_000
+    transaction_timeout_ms: int = 10_000
+    codec: SingleObjectCodec = field(default_factory=epoch_summary_codec)
+    err: TextIO | None = None
+    scrub: Callable[[str], str] = lambda text: text
+    counts: RunnerCounts = field(default_factory=RunnerCounts)
+
+    def __post_init__(self) -> None:
+        self.stop_requested = False
+        self.tracker = StreamTracker()
+        self._run_partition: dict[str, int] = {}
+        self._state_topic = state_topic(self.core.group)
+        self._local_fingerprints = {v.fingerprint for v in self.codec.versions.values()}
+        self._schemas_read_at = -1e9
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._assigned: set[int] = set()
+
+    # ------------------------------------------------------------------------------------ output
+
+    def _say(self, text: str) -> None:
+        print(f"ppo-telemetry consume ({self.core.group}): {self.scrub(text)}", file=self.err or sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------------------------ setup
+
+    def _setup(self) -> None:
+        partitions = partition_count(self.config, self.input_topic)
+        if partitions is None:
+            # the producer normally creates it; a consumer started first creates it with the default count
+            ensure_topics(self.config, {self.input_topic: (3, {}), SCHEMAS_TOPIC: (1, {"cleanup.policy": "compact"})})
+            partitions = partition_count(self.config, self.input_topic) or 3
+        topics = {topic: (partitions, {}) for topic in self.core.output_topics}
+        topics[self._state_topic] = (partitions, {"cleanup.policy": "compact"})
+        ensure_topics(self.config, topics)
+        state_partitions = partition_count(self.config, self._state_topic)
+        if state_partitions != partitions:
+            raise ConsumerError(
+                f"{self._state_topic} has {state_partitions} partitions but {self.input_topic} has {partitions}; "
+                "they must match (state is kept partition for partition)"
+            )
+        self._producer = Producer(
+            {
+                **self.config,
+                "transactional.id": f"{self.core.group}-{self.instance_id}",
+                "transaction.timeout.ms": self.transaction_timeout_ms,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "logger": _quiet_logger(),
+            }
+        )
+        try:
+            self._producer.init_transactions(60)
+        except KafkaException as exc:
+            raise ConsumerError(f"cannot start transactions: {_reason(exc)}") from None
+        self._consumer = Consumer(
+            {
+                **self.config,
+                "group.id": self.core.group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "session.timeout.ms": self.session_timeout_ms,
+                "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
+                "partition.assignment.strategy": "cooperative-sticky",
+                "logger": _quiet_logger(),
+            }
+        )
+        self._consumer.subscribe([self.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+
+    # ------------------------------------------------------------------------------------ state
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        new = [tp.partition for tp in partitions]
+        self._restore(new)
+        self._assigned.update(new)
+        if new:
+            self._say(f"assigned partitions {sorted(new)} of {self.input_topic}")
+        consumer.incremental_assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in partitions}
+        self._forget(gone)
+        self._assigned -= gone
+        if gone:
+            self._say(f"gave up partitions {sorted(gone)}")
+        consumer.incremental_unassign(partitions)
+
+    def _forget(self, partitions: set[int]) -> None:
+        for run_id in [r for r, p in self._run_partition.items() if p in partitions]:
+            del self._run_partition[run_id]
+            self.tracker.last_offsets.pop(run_id, None)
+            self.core.forget_run(run_id)
+
+    def _restore(self, partitions: Iterable[int]) -> None:
+        """Read the state partitions of `partitions` back (the last value per run wins)."""
+        partitions = list(partitions)
+        self._forget(set(partitions))
+        latest: dict[str, tuple[int, bytes | None]] = {}
+        for message in read_to_end(self.config, [TopicPartition(self._state_topic, p) for p in partitions]):
+            key = message.key()
+            if key is not None:
+                latest[key.decode("utf-8", "replace")] = (message.partition(), message.value())
+        for run_id, (partition, value) in latest.items():
+            if value is None:
+                continue  # a tombstone: the run's state was dropped
+            try:
+                state = json.loads(value)
+                last = state.get("last_log_stream_offset")
+                if last is not None:
+                    self.tracker.last_offsets[run_id] = int(last)
+                self.core.restore_run(run_id, state.get("core"))
+            except (ValueError, TypeError, AttributeError, TelemetryError) as exc:
+                self._say(f"state of run {run_id} is unreadable, starting it afresh: {exc}")
+                continue
+            self._run_partition[run_id] = partition
+
+    def _state_message(self, run_id: str) -> bytes:
+        return json.dumps(
+            {"last_log_stream_offset": self.tracker.last_offsets.get(run_id), "core": self.core.run_state(run_id)},
+            separators=(",", ":"),
+        ).encode("utf-8")
+
+    # ------------------------------------------------------------------------------------ schemas
+
+    def _learn_schemas(self) -> None:
+        """Read the schema topic (at most every 5 s) and register what is new."""
+        now = time.monotonic()
+        if now - self._schemas_read_at < 5.0:
+            return
+        self._schemas_read_at = now
+        count = partition_count(self.config, SCHEMAS_TOPIC)
+        if not count:
+            return
+        for message in read_to_end(self.config, [TopicPartition(SCHEMAS_TOPIC, p) for p in range(count)]):
+            if message.value() is None:
+                continue
+            try:
+                self.codec.registry.register(message.value(), family="fetched")
+            except TelemetryError as exc:
+                self._say(f"schema topic offset {message.offset()}: not a schema ({exc})")
+
+    def _decode(self, value: bytes | None) -> dict[str, Any]:
+        if value is None:
+            raise DecodeError("empty message (no value)")
+        try:
+            writer = self.codec.writer_of(value)
+        except DecodeError as exc:
+            if not exc.reason.startswith("unknown writer schema"):
+                raise
+            self._learn_schemas()
+            writer = self.codec.writer_of(value)
+        if writer.fingerprint in self._local_fingerprints:
+            return self.codec.decode(value)
+        # a writer learnt from the schema topic: read it as the newest version this consumer knows
+        return self.codec.decode(value, reader=self.codec.latest)
+
+    # ------------------------------------------------------------------------------------ a batch
+
+    def _handle(self, message: Any) -> tuple[list[Output], str | None]:
+        """Outputs for one input message and the run whose state it may have changed."""
+        try:
+            record = self._decode(message.value())
+        except DecodeError as exc:
+            self.counts.rejected += 1
+            return self.core.on_rejected(message, Rejection("decode", _decode_rule(exc.reason), exc.reason)), None
+        verdict = self.tracker.check(validate_record(record))
+        if verdict.status == "duplicate":
+            self.counts.duplicates += 1
+            return [], None
+        if verdict.status == "invalid":
+            self.counts.rejected += 1
+            first = verdict.errors[0]
+            text = "; ".join(e.message for e in verdict.errors)
+            return self.core.on_rejected(message, Rejection("validate", first.rule, text)), None
+        self.counts.processed += 1
+        run_id = verdict.run_id
+        self._run_partition[run_id] = message.partition()
+        return self.core.on_record(EpochSummary.from_dict(verdict.record), verdict), run_id
+
+    def _produce(self, output: Output, partition: int | None = None) -> None:
+        kwargs: dict[str, Any] = {"key": output.key, "value": output.value}
+        if output.headers:
+            kwargs["headers"] = output.headers
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(output.topic, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def process_batch(self, messages: list[Any]) -> None:
+        """One transaction: every message's outputs, the changed runs' state, the input offsets."""
+        producer = self._producer
+        producer.begin_transaction()
+        touched: dict[str, int] = {}
+        positions: dict[tuple[str, int], int] = {}
+        outputs = 0
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    self._say(f"consume error: {error.str()}")
+                continue
+            self.counts.consumed += 1
+            positions[(message.topic(), message.partition())] = message.offset() + 1
+            produced, run_id = self._handle(message)
+            for output in produced:
+                self._produce(output)
+            outputs += len(produced)
+            if run_id is not None:
+                touched[run_id] = message.partition()
+        for run_id, partition in touched.items():
+            self._produce(Output(self._state_topic, run_id.encode("utf-8"), self._state_message(run_id)), partition)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        if offsets:
+            producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+        producer.commit_transaction(60)
+        self.counts.outputs += outputs
+        self.counts.batches += 1
+
+    def _rewind(self) -> None:
+        """After an aborted transaction: back to the committed offsets and the committed state."""
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return
+        committed = self._consumer.committed(assignment, timeout=30)
+        for tp in committed:
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else -2))
+        self._restore(tp.partition for tp in assignment)
+
+    # ------------------------------------------------------------------------------------ the loop
+
+    def request_stop(self, signum: int | None = None, frame: object = None) -> None:
+        """Finish the current batch, commit it and stop (the signal handler)."""
+        self.stop_requested = True
+
+    def run(self, install_signals: bool = True, idle_callback: Callable[[], None] | None = None) -> int:
+        """Consume until SIGTERM/SIGINT (or `stop_requested`); returns an exit code."""
+        previous = {}
+        if install_signals:
+            previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._setup()
+            self._say(f"consuming {self.input_topic} as {self.core.group} (instance {self.instance_id})")
+            while not self.stop_requested:
+                messages = self._consumer.consume(self.batch_size, self.poll_timeout)
+                if not messages:
+                    if idle_callback is not None:
+                        idle_callback()
+                    continue
+                try:
+                    self.process_batch(messages)
+                except KafkaException as exc:
+                    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                    if error is not None and error.txn_requires_abort():
+                        self._say(f"transaction aborted, batch will be consumed again: {error.str()}")
+                        self._producer.abort_transaction(60)
+                        self.counts.aborted += 1
+                        self._rewind()
+                        continue
+                    raise ConsumerError(f"fatal Kafka error: {_reason(exc)}") from None
+            return 0
+        finally:
+            self._close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # leaves the group: its partitions move at once
+            except (KafkaException, RuntimeError):
+                pass
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+
+
+def _decode_rule(reason: str) -> str:
+    """A stable rule name for a decode failure (the DLQ's `error.rule`)."""
+    for prefix, rule in (
+        ("empty message", "empty"),
+        ("wrong header", "wrong_header"),
+        ("truncated header", "truncated"),
+        ("truncated body", "truncated"),
+        ("unknown writer schema", "unknown_schema"),
+        ("expected bytes", "wrong_header"),
+    ):
+        if reason.startswith(prefix):
+            return rule
+    return "undecodable"

@@ -1,0 +1,360 @@
+"""Kafka connection settings shared by the producer and the consumers (SPEC §4, §7).
+
+The producer's Kafka sink and the consumer runners take plain librdkafka config dicts; this module is
+where the CLI builds them. `KafkaSettings` names each option the Python way (`sasl_username`) and maps
+it to its librdkafka key (`sasl.username`); passwords are `SecretStr`, so neither `repr` nor a log line
+shows them. Any other librdkafka key goes through `extra` unchanged.
+
+Where a value comes from, highest precedence first:
+
+1. keyword arguments (`KafkaSettings(bootstrap_servers=...)`, or the overrides of `from_toml`);
+2. environment variables `PPO_TELEMETRY_KAFKA_<FIELD>` (e.g. `PPO_TELEMETRY_KAFKA_SASL_PASSWORD`);
+   `bootstrap_servers` also reads the conventional `KAFKA_BOOTSTRAP_SERVERS`, after the prefixed name;
+   `extra` is read as a JSON object;
+3. the `[kafka]` table of the TOML file given to `from_toml` (Python names; `[kafka.extra]` for others);
+4. the defaults below.
+
+Every problem is a one-line `SettingsError` that names the field and never shows a secret value.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Literal
+
+import pydantic_settings
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from avro_schemas.errors import TelemetryError
+
+__all__ = [
+    "ENV_PREFIX",
+    "REDACTED",
+    "SecurityProtocol",
+    "SaslMechanism",
+    "SettingsError",
+    "KafkaSettings",
+    "is_secret_key",
+    "redact_config",
+    "scrub",
+]
+
+ENV_PREFIX = "PPO_TELEMETRY_KAFKA_"
+"""Prefix of the environment variables `KafkaSettings` reads (`PPO_TELEMETRY_KAFKA_BOOTSTRAP_SERVERS`)."""
+
+REDACTED = "***"
+"""What `redact_config`, `KafkaSettings.redacted` and `scrub` put in place of a secret value."""
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+"""The librdkafka `security.protocol` values."""
+
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+"""The librdkafka `sasl.mechanism` values this project supports."""
+
+# Substrings of librdkafka keys whose values are credentials: every `*password*` and `*secret*` key,
+# the OAUTHBEARER unsecured-token config (it can carry a token) and an inline PEM private key.
+_SECRET_KEY_MARKERS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem")
+
+_SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
+_CREDENTIAL_MECHANISMS = frozenset({"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"})
+
+# The `[kafka]` table of the file `from_toml` is reading; a context variable rather than a class
+# attribute so that two threads loading different files do not see each other's table.
+_toml_values: ContextVar[Mapping[str, Any] | None] = ContextVar("_toml_values", default=None)
+
+
+class SettingsError(TelemetryError):
+    """Kafka settings that cannot be used: an unknown key, a bad value, or options that contradict each other.
+
+    The message is one line, names the field, and never contains a secret value.
+    """
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether the librdkafka config `key` holds a credential (its name contains `password`, `secret`,
+    `sasl.oauthbearer.config` or `ssl.key.pem`, in any case)."""
+    lowered = key.lower()
+    return any(marker in lowered for marker in _SECRET_KEY_MARKERS)
+
+
+def redact_config(config: Mapping[str, str]) -> dict[str, str]:
+    """A copy of a librdkafka config dict with every secret value (see `is_secret_key`) replaced by
+    `"***"`, safe to log."""
+    return {key: REDACTED if is_secret_key(key) else value for key, value in config.items()}
+
+
+def scrub(text: str, config: Mapping[str, str]) -> str:
+    """`text` with every secret value of `config` that occurs in it replaced by `"***"`.
+
+    Meant for messages that may echo configuration back, such as librdkafka error strings: pass each
+    one through this before printing or logging it. Longer secrets are replaced first, so a secret that
+    contains another is not left half visible.
+    """
+    secrets = {value for key, value in config.items() if is_secret_key(key) and value}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _librdkafka_key(field_name: str) -> str:
+    # Every librdkafka key of the typed fields is its Python name with dots for underscores.
+    return field_name.replace("_", ".")
+
+
+def _reveal(value: str | SecretStr) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+class KafkaSettings(pydantic_settings.BaseSettings):
+    """How to reach the Kafka cluster: librdkafka options under Python names, secrets as `SecretStr`.
+
+    Values come from, highest precedence first: keyword arguments, the `PPO_TELEMETRY_KAFKA_*`
+    environment (and `KAFKA_BOOTSTRAP_SERVERS`), the TOML file of `from_toml`, the defaults.
+    `librdkafka_config()` is the dict for `confluent_kafka`; `redacted()` is the same for logs.
+    Constructing one with a bad value raises `SettingsError` (not pydantic's `ValidationError`, whose
+    message would repeat the input values, secrets included).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        loc_by_alias=False,
+        hide_input_in_errors=True,
+        alias_generator=AliasGenerator(serialization_alias=_librdkafka_key),
+    )
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        min_length=1,
+        validation_alias=AliasChoices(f"{ENV_PREFIX}BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    """`bootstrap.servers`: comma-separated `host:port` list; by default the local `ppo-telemetry broker`."""
+
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    """`security.protocol`: `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`."""
+
+    sasl_mechanism: SaslMechanism | None = None
+    """`sasl.mechanism`: required by the `SASL_*` protocols, not allowed with the others."""
+
+    sasl_username: str | None = None
+    """`sasl.username`: required by `PLAIN` and `SCRAM-*`."""
+
+    sasl_password: SecretStr | None = None
+    """`sasl.password`: required by `PLAIN` and `SCRAM-*`."""
+
+    ssl_ca_location: str | None = None
+    """`ssl.ca.location`: CA certificate file that verifies the broker."""
+
+    ssl_certificate_location: str | None = None
+    """`ssl.certificate.location`: client certificate for mutual TLS."""
+
+    ssl_key_location: str | None = None
+    """`ssl.key.location`: the client certificate's private key; requires `ssl_certificate_location`."""
+
+    ssl_key_password: SecretStr | None = None
+    """`ssl.key.password`: passphrase of `ssl_key_location`."""
+
+    ssl_endpoint_identification_algorithm: Literal["https", "none"] | None = None
+    """`ssl.endpoint.identification.algorithm`: `https` checks the broker's hostname, `none` does not."""
+
+    client_id: str = "ppo-telemetry"
+    """`client.id`: how the broker's logs and quotas name this client."""
+
+    extra: dict[str, str | SecretStr] = Field(default_factory=dict)
+    """Any other librdkafka key, passed through as given (numbers and booleans become strings).
+
+    Values of secret keys (see `is_secret_key`) are stored as `SecretStr`, so `repr` hides them too.
+    """
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from exc
+        except pydantic_settings.SettingsError as exc:
+            # Raised by a source that cannot parse its input, e.g. `extra` from the environment that is
+            # not a JSON object; its message names the field and source, not the value.
+            raise SettingsError(f"invalid Kafka settings: {exc}") from exc
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[pydantic_settings.BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Add the TOML table of `from_toml` below the environment: keywords > env > file > defaults."""
+        sources: tuple[PydanticBaseSettingsSource, ...] = (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
+        table = _toml_values.get()
+        if table is not None:
+            sources += (InitSettingsSource(settings_cls, init_kwargs=dict(table)),)
+        return sources
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> KafkaSettings:
+        """Settings from the `[kafka]` table of a TOML file, under the environment and `overrides`.
+
+        Precedence, highest first: `overrides` (keyword arguments, e.g. from command-line flags), the
+        `PPO_TELEMETRY_KAFKA_*` environment (and `KAFKA_BOOTSTRAP_SERVERS`), the file, the defaults.
+        The table uses the Python names (`bootstrap_servers = "broker:9092"`); other librdkafka keys go
+        in a `[kafka.extra]` table. Other top-level tables are ignored, so the file can hold more than
+        Kafka settings. A missing file or table, invalid TOML, an unknown key or a bad value raises a
+        one-line `SettingsError`.
+        """
+        table = _read_kafka_table(os.fspath(path))
+        with _loading(table):
+            return cls(**overrides)
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _stringify_extra(cls, value: Any) -> Any:
+        # TOML and JSON give numbers and booleans their own types; librdkafka wants them as strings,
+        # and booleans in lower case. Checked here rather than by pydantic, whose errors for a
+        # `str | SecretStr` value would name the union's internals.
+        if not isinstance(value, Mapping):
+            return value
+        converted: dict[str, str | SecretStr] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"keys must be librdkafka option names, not {type(key).__name__}")
+            if isinstance(item, bool):
+                item = "true" if item else "false"
+            elif isinstance(item, (int, float)):
+                item = str(item)
+            elif not isinstance(item, (str, SecretStr)):
+                raise ValueError(f"the value of {key!r} must be a string, number or boolean")
+            converted[key] = item
+        return converted
+
+    @field_validator("extra")
+    @classmethod
+    def _check_extra(cls, value: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:
+        typed = {_librdkafka_key(name): name for name in cls.model_fields if name != "extra"}
+        checked: dict[str, str | SecretStr] = {}
+        for key, item in value.items():
+            if not key.strip():
+                raise ValueError("an empty librdkafka key")
+            if key in typed:
+                raise ValueError(f"{key!r} has its own setting; use {typed[key]} instead")
+            if is_secret_key(key) and not isinstance(item, SecretStr):
+                item = SecretStr(item)
+            checked[key] = item
+        return checked
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> KafkaSettings:
+        if self.security_protocol in _SASL_PROTOCOLS:
+            if self.sasl_mechanism is None:
+                raise ValueError(f"sasl_mechanism: required with security_protocol {self.security_protocol}")
+        elif self.sasl_mechanism is not None:
+            # librdkafka would ignore it silently, and the broker would then refuse the connection
+            # with a far less helpful message.
+            raise ValueError(
+                f"sasl_mechanism: set, but security_protocol is {self.security_protocol};"
+                " use SASL_PLAINTEXT or SASL_SSL"
+            )
+        if self.sasl_mechanism in _CREDENTIAL_MECHANISMS:
+            for name in ("sasl_username", "sasl_password"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name}: required with sasl_mechanism {self.sasl_mechanism}")
+        if self.ssl_key_location is not None and self.ssl_certificate_location is None:
+            raise ValueError("ssl_key_location: set without ssl_certificate_location")
+        return self
+
+    def librdkafka_config(self) -> dict[str, str]:
+        """The plain librdkafka config dict for `confluent_kafka`, secrets revealed; unset options omitted.
+
+        Do not log it: use `redacted()` for that.
+        """
+        typed = self.model_dump(by_alias=True, exclude_none=True, exclude={"extra"})
+        config = {key: _reveal(value) for key, value in typed.items()}
+        config.update((key, _reveal(value)) for key, value in self.extra.items())
+        return config
+
+    def redacted(self) -> dict[str, str]:
+        """`librdkafka_config()` with every secret value replaced by `"***"`, safe to log."""
+        return redact_config(self.librdkafka_config())
+
+
+@contextmanager
+def _loading(table: Mapping[str, Any]) -> Iterator[None]:
+    token = _toml_values.set(table)
+    try:
+        yield
+    finally:
+        _toml_values.reset(token)
+
+
+def _read_kafka_table(source: str) -> dict[str, Any]:
+    try:
+        with open(source, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError(f"{source}: cannot read Kafka settings: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        # The decoder's messages quote a position, never the text around it, so no secret leaks here.
+        message = " ".join(str(exc).split())
+        raise SettingsError(f"{source}: invalid TOML: {message}") from exc
+    if "kafka" not in data:
+        raise SettingsError(f"{source}: no [kafka] table")
+    table = data["kafka"]
+    if not isinstance(table, dict):
+        raise SettingsError(f"{source}: 'kafka' must be a table, [kafka]")
+    known = list(KafkaSettings.model_fields)
+    for key in table:
+        if key not in known:
+            hint = " (put other librdkafka keys in [kafka.extra])" if "." in key else ""
+            raise SettingsError(
+                f"{source}: unknown key {key!r} in [kafka]{hint}; known: {', '.join(known)}"
+            )
+    return table
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line naming each failing field and what is wrong, built without the input values."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = _describe_loc(error["loc"])
+        if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+            # Our own checks, which never quote a value; a model-level one names its fields itself.
+            message = str(error["ctx"]["error"])
+        elif error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        else:
+            message = error["msg"]
+        problems.append(f"{field}: {message}" if field else message)
+    return "invalid Kafka settings: " + "; ".join(" ".join(p.split()) for p in problems)
+
+
+def _describe_loc(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return ""
+    head, *rest = loc
+    return str(head) + "".join(f"[{part!r}]" for part in rest)

@@ -1,0 +1,219 @@
+"""The Kafka sink: epoch summaries as single-object Avro to `ppo.telemetry.epochs` (SPEC §4).
+
+The only module of the producer side that imports `confluent_kafka`. The producer is idempotent with
+`acks=all`, so librdkafka's retries (a broker restart, a leader change) neither lose nor duplicate a
+record; a record not delivered within `message.timeout.ms` is a delivery failure. Delivery reports
+arrive on `poll`/`flush`; the first failure is kept and raised on the next `publish` or `flush`, and
+again on every later call (as confluent-kafka's examples and Quix Streams do). Key: `run_id` (one run's
+records stay in one partition, in order); header `telemetry_version`. Before the first record of a
+writer schema, the schema's JSON goes to the compacted `ppo.telemetry.schemas` topic (key: the
+fingerprint as 16 hex characters) and is flushed, so a consumer that lacks it can fetch it first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from avro_schemas.codec import SingleObjectCodec, epoch_summary_codec
+from avro_schemas.errors import EncodeError, TelemetryError
+from avro_schemas.registry import SchemaVersion
+from avro_schemas.topics import EPOCHS_TOPIC, SCHEMAS_TOPIC, VERSION_HEADER
+
+__all__ = ["KafkaSink", "KafkaSinkError", "ensure_topics", "producer_config"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARTITIONS = 3
+
+
+class KafkaSinkError(TelemetryError):
+    """A record could not be delivered to Kafka (or the topics could not be set up)."""
+
+
+def producer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """librdkafka settings for telemetry: the caller's (connection, security) plus what delivery needs."""
+    return {
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 300_000,
+        **config,
+        # not overridable: exactly one copy of each record, in order, on every in-sync replica
+        "enable.idempotence": True,
+        "acks": "all",
+        # the Java client's partitioner: a run lands on the same partition whichever client wrote it
+        "partitioner": "murmur2_random",
+        "logger": _librdkafka_logger(),
+    }
+
+
+def _librdkafka_logger() -> logging.Logger:
+    # librdkafka's own log lines go through Python logging (quiet unless configured), not raw stderr
+    return logging.getLogger("ppo_telemetry.librdkafka")
+
+
+def ensure_topics(config: dict[str, Any], topics: dict[str, tuple[int, dict[str, str]]], timeout: float = 30.0) -> None:
+    """Create the topics that do not exist yet: name -> (partitions, topic config). Existing ones are kept
+    as they are. One-line `KafkaSinkError` when the cluster cannot be reached or refuses."""
+    admin_config = {k: v for k, v in config.items() if k not in _PRODUCER_ONLY}
+    admin_config["logger"] = _librdkafka_logger()
+    admin = AdminClient(admin_config)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise KafkaSinkError(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {_reason(exc)}") from None
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=-1, config=topic_config)
+        for name, (partitions, topic_config) in topics.items()
+        if name not in existing
+    ]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # created meanwhile by another process
+            raise KafkaSinkError(f"cannot create topic {name}: {_reason(exc)}") from None
+
+
+_PRODUCER_ONLY = {
+    "linger.ms", "compression.type", "message.timeout.ms", "enable.idempotence", "acks", "partitioner",
+    "transactional.id", "transaction.timeout.ms", "queue.buffering.max.messages", "queue.buffering.max.kbytes",
+    "batch.num.messages", "batch.size", "delivery.timeout.ms", "retries", "logger",
+}
+
+
+def _reason(exc: BaseException) -> str:
+    if exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return str(exc)
+
+
+class KafkaSink:
+    """Publishes epoch summary dicts to Kafka (`TelemetrySink`).
+
+    `config` holds the connection settings (librdkafka names: `bootstrap.servers`, security keys).
+    Topics are created when missing: the epochs topic with `partitions` partitions, the schema topic
+    compacted. A v1.1 record without `log_stream_offset` is numbered here, from `first_offset` on
+    (when the NDJSON stream also runs, it numbers the record first and Kafka carries its offset).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topic: str = EPOCHS_TOPIC,
+        partitions: int = DEFAULT_PARTITIONS,
+        codec: SingleObjectCodec | None = None,
+        first_offset: int = 0,
+    ) -> None:
+        self.topic = topic
+        self.codec = codec if codec is not None else epoch_summary_codec()
+        self.next_offset = first_offset
+        self.delivered = 0
+        self._error: KafkaSinkError | None = None
+        self._schemas_sent: set[bytes] = set()
+        ensure_topics(
+            config,
+            {
+                topic: (partitions, {}),
+                SCHEMAS_TOPIC: (1, {"cleanup.policy": "compact"}),
+            },
+        )
+        self._producer = Producer(producer_config(config))
+        self._closed = False
+
+    # ------------------------------------------------------------------------------- delivery
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+        elif self._error is None:
+            self._error = KafkaSinkError(f"a record to {msg.topic()} was not delivered: {err.str()}")
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _produce(self, topic: str, **kwargs: Any) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, on_delivery=self._on_delivery, **kwargs)
+                return
+            except BufferError:
+                # the local queue is full (a broker is away, or we outrun it): serve reports and retry
+                self._producer.poll(0.1)
+                self._raise_failure()
+            except KafkaException as exc:
+                raise KafkaSinkError(f"cannot produce to {topic}: {_reason(exc)}") from None
+
+    def _publish_schema(self, writer: SchemaVersion) -> None:
+        """The writer schema to the schema topic, delivered before any record written with it."""
+        self._produce(
+            SCHEMAS_TOPIC,
+            key=writer.fingerprint_hex.encode("ascii"),
+            value=json.dumps(writer.schema, separators=(",", ":")).encode("utf-8"),
+        )
+        self.flush()
+        self._schemas_sent.add(writer.fingerprint)
+
+    # ------------------------------------------------------------------------------- TelemetrySink
+
+    def publish(self, record: dict[str, Any]) -> None:
+        """Queue one record (delivery is reported later); raises the first earlier delivery failure."""
+        self._raise_failure()
+        if self._closed:
+            raise KafkaSinkError("the Kafka sink is closed")
+        if record.get("telemetry_version") == "1.1":
+            if record.get("log_stream_offset") is None:
+                record["log_stream_offset"] = self.next_offset
+            self.next_offset = record["log_stream_offset"] + 1
+        try:
+            writer = self.codec.writer_for(record)
+            data = self.codec.encode(record, writer)
+        except EncodeError as exc:
+            raise KafkaSinkError(f"cannot encode the record of epoch {record.get('epoch')}: {exc}") from None
+        if writer.fingerprint not in self._schemas_sent:
+            self._publish_schema(writer)
+        run_id = record.get("run_id")
+        self._produce(
+            self.topic,
+            key=run_id.encode("utf-8") if isinstance(run_id, str) else None,
+            value=data,
+            headers=[(VERSION_HEADER, str(record.get("telemetry_version")).encode("utf-8"))],
+        )
+        self._producer.poll(0)
+
+    def poll(self) -> None:
+        """Serve delivery reports without waiting; raises the first failure."""
+        self._producer.poll(0)
+        self._raise_failure()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued record is delivered (or has failed); raises the first failure.
+
+        Without `timeout` this waits as long as librdkafka keeps retrying (`message.timeout.ms`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = self._producer.flush(1.0)
+            self._raise_failure()
+            if remaining == 0:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise KafkaSinkError(f"{remaining} records not delivered within {timeout:.0f} s")
+
+    def close(self) -> None:
+        """Flush and stop; closing twice is harmless (after a failure, raises it)."""
+        if self._closed:
+            self._raise_failure()
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True

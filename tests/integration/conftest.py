@@ -1,0 +1,143 @@
+"""The real Kafka broker the integration tests talk to, and helpers to drive and read it.
+
+The broker, in order of preference (issue 4):
+1. `KAFKA_BOOTSTRAP_SERVERS` when set (a broker someone else runs);
+2. testcontainers' Kafka container when a Docker engine answers;
+3. the project's local KRaft broker (`ppo_telemetry.broker.LocalBroker`: jars through Maven on first
+   use), started for this test session in a fresh directory on port `PPO_TELEMETRY_TEST_BROKER_PORT`
+   (default 39092) and stopped at the end.
+
+Topics are the SPEC's and shared by the session's tests, so each test uses run ids of its own
+(`unique_run_id`) and reads back only its runs' messages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ppo_telemetry.broker import LocalBroker
+
+sys.path.insert(0, str(Path(__file__).parent))  # the tests import kafka_testing (importlib mode)
+
+from kafka_testing import wait_for  # noqa: E402
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None and not os.path.exists("/var/run/docker.sock"):
+        return False
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # no engine, no permission, no client library: not usable
+        return False
+
+
+@pytest.fixture(scope="session")
+def local_broker() -> Iterator[LocalBroker | None]:
+    """The broker this session started (None when the tests use one from elsewhere)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield None
+        return
+    if _docker_answers():
+        yield None
+        return
+    home = Path(tempfile.mkdtemp(prefix="ppo-telemetry-broker-"))
+    broker = LocalBroker(port=int(os.environ.get("PPO_TELEMETRY_TEST_BROKER_PORT", "39092")), home=home)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_broker: LocalBroker | None) -> Iterator[str]:
+    """The bootstrap address of the real broker."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+    elif local_broker is not None:
+        yield local_broker.bootstrap
+    else:
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+
+
+@pytest.fixture
+def kafka_config(kafka_bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap.servers": kafka_bootstrap}
+
+
+@pytest.fixture
+def unique_run_id(request) -> Callable[[str], str]:
+    """Run ids no other test uses: `<test name>-<tag>-<random>`."""
+    stem = request.node.name.replace("[", "-").replace("]", "")[:60]
+
+    def make(tag: str = "run") -> str:
+        return f"{stem}-{tag}-{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+class ConsumerProcess:
+    """`ppo-telemetry consume ...` as a child process (so it can be SIGTERMed or killed -9)."""
+
+    def __init__(self, bootstrap: str, group: str, *extra: str, instance_id: str = "0", log_dir: Path) -> None:
+        self.log_path = log_dir / f"consume-{group}-{instance_id}-{uuid.uuid4().hex[:6]}.log"
+        self.args = [
+            sys.executable, "-m", "ppo_telemetry", "consume", group, "--bootstrap-servers", bootstrap,
+            "--instance-id", instance_id, "--session-timeout-ms", "3000", *extra,
+        ]
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_assigned(self, timeout: float = 60.0) -> None:
+        wait_for(lambda: "assigned partitions" in self.log() or self.process.poll() is not None, timeout,
+                 "the consumer to join its group")
+        assert self.process.poll() is None, self.log()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        self.process.terminate()
+        code = self.process.wait(timeout)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(30)
+        self._log.close()
+
+
+@pytest.fixture
+def consumers(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
+    """Start consumer processes; whatever still runs at the end is killed."""
+    started: list[ConsumerProcess] = []
+
+    def start(group: str, *extra: str, instance_id: str = "0") -> ConsumerProcess:
+        consumer = ConsumerProcess(kafka_bootstrap, group, *extra, instance_id=instance_id, log_dir=tmp_path)
+        started.append(consumer)
+        return consumer
+
+    yield start
+    for consumer in started:
+        if consumer.process.poll() is None:
+            consumer.kill()

@@ -1,0 +1,509 @@
+"""`ppo_telemetry.kafka_settings`: where values come from, the librdkafka dict, validation, and secrets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from avro_schemas.errors import TelemetryError
+from ppo_telemetry.kafka_settings import (
+    KafkaSettings,
+    SettingsError,
+    redact_config,
+    scrub,
+)
+
+PASSWORD = "hunter2-s3cret"
+KEY_PASSWORD = "k3y-pass-phrase"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees only the Kafka variables it sets itself."""
+    for name in list(os.environ):
+        if name.upper().startswith("PPO_TELEMETRY_KAFKA_") or name.upper() == "KAFKA_BOOTSTRAP_SERVERS":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def write_toml(tmp_path: Path):
+    """Factory: write TOML text to a fresh file and return its path."""
+
+    def write(text: str) -> Path:
+        path = tmp_path / "kafka.toml"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+def set_kafka_env(monkeypatch: pytest.MonkeyPatch, **fields: str) -> None:
+    """Set `PPO_TELEMETRY_KAFKA_<FIELD>` for each keyword."""
+    for name, value in fields.items():
+        monkeypatch.setenv(f"PPO_TELEMETRY_KAFKA_{name.upper()}", value)
+
+
+def assert_one_line_without_secrets(exc: BaseException, *secrets: str) -> str:
+    """The message of `exc`, asserted to be one line that contains none of `secrets`."""
+    message = str(exc)
+    assert "\n" not in message
+    for secret in secrets:
+        assert secret not in message
+    return message
+
+
+def test_defaults_give_the_local_broker_config() -> None:
+    assert KafkaSettings().librdkafka_config() == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "PLAINTEXT",
+        "client.id": "ppo-telemetry",
+    }
+
+
+def test_env_vars_with_prefix_map_to_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_kafka_env(
+        monkeypatch,
+        bootstrap_servers="broker-1:9093,broker-2:9093",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username="trainer",
+        sasl_password=PASSWORD,
+        client_id="ppo-run-7",
+    )
+
+    settings = KafkaSettings()
+
+    assert settings.bootstrap_servers == "broker-1:9093,broker-2:9093"
+    assert settings.security_protocol == "SASL_PLAINTEXT"
+    assert settings.sasl_mechanism == "PLAIN"
+    assert settings.sasl_username == "trainer"
+    assert settings.sasl_password is not None and settings.sasl_password.get_secret_value() == PASSWORD
+    assert settings.client_id == "ppo-run-7"
+
+
+def test_env_extra_is_a_json_object_of_librdkafka_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_EXTRA", '{"linger.ms": 5, "enable.idempotence": true}')
+
+    config = KafkaSettings().librdkafka_config()
+
+    assert config["linger.ms"] == "5"
+    assert config["enable.idempotence"] == "true"
+
+
+def test_conventional_kafka_bootstrap_servers_env_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "conventional:9092")
+
+    assert KafkaSettings().bootstrap_servers == "conventional:9092"
+
+
+def test_prefixed_bootstrap_servers_env_wins_over_conventional(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "conventional:9092")
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_BOOTSTRAP_SERVERS", "prefixed:9092")
+
+    assert KafkaSettings().bootstrap_servers == "prefixed:9092"
+
+
+def test_keyword_arguments_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "conventional:9092")
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_CLIENT_ID", "from-env")
+
+    settings = KafkaSettings(bootstrap_servers="flag:9092", client_id="from-flag")
+
+    assert settings.bootstrap_servers == "flag:9092"
+    assert settings.client_id == "from-flag"
+
+
+def test_toml_kafka_table_is_loaded(write_toml) -> None:
+    path = write_toml(
+        """
+        [kafka]
+        bootstrap_servers = "file-broker:9092"
+        client_id = "from-file"
+
+        [kafka.extra]
+        "linger.ms" = 20
+        "compression.type" = "zstd"
+
+        [rules.kl_spike]
+        threshold = 0.03
+        """
+    )
+
+    settings = KafkaSettings.from_toml(path)
+
+    assert settings.librdkafka_config() == {
+        "bootstrap.servers": "file-broker:9092",
+        "security.protocol": "PLAINTEXT",
+        "client.id": "from-file",
+        "linger.ms": "20",
+        "compression.type": "zstd",
+    }
+
+
+def test_env_overrides_toml_file(write_toml, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_toml(
+        """
+        [kafka]
+        bootstrap_servers = "file-broker:9092"
+        client_id = "from-file"
+        security_protocol = "SSL"
+        """
+    )
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_CLIENT_ID", "from-env")
+
+    settings = KafkaSettings.from_toml(path)
+
+    assert settings.client_id == "from-env"
+    assert settings.bootstrap_servers == "file-broker:9092"
+    assert settings.security_protocol == "SSL"
+
+
+def test_conventional_bootstrap_env_overrides_toml_file(write_toml, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_toml('[kafka]\nbootstrap_servers = "file-broker:9092"\n')
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "conventional:9092")
+
+    assert KafkaSettings.from_toml(path).bootstrap_servers == "conventional:9092"
+
+
+def test_toml_overrides_win_over_env_and_file(write_toml, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_toml('[kafka]\nbootstrap_servers = "file-broker:9092"\n')
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_BOOTSTRAP_SERVERS", "env-broker:9092")
+
+    settings = KafkaSettings.from_toml(path, bootstrap_servers="flag-broker:9092")
+
+    assert settings.bootstrap_servers == "flag-broker:9092"
+
+
+def test_toml_file_and_env_combine_across_the_sasl_check(write_toml, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_toml(
+        """
+        [kafka]
+        security_protocol = "SASL_SSL"
+        sasl_mechanism = "SCRAM-SHA-256"
+        sasl_username = "trainer"
+        """
+    )
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_SASL_PASSWORD", PASSWORD)
+
+    assert KafkaSettings.from_toml(path).librdkafka_config()["sasl.password"] == PASSWORD
+
+
+def test_toml_table_does_not_leak_into_later_settings(write_toml) -> None:
+    KafkaSettings.from_toml(write_toml('[kafka]\nclient_id = "from-file"\n'))
+
+    assert KafkaSettings().client_id == "ppo-telemetry"
+
+
+def test_unknown_toml_key_is_rejected_by_name(write_toml) -> None:
+    path = write_toml('[kafka]\nbootstrap_servers = "b:9092"\nsasl_pasword = "typo"\n')
+
+    with pytest.raises(SettingsError) as info:
+        KafkaSettings.from_toml(path)
+
+    message = assert_one_line_without_secrets(info.value, "typo")
+    assert "'sasl_pasword'" in message
+    assert str(path) in message
+
+
+def test_dotted_toml_key_points_to_the_extra_table(write_toml) -> None:
+    path = write_toml('[kafka]\n"linger.ms" = 5\n')
+
+    with pytest.raises(SettingsError, match=r"'linger\.ms'.*\[kafka\.extra\]"):
+        KafkaSettings.from_toml(path)
+
+
+def test_toml_without_kafka_table_is_rejected(write_toml) -> None:
+    with pytest.raises(SettingsError, match=r"no \[kafka\] table"):
+        KafkaSettings.from_toml(write_toml('bootstrap_servers = "b:9092"\n'))
+
+
+def test_invalid_toml_is_a_one_line_settings_error(write_toml) -> None:
+    with pytest.raises(SettingsError, match="invalid TOML") as info:
+        KafkaSettings.from_toml(write_toml("[kafka\nbootstrap_servers = \n"))
+
+    assert_one_line_without_secrets(info.value)
+
+
+def test_missing_toml_file_is_a_settings_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="cannot read"):
+        KafkaSettings.from_toml(tmp_path / "absent.toml")
+
+
+def test_settings_error_is_a_telemetry_error() -> None:
+    assert issubclass(SettingsError, TelemetryError)
+
+
+def test_librdkafka_config_has_dotted_keys_and_revealed_secrets() -> None:
+    settings = KafkaSettings(
+        bootstrap_servers="b:9092",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username="trainer",
+        sasl_password=PASSWORD,
+        extra={"sasl.oauthbearer.client.secret": "client-s3cret", "acks": "all"},
+    )
+
+    assert settings.librdkafka_config() == {
+        "bootstrap.servers": "b:9092",
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "trainer",
+        "sasl.password": PASSWORD,
+        "client.id": "ppo-telemetry",
+        "sasl.oauthbearer.client.secret": "client-s3cret",
+        "acks": "all",
+    }
+
+
+def test_scram_over_sasl_ssl_with_mutual_tls_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_kafka_env(
+        monkeypatch,
+        bootstrap_servers="kafka.example.com:9094",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="trainer",
+        sasl_password=PASSWORD,
+        ssl_ca_location="/etc/kafka/ca.pem",
+        ssl_certificate_location="/etc/kafka/client.pem",
+        ssl_key_location="/etc/kafka/client.key",
+        ssl_key_password=KEY_PASSWORD,
+        ssl_endpoint_identification_algorithm="https",
+    )
+
+    settings = KafkaSettings()
+
+    assert settings.librdkafka_config() == {
+        "bootstrap.servers": "kafka.example.com:9094",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "trainer",
+        "sasl.password": PASSWORD,
+        "ssl.ca.location": "/etc/kafka/ca.pem",
+        "ssl.certificate.location": "/etc/kafka/client.pem",
+        "ssl.key.location": "/etc/kafka/client.key",
+        "ssl.key.password": KEY_PASSWORD,
+        "ssl.endpoint.identification.algorithm": "https",
+        "client.id": "ppo-telemetry",
+    }
+    assert PASSWORD not in repr(settings) and KEY_PASSWORD not in repr(settings)
+    assert PASSWORD not in str(settings) and KEY_PASSWORD not in str(settings)
+
+
+def test_invalid_value_error_is_one_line_names_field_and_hides_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_kafka_env(
+        monkeypatch,
+        sasl_mechanism="PLAIN",
+        sasl_username="trainer",
+        sasl_password=PASSWORD,
+        security_protocol="FOO",
+    )
+
+    with pytest.raises(SettingsError) as info:
+        KafkaSettings()
+
+    message = assert_one_line_without_secrets(info.value, PASSWORD, "FOO")
+    assert "security_protocol" in message
+    assert PASSWORD not in repr(info.value)
+
+
+def test_invalid_value_in_toml_hides_password_from_file(write_toml) -> None:
+    path = write_toml(
+        f"""
+        [kafka]
+        security_protocol = "SASL_SSL"
+        sasl_mechanism = "SCRAM-SHA-999"
+        sasl_username = "trainer"
+        sasl_password = "{PASSWORD}"
+        """
+    )
+
+    with pytest.raises(SettingsError) as info:
+        KafkaSettings.from_toml(path)
+
+    message = assert_one_line_without_secrets(info.value, PASSWORD, "SCRAM-SHA-999")
+    assert "sasl_mechanism" in message
+
+
+def test_wrongly_typed_password_error_does_not_echo_it() -> None:
+    with pytest.raises(SettingsError) as info:
+        KafkaSettings(
+            security_protocol="SASL_SSL",
+            sasl_mechanism="PLAIN",
+            sasl_username="trainer",
+            sasl_password=["hunter2-s3cret"],
+        )
+
+    message = assert_one_line_without_secrets(info.value, PASSWORD)
+    assert "sasl_password" in message
+
+
+def test_valid_settings_repr_hides_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_kafka_env(
+        monkeypatch,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="trainer",
+        sasl_password=PASSWORD,
+    )
+
+    settings = KafkaSettings()
+
+    assert PASSWORD not in repr(settings)
+    assert PASSWORD not in str(settings)
+    assert PASSWORD not in settings.model_dump_json()
+
+
+def test_extra_secrets_are_hidden_from_repr() -> None:
+    settings = KafkaSettings(
+        extra={"sasl.oauthbearer.client.secret": "client-s3cret", "ssl.keystore.password": "store-pass"}
+    )
+
+    assert "client-s3cret" not in repr(settings)
+    assert "store-pass" not in repr(settings)
+    assert settings.librdkafka_config()["ssl.keystore.password"] == "store-pass"
+
+
+def test_sasl_protocol_requires_mechanism() -> None:
+    expected = "sasl_mechanism: required with security_protocol SASL_SSL"
+    with pytest.raises(SettingsError, match=expected) as info:
+        KafkaSettings(security_protocol="SASL_SSL")
+
+    assert_one_line_without_secrets(info.value)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_password_mechanisms_require_username(mechanism: str) -> None:
+    with pytest.raises(SettingsError, match="sasl_username: required") as info:
+        KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism=mechanism, sasl_password=PASSWORD)
+
+    assert_one_line_without_secrets(info.value, PASSWORD)
+
+
+def test_password_mechanism_requires_password() -> None:
+    with pytest.raises(SettingsError, match="sasl_password: required") as info:
+        KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="trainer")
+
+    assert_one_line_without_secrets(info.value)
+
+
+def test_oauthbearer_needs_no_username_or_password() -> None:
+    config = KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER").librdkafka_config()
+
+    assert config["sasl.mechanism"] == "OAUTHBEARER"
+    assert "sasl.username" not in config and "sasl.password" not in config
+
+
+def test_sasl_mechanism_without_sasl_protocol_is_rejected() -> None:
+    with pytest.raises(SettingsError, match="sasl_mechanism: set, but security_protocol is PLAINTEXT"):
+        KafkaSettings(sasl_mechanism="PLAIN", sasl_username="trainer", sasl_password=PASSWORD)
+
+
+def test_ssl_key_without_certificate_is_rejected() -> None:
+    expected = "ssl_key_location: set without ssl_certificate_location"
+    with pytest.raises(SettingsError, match=expected) as info:
+        KafkaSettings(security_protocol="SSL", ssl_key_location="/k.pem", ssl_key_password=KEY_PASSWORD)
+
+    assert_one_line_without_secrets(info.value, KEY_PASSWORD)
+
+
+def test_extra_cannot_shadow_a_typed_setting() -> None:
+    expected = r"'sasl\.password' has its own setting; use sasl_password"
+    with pytest.raises(SettingsError, match=expected) as info:
+        KafkaSettings(extra={"sasl.password": PASSWORD})
+
+    assert_one_line_without_secrets(info.value, PASSWORD)
+
+
+def test_unknown_keyword_is_rejected_by_name() -> None:
+    with pytest.raises(SettingsError, match="sasl_pasword: unknown setting"):
+        KafkaSettings(sasl_pasword=PASSWORD)
+
+
+def test_env_extra_that_is_not_json_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_EXTRA", '{"ssl.keystore.password": "' + PASSWORD)
+
+    with pytest.raises(SettingsError, match="extra") as info:
+        KafkaSettings()
+
+    assert_one_line_without_secrets(info.value, PASSWORD)
+
+
+def test_redacted_hides_every_password() -> None:
+    settings = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="trainer",
+        sasl_password=PASSWORD,
+        ssl_certificate_location="/c.pem",
+        ssl_key_location="/k.pem",
+        ssl_key_password=KEY_PASSWORD,
+        extra={"sasl.oauthbearer.client.secret": "client-s3cret"},
+    )
+
+    redacted = settings.redacted()
+
+    assert redacted["sasl.password"] == "***"
+    assert redacted["ssl.key.password"] == "***"
+    assert redacted["sasl.oauthbearer.client.secret"] == "***"
+    assert redacted["sasl.username"] == "trainer"
+    assert redacted.keys() == settings.librdkafka_config().keys()
+    for secret in (PASSWORD, KEY_PASSWORD, "client-s3cret"):
+        assert secret not in str(redacted)
+
+
+def test_redact_config_masks_secret_keys_only() -> None:
+    config = {
+        "bootstrap.servers": "b:9092",
+        "sasl.password": PASSWORD,
+        "ssl.keystore.password": "store-pass",
+        "sasl.oauthbearer.client.secret": "client-s3cret",
+        "sasl.oauthbearer.config": "principal=admin token=abc",
+        "ssl.key.pem": "-----BEGIN PRIVATE KEY-----",
+        "sasl.username": "trainer",
+    }
+
+    assert redact_config(config) == {
+        "bootstrap.servers": "b:9092",
+        "sasl.password": "***",
+        "ssl.keystore.password": "***",
+        "sasl.oauthbearer.client.secret": "***",
+        "sasl.oauthbearer.config": "***",
+        "ssl.key.pem": "***",
+        "sasl.username": "trainer",
+    }
+
+
+def test_scrub_removes_password_embedded_in_error_message() -> None:
+    config = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="trainer",
+        sasl_password=PASSWORD,
+    ).librdkafka_config()
+    error = f"KafkaError{{code=_AUTHENTICATION,val=-169,str=\"SASL PLAIN failed for trainer:{PASSWORD}\"}}"
+
+    scrubbed = scrub(error, config)
+
+    assert PASSWORD not in scrubbed
+    assert scrubbed == 'KafkaError{code=_AUTHENTICATION,val=-169,str="SASL PLAIN failed for trainer:***"}'
+
+
+def test_scrub_replaces_the_longer_of_overlapping_secrets_whole() -> None:
+    config = {"sasl.password": "abc", "ssl.key.password": "abcdef", "client.id": "abc"}
+
+    assert scrub("x abcdef y abc", config) == "x *** y ***"
+
+
+def test_scrub_leaves_text_without_secrets_alone() -> None:
+    assert scrub("Broker transport failure", {"sasl.password": "", "client.id": "ppo"}) == (
+        "Broker transport failure"
+    )
+
+
+def test_extra_value_of_wrong_type_is_named_by_key() -> None:
+    with pytest.raises(SettingsError, match=r"^invalid Kafka settings: extra: the value of 'acks' must be"):
+        KafkaSettings(extra={"acks": ["all"]})
