@@ -114,7 +114,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def _quiet_logger() -> logging.Logger:
-    return logging.getLogger("ppo_telemetry.librdkafka")
+    """librdkafka's log lines (transient retries, mostly): dropped unless the application configures
+    this logger. Errors that matter reach the runner's own output through `error_cb`."""
+    logger = logging.getLogger("ppo_telemetry.librdkafka")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+    return logger
 
 
 def ensure_topics(config: dict[str, Any], topics: dict[str, tuple[int, dict[str, str]]], timeout: float = 30.0) -> None:
@@ -138,6 +144,16 @@ def ensure_topics(config: dict[str, Any], topics: dict[str, tuple[int, dict[str,
             if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             raise ConsumerError(f"cannot create topic {name}: {_reason(exc)}") from None
+    # a new topic reaches every broker's metadata a moment after its creation returns
+    deadline = time.monotonic() + timeout
+    wanted = {topic.topic for topic in missing}
+    while True:
+        listed = admin.list_topics(timeout=timeout).topics
+        if all(name in listed and listed[name].partitions and listed[name].error is None for name in wanted):
+            return
+        if time.monotonic() > deadline:
+            raise ConsumerError(f"topics {sorted(wanted)} were created but did not appear within {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def partition_count(config: dict[str, Any], topic: str, timeout: float = 30.0) -> int | None:
@@ -257,6 +273,7 @@ class TransactionalRunner:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._assigned: set[int] = set()
+        self._errors_said: set[int] = set()
 
     # ------------------------------------------------------------------------------------ output
 
@@ -264,6 +281,15 @@ class TransactionalRunner:
         print(f"ppo-telemetry consume ({self.core.group}): {self.scrub(text)}", file=self.err or sys.stderr, flush=True)
 
     # ------------------------------------------------------------------------------------ setup
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        # connection losses are retried by librdkafka; say so once per kind, not once per attempt
+        key = error.code()
+        if key in self._errors_said:
+            return
+        self._errors_said.add(key)
+        self._say(f"Kafka client: {error.str()}" + ("" if error.fatal() else " (retrying)"))
+
 
     def _setup(self) -> None:
         partitions = partition_count(self.config, self.input_topic)
@@ -289,6 +315,7 @@ class TransactionalRunner:
                 "acks": "all",
                 "linger.ms": 5,
                 "logger": _quiet_logger(),
+                "error_cb": self._on_client_error,
             }
         )
         try:
@@ -306,6 +333,7 @@ class TransactionalRunner:
                 "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
                 "partition.assignment.strategy": "cooperative-sticky",
                 "logger": _quiet_logger(),
+                "error_cb": self._on_client_error,
             }
         )
         self._consumer.subscribe([self.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
@@ -474,6 +502,15 @@ class TransactionalRunner:
         self._restore(tp.partition for tp in assignment)
 
     # ------------------------------------------------------------------------------------ the loop
+
+    def stop_when_caught_up(self, ends: dict[int, int]) -> None:
+        """Stop once this instance holds every partition in `ends` and has consumed up to those offsets
+        (an idle callback: a batch consumed is committed before the next poll)."""
+        if self._consumer is None or self._assigned != set(ends):
+            return
+        positions = self._consumer.position([TopicPartition(self.input_topic, p) for p in ends])
+        if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
+            self.stop_requested = True
 
     def request_stop(self, signum: int | None = None, frame: object = None) -> None:
         """Finish the current batch, commit it and stop (the signal handler)."""

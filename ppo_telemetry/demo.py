@@ -1,9 +1,13 @@
-"""`ppo-telemetry demo`: the pipeline end to end on what exists so far.
+"""`ppo-telemetry demo`: the whole pipeline end to end on a real Kafka broker.
 
-It trains two PPO runs on Conflict-v0 — a baseline, and a candidate with a 3x learning rate — each
-publishing v1.1 records to a rotating NDJSON stream, then runs every offline stage on them: validate
-(also on a damaged copy: a re-sent record, a torn line, a NaN), the single-object Avro codec, drift of
-the candidate against the baseline, and the alert rules.
+It uses the broker the settings name when one is configured (`KAFKA_BOOTSTRAP_SERVERS` or
+`PPO_TELEMETRY_KAFKA_BOOTSTRAP_SERVERS`), else starts the local KRaft broker (and stops it at the end
+if it started it). Then it trains two PPO runs on Conflict-v0 with `ppo-telemetry train --kafka` — a
+baseline, and a candidate with a 3x learning rate — injects what a real topic suffers (garbage bytes,
+a truncated message, an unknown writer schema, a NaN, a re-sent record), runs the three consumer
+groups (validator, drift against the baseline run on the topic, watch) until they have consumed
+everything, and prints what happened: records published, validated, dead-lettered with reasons,
+drift highlights and alerts.
 
 `synthetic_run` and `write_segments` make hand-shaped streams (healthy or failing on purpose, with
 arbitrary lines) for tests and dashboards.
@@ -11,23 +15,19 @@ arbitrary lines) for tests and dashboards.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import random
-import tempfile
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from avro_schemas import EpochSummary, epoch_summary_codec
-from avro_schemas.ndjson import iter_segment_lines, list_segments, segment_name
-from consumers.drift import Baseline, DriftTracker
-from consumers.telemetry_watch import RulesConfig, Watch
-from consumers.validator import Validator
-from producer.harness import TrainingHarness, preset_for
-from producer.ndjson_sink import NdjsonSink
+from avro_schemas.errors import TelemetryError
+from avro_schemas.ndjson import segment_name
 
 __all__ = ["synthetic_run", "write_segments", "run_demo"]
 
@@ -102,94 +102,182 @@ def write_segments(directory: Path, lines: list[tuple[int, str]], max_bytes: int
     return written
 
 
-def _train(run_id: str, seed: int, learning_rate: float, stream: Path, steps: int) -> tuple[int, float]:
-    """Train one Conflict-v0 run into an NDJSON stream; returns (records, seconds)."""
-    config = replace(preset_for("Conflict-v0"), seed=seed, total_steps=steps, learning_rate=learning_rate, run_id=run_id)
-    sink = NdjsonSink(stream, max_segment_bytes=256 * 1024, buffered=True)
-    harness = TrainingHarness(config, publish=sink.publish, flush=sink.flush)
-    started = time.monotonic()
-    try:
-        harness.run_ppo()
-    finally:
-        harness.close()
-        sink.close()
-    return sink.writer.next_offset, time.monotonic() - started
+class DemoError(TelemetryError):
+    """A stage of the demo failed (the message says which)."""
 
 
-def _read(stream: Path, out: TextIO, label: str) -> list[dict[str, Any]]:
-    """Validate a stream; print the counts and return its valid records."""
-    validator = Validator()
-    records, reasons = [], Counter()
-    for line in iter_segment_lines(stream):
-        verdict = validator.validate_line(line)
-        if verdict.status == "valid":
-            records.append(verdict.record)
-        for error in verdict.errors:
-            reasons[f"{error.field or 'record'}: {error.rule}"] += 1
-    counts = validator.counts
-    out.write(
-        f"validate {label}: {counts['valid']} valid, {counts['invalid']} invalid, "
-        f"{counts['duplicate']} duplicate dropped\n"
+def _configured_bootstrap() -> str | None:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or os.environ.get("PPO_TELEMETRY_KAFKA_BOOTSTRAP_SERVERS"):
+        from ppo_telemetry.kafka_settings import KafkaSettings
+
+        return KafkaSettings().bootstrap_servers
+    return None
+
+
+def _train(bootstrap: str, run_id: str, seed: int, learning_rate: float, steps: int, out: TextIO) -> None:
+    """One Conflict-v0 run published to Kafka by the real command line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", bootstrap, "--env", "Conflict-v0",
+         "--seed", str(seed), "--learning-rate", str(learning_rate), "--total-steps", str(steps), "--run-id", run_id],
+        capture_output=True, text=True,
     )
-    for reason, n in reasons.most_common():
-        out.write(f"  invalid because {reason} (x{n})\n")
-    return records
+    summary = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+    if proc.returncode != 0:
+        raise DemoError(f"training {run_id} failed: {summary}")
+    out.write(f"  {summary.removeprefix('train: ')}\n")
 
 
-def run_demo(out: TextIO, workdir: Path | None = None, steps: int = 30_000) -> int:
+def _inject(config: dict[str, Any], run_id: str) -> int:
+    """What a real topic suffers, keyed by the candidate run; returns how many messages."""
+    from confluent_kafka import Producer
+
+    from avro_schemas import epoch_summary_codec
+    from avro_schemas.topics import EPOCHS_TOPIC
+    from consumers.runner import baseline_records
+
+    codec = epoch_summary_codec()
+    last = baseline_records(config, run_id)[-1].to_dict()
+    good = codec.encode(last)
+    bad = [
+        b"not avro at all",
+        good[:25],  # truncated in the body
+        b"\xc3\x01" + b"\x07" * 8 + good[10:],  # a writer schema nobody published
+        codec.encode(dict(last, value_loss=math.nan, log_stream_offset=last["log_stream_offset"] + 1)),
+        good,  # a producer retry re-sends the last record: a duplicate by log_stream_offset
+    ]
+    producer = Producer({**config, "partitioner": "murmur2_random"})
+    for value in bad:
+        producer.produce(EPOCHS_TOPIC, key=run_id.encode(), value=value)
+    producer.flush(30)
+    return len(bad)
+
+
+def _end_offsets(config: dict[str, Any]) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    from avro_schemas.topics import EPOCHS_TOPIC
+    from consumers.runner import partition_count
+
+    consumer = Consumer({**config, "group.id": "ppo-telemetry-demo-probe"})
+    try:
+        count = partition_count(config, EPOCHS_TOPIC) or 0
+        return {p: consumer.get_watermark_offsets(TopicPartition(EPOCHS_TOPIC, p), timeout=30)[1] for p in range(count)}
+    finally:
+        consumer.close()
+
+
+def _run_groups(config: dict[str, Any], cores: list[Any], ends: dict[int, int], log: TextIO) -> list[Any]:
+    """Run each group in a thread until its committed position reaches `ends`; returns the runners.
+
+    A group that fails stops the others and its error is raised here."""
+    from consumers.runner import TransactionalRunner
+
+    runners = [TransactionalRunner(config, core, instance_id="demo", err=log) for core in cores]
+    failures: list[BaseException] = []
+
+    def run(runner: TransactionalRunner) -> None:
+        try:
+            runner.run(install_signals=False, idle_callback=lambda: runner.stop_when_caught_up(ends))
+        except BaseException as exc:  # handed to the main thread
+            failures.append(exc)
+            for other in runners:
+                other.stop_requested = True
+
+    threads = [threading.Thread(target=run, args=(runner,)) for runner in runners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return runners
+
+
+def _read(config: dict[str, Any], topic: str, keys: set[bytes]) -> list[Any]:
+    from confluent_kafka import TopicPartition
+
+    from consumers.runner import partition_count, read_to_end
+
+    count = partition_count(config, topic) or 0
+    return [m for m in read_to_end(config, [TopicPartition(topic, p) for p in range(count)]) if m.key() in keys]
+
+
+def run_demo(out: TextIO, bootstrap: str | None = None, steps: int = 20_000) -> int:
     """Run the demo, printing what happened to `out`; returns the exit code."""
-    with tempfile.TemporaryDirectory(prefix="ppo-telemetry-demo-") as tmp:
-        root = Path(workdir) if workdir is not None else Path(tmp)
-        out.write(f"training two PPO runs on Conflict-v0, {steps:,} ticks each (streams in {root})\n")
-        for run_id, seed, lr in (("baseline-lr1e-3", 0, 1e-3), ("candidate-lr3e-3", 1, 3e-3)):
-            records, seconds = _train(run_id, seed, lr, root / run_id, steps)
-            segments = len(list_segments(root / run_id))
-            out.write(f"  {run_id}: {records} epoch records in {segments} NDJSON segments, {seconds:.1f} s\n")
+    from avro_schemas.codec import alert_codec, drift_record_codec
+    from avro_schemas.topics import ALERTS_TOPIC, DLQ_TOPIC, DRIFT_TOPIC
+    from consumers.drift import Baseline
+    from consumers.groups import DriftGroup, ValidatorGroup, WatchGroup
+    from consumers.runner import baseline_records
+    from ppo_telemetry.broker import LocalBroker
 
-        baseline = _read(root / "baseline-lr1e-3", out, "baseline")
-        current = _read(root / "candidate-lr3e-3", out, "candidate")
+    started = time.monotonic()
+    broker = None
+    bootstrap = bootstrap or _configured_bootstrap()
+    if bootstrap is None:
+        broker = LocalBroker()
+        if broker.pid() is not None:
+            broker = None  # running already: use it, leave it running
+            bootstrap = LocalBroker().start()
+            out.write(f"using the local Kafka broker at {bootstrap}\n")
+        else:
+            out.write("starting the local Kafka broker (first time: Maven fetches the jars) ...\n")
+            bootstrap = broker.start()
+            out.write(f"  running at {bootstrap}\n")
+    else:
+        out.write(f"using the Kafka broker at {bootstrap}\n")
+    config = {"bootstrap.servers": bootstrap}
+    try:
+        tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        baseline_id, candidate_id = f"demo-{tag}-baseline-lr1e-3", f"demo-{tag}-candidate-lr3e-3"
+        out.write(f"training two PPO runs on Conflict-v0, {steps:,} ticks each, publishing to Kafka:\n")
+        _train(bootstrap, baseline_id, 0, 1e-3, steps, out)
+        _train(bootstrap, candidate_id, 1, 3e-3, steps, out)
+        injected = _inject(config, candidate_id)
+        out.write(f"injected {injected} bad messages into ppo.telemetry.epochs: garbage, a truncated body, "
+                  f"an unknown writer schema, a NaN, a re-sent record\n")
 
-        # What a real stream suffers: a producer retry re-sends a record, a crash tears a line, a bug writes NaN.
-        inbox = root / "inbox"
-        lines = [(r["log_stream_offset"], json.dumps(r)) for r in current[:30]]
-        lines.insert(12, lines[11])
-        lines.insert(20, (19, json.dumps(dict(current[19], value_loss=float("nan")))))
-        lines.insert(5, (5, '{"telemetry_version": "1.1", "run_id": "candidate-lr3e-3", "epoch": 5, "glo'))
-        write_segments(inbox, lines, max_bytes=8192)
-        _read(inbox, out, "a damaged copy of 30 candidate records")
+        ends = _end_offsets(config)
+        baseline = Baseline.from_records(baseline_records(config, baseline_id), baseline_id)
+        watch = WatchGroup()
+        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ppo-telemetry-demo-{tag}.log"
+        with open(log_path, "w") as log:
+            runners = _run_groups(config, [ValidatorGroup(), DriftGroup(baseline), watch], ends, log)
+        out.write(f"ran the three consumer groups until they had committed everything (their log: {log_path}):\n")
+        for runner in runners:
+            c = runner.counts
+            out.write(f"  {runner.core.group:<26} {c.consumed:>6} consumed, {c.processed:>6} valid, {c.rejected} rejected, "
+                      f"{c.duplicates} duplicate dropped; {c.outputs} outputs in {c.batches} transactions\n")
 
-        codec = epoch_summary_codec()
-        messages = [codec.encode(r) for r in current]
-        identical = sum(codec.decode(m) == r for m, r in zip(messages, current))
-        out.write(
-            f"codec: {len(messages)} records as single-object Avro, {sum(map(len, messages)) / len(messages):.0f} "
-            f"bytes each, {identical} decode back identical\n"
-        )
+        keys = {baseline_id.encode(), candidate_id.encode()}
+        dead = _read(config, DLQ_TOPIC, keys)
+        out.write(f"dead-lettered to {DLQ_TOPIC}: {len(dead)}\n")
+        for message in dead:
+            headers = {k: v.decode("utf-8", "replace") for k, v in message.headers() or []}
+            out.write(f"  offset {headers['source.offset']:>6}  {headers['error.stage']}/{headers['error.rule']}: "
+                      f"{headers['error.message'][:90]}\n")
 
-        tracker = DriftTracker(Baseline.from_records([EpochSummary.from_dict(r) for r in baseline]))
-        for record in current:
-            tracker.observe(EpochSummary.from_dict(record))
-        for summary in tracker.summaries():
-            doc = summary.to_json_dict()
-            out.write(f"drift vs {doc['baseline_run_id']}: {doc['epochs_compared']} epochs compared; largest drifts:\n")
-            top = sorted(doc["fields"].items(), key=lambda kv: -abs(kv[1]["mean_relative_drift"]))[:5]
-            for name, stats in top:
-                out.write(
-                    f"  {name:<22} mean {stats['mean_relative_drift']:+9.1%}   max |drift| "
-                    f"{stats['max_abs_relative_drift']:9.1%}\n"
-                )
-            for name, reason in doc["skipped_fields"].items():
-                out.write(f"  {name:<22} skipped: {reason}\n")
+        drifts = [drift_record_codec().decode(m.value()) for m in _read(config, DRIFT_TOPIC, {candidate_id.encode()})]
+        out.write(f"drift of {candidate_id} vs {baseline_id}: {len(drifts)} DriftRecords; largest mean drifts:\n")
+        sums: dict[str, list[float]] = {}
+        for record in drifts:
+            for name, value in record["drifts"].items():
+                sums.setdefault(name, []).append(value)
+        top = sorted(sums.items(), key=lambda kv: -abs(sum(kv[1]) / len(kv[1])))[:5]
+        for name, values in top:
+            out.write(f"  {name:<22} mean {sum(values) / len(values):+9.1%}   max |drift| {max(map(abs, values)):9.1%}\n")
 
-        watch = Watch(RulesConfig.default())
-        transitions = [t for record in current for t in watch.observe(EpochSummary.from_dict(record))]
-        out.write(f"alerts on candidate-lr3e-3: {len(transitions)} transitions\n")
-        for t in transitions[:12]:
-            out.write(
-                f"  epoch {t.epoch:>5} offset {t.log_stream_offset:>5}  {t.rule:<17} {t.state:<8} "
-                f"value {t.value:.4g} (threshold {t.threshold:.4g})\n"
-            )
-        if len(transitions) > 12:
-            out.write(f"  ... and {len(transitions) - 12} more\n")
-        out.write("demo finished (Kafka stages are not part of this build yet)\n")
-    return 0
+        alerts = [alert_codec().decode(m.value()) for m in _read(config, ALERTS_TOPIC, keys)]
+        label = {baseline_id: "baseline", candidate_id: "candidate"}
+        out.write(f"alerts on {ALERTS_TOPIC}: {len(alerts)} transitions\n")
+        for a in alerts[:12]:
+            out.write(f"  {label[a['run_id']]:<9} epoch {a['epoch']:>5}  {a['rule']:<17} {a['state']:<8} "
+                      f"value {a['value']:.4g} (threshold {a['threshold']:.4g})\n")
+        if len(alerts) > 12:
+            out.write(f"  ... and {len(alerts) - 12} more\n")
+        out.write(f"demo finished in {time.monotonic() - started:.0f} s\n")
+        return 0
+    finally:
+        if broker is not None:
+            broker.stop()
+            out.write("stopped the local Kafka broker\n")

@@ -53,8 +53,13 @@ def producer_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _librdkafka_logger() -> logging.Logger:
-    # librdkafka's own log lines go through Python logging (quiet unless configured), not raw stderr
-    return logging.getLogger("ppo_telemetry.librdkafka")
+    # librdkafka's own log lines (transient retries, mostly) go through Python logging, dropped unless
+    # the application configures this logger; failures that matter surface as delivery errors
+    logger = logging.getLogger("ppo_telemetry.librdkafka")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+    return logger
 
 
 def ensure_topics(config: dict[str, Any], topics: dict[str, tuple[int, dict[str, str]]], timeout: float = 30.0) -> None:
@@ -81,6 +86,16 @@ def ensure_topics(config: dict[str, Any], topics: dict[str, tuple[int, dict[str,
             if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue  # created meanwhile by another process
             raise KafkaSinkError(f"cannot create topic {name}: {_reason(exc)}") from None
+    # a new topic reaches every broker's metadata a moment after its creation returns
+    deadline = time.monotonic() + timeout
+    wanted = {topic.topic for topic in missing}
+    while True:
+        listed = admin.list_topics(timeout=timeout).topics
+        if all(name in listed and listed[name].partitions and listed[name].error is None for name in wanted):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaSinkError(f"topics {sorted(wanted)} were created but did not appear within {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 _PRODUCER_ONLY = {

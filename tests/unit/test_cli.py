@@ -335,17 +335,3 @@ def test_schemas_check_rejects_incompatible_fixture_naming_field(capsys):
     assert code == 1
     assert "'cycle_id' has no default" in out
     assert "field 'epoch'" in out
-
-
-# ----------------------------------------------------------------------------------------------- demo
-
-
-def test_demo_trains_and_runs_every_offline_stage(capsys):
-    code, out, _ = run_cli(capsys, "demo")
-    assert code == 0
-    assert "validate baseline: 2360 valid, 0 invalid, 0 duplicate dropped" in out
-    assert "validate candidate: 2360 valid, 0 invalid, 0 duplicate dropped" in out
-    assert "30 valid, 2 invalid, 1 duplicate dropped" in out
-    assert "2360 decode back identical" in out
-    assert "drift vs baseline-lr1e-3: 2360 epochs compared" in out
-    assert "kl_spike          firing" in out
