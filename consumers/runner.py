@@ -3,9 +3,12 @@
 Each consumer group (validator, drift, watch) is a `ConsumerCore` (records in, output messages out)
 inside a `TransactionalRunner`, which owns everything Kafka (SPEC §4):
 
-- **Consume-transform-produce in transactions.** A batch of input messages (`consume(batch_size)`,
-  not one poll per record) is decoded, validated and handed to the core; the outputs, the changed
-  per-run state and the input offsets (`send_offsets_to_transaction`) commit in one transaction.
+- **Consume-transform-produce in transactions.** A batch of input messages (not one poll per
+  record) is decoded, validated and handed to the core; the outputs, the changed per-run state and
+  the input offsets (`send_offsets_to_transaction`) commit in one transaction. A batch is whatever
+  has arrived, up to `batch_size`: the runner waits (up to `poll_timeout`) for the first message
+  only, then takes what is already fetched without waiting, so a backlog goes in large batches and a
+  trickle is not held back to fill one (`consume(n, timeout)` waits for n messages or the timeout).
   Readers of the outputs use `isolation.level=read_committed`, so a crash at any point leaves either
   the whole batch's effects or none of them, and the batch is consumed again after restart.
 - **Per-run dedupe.** Beside the Kafka offsets, per run, the last `log_stream_offset` processed
@@ -40,18 +43,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
-from avro_schemas.codec import SingleObjectCodec, epoch_summary_codec
+from avro_schemas.codec import HEADER_SIZE, SingleObjectCodec, epoch_summary_codec
 from avro_schemas.errors import DecodeError, TelemetryError
 from avro_schemas.models import EpochSummary
 from avro_schemas.topics import EPOCHS_TOPIC, SCHEMAS_TOPIC, state_topic
+from kafka_io import ensure_topics, partition_count, quiet_logger, read_to_end, reason
 
 from .validator import StreamTracker, Verdict, validate_record
 
 __all__ = [
     "ConsumerCore", "ConsumerError", "Output", "Rejection", "TransactionalRunner", "baseline_records",
-    "ensure_topics", "read_to_end",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,109 +109,6 @@ class ConsumerCore(Protocol):
         ...
 
 
-def _reason(exc: BaseException) -> str:
-    if exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0].str()
-    return str(exc)
-
-
-def _quiet_logger() -> logging.Logger:
-    """librdkafka's log lines (transient retries, mostly): dropped unless the application configures
-    this logger. Errors that matter reach the runner's own output through `error_cb`."""
-    logger = logging.getLogger("ppo_telemetry.librdkafka")
-    if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
-        logger.propagate = False
-    return logger
-
-
-def ensure_topics(config: dict[str, Any], topics: dict[str, tuple[int, dict[str, str]]], timeout: float = 30.0) -> None:
-    """Create missing topics: name -> (partitions, topic config); existing ones are left as they are."""
-    admin = AdminClient({**config, "logger": _quiet_logger()})
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise ConsumerError(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {_reason(exc)}") from None
-    missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=-1, config=topic_config)
-        for name, (partitions, topic_config) in topics.items()
-        if name not in existing
-    ]
-    if not missing:
-        return
-    for name, future in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue
-            raise ConsumerError(f"cannot create topic {name}: {_reason(exc)}") from None
-    # a new topic reaches every broker's metadata a moment after its creation returns
-    deadline = time.monotonic() + timeout
-    wanted = {topic.topic for topic in missing}
-    while True:
-        listed = admin.list_topics(timeout=timeout).topics
-        if all(name in listed and listed[name].partitions and listed[name].error is None for name in wanted):
-            return
-        if time.monotonic() > deadline:
-            raise ConsumerError(f"topics {sorted(wanted)} were created but did not appear within {timeout:.0f} s")
-        time.sleep(0.1)
-
-
-def partition_count(config: dict[str, Any], topic: str, timeout: float = 30.0) -> int | None:
-    """How many partitions `topic` has (None when it does not exist)."""
-    admin = AdminClient({**config, "logger": _quiet_logger()})
-    try:
-        metadata = admin.list_topics(topic=topic, timeout=timeout)
-    except KafkaException as exc:
-        raise ConsumerError(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {_reason(exc)}") from None
-    info = metadata.topics.get(topic)
-    if info is None or info.error is not None:
-        return None
-    return len(info.partitions)
-
-
-def read_to_end(config: dict[str, Any], partitions: Iterable[TopicPartition], timeout: float = 60.0) -> Iterable[Any]:
-    """Every committed message of the given partitions, from their beginnings to their current ends.
-
-    A group-less consumer, `read_committed`: the end of a partition is its last stable offset, so an
-    open transaction (a zombie's) neither blocks nor leaks into what is read."""
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": "ppo-telemetry-reader",  # required by the client; no offsets are committed
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-            "logger": _quiet_logger(),
-        }
-    )
-    try:
-        assignment = [TopicPartition(tp.topic, tp.partition, -2) for tp in partitions]  # -2: beginning
-        pending = {(tp.topic, tp.partition) for tp in assignment}
-        for tp in assignment:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            if high <= low:
-                pending.discard((tp.topic, tp.partition))
-        if not pending:
-            return
-        consumer.assign(assignment)
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise ConsumerError(f"reading {sorted(pending)} to its end took over {timeout:.0f} s")
-            for message in consumer.consume(500, 0.5):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard((message.topic(), message.partition()))
-                        continue
-                    raise ConsumerError(f"reading {message.topic()}: {error.str()}")
-                yield message
-    finally:
-        consumer.close()
-
-
 def baseline_records(
     config: dict[str, Any], run_id: str, topic: str = EPOCHS_TOPIC, codec: SingleObjectCodec | None = None
 ) -> list[EpochSummary]:
@@ -254,7 +153,9 @@ class TransactionalRunner:
     core: ConsumerCore
     instance_id: str = "0"
     input_topic: str = EPOCHS_TOPIC
-    batch_size: int = 1000
+    # A transaction costs ~5-10 ms of round trips to the coordinator whatever its size, and each batch
+    # writes one state message per run it touched: large batches amortise both (bench/kafka_validator.py).
+    batch_size: int = 10_000
     poll_timeout: float = 0.5
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 10_000
@@ -314,14 +215,19 @@ class TransactionalRunner:
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,
-                "logger": _quiet_logger(),
+                # A batch begun right after the previous commit often meets CONCURRENT_TRANSACTIONS (the
+                # coordinator is still writing the markers) and is retried after this backoff: 100 ms by
+                # default, the p99 of publish -> alert (bench/alert_latency.py). Backoff still grows
+                # exponentially to retry.backoff.max.ms (1 s) when a broker is away.
+                "retry.backoff.ms": 10,
+                "logger": quiet_logger(),
                 "error_cb": self._on_client_error,
             }
         )
         try:
             self._producer.init_transactions(60)
         except KafkaException as exc:
-            raise ConsumerError(f"cannot start transactions: {_reason(exc)}") from None
+            raise ConsumerError(f"cannot start transactions: {reason(exc)}") from None
         self._consumer = Consumer(
             {
                 **self.config,
@@ -332,7 +238,7 @@ class TransactionalRunner:
                 "session.timeout.ms": self.session_timeout_ms,
                 "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
                 "partition.assignment.strategy": "cooperative-sticky",
-                "logger": _quiet_logger(),
+                "logger": quiet_logger(),
                 "error_cb": self._on_client_error,
             }
         )
@@ -413,6 +319,9 @@ class TransactionalRunner:
     def _decode(self, value: bytes | None) -> dict[str, Any]:
         if value is None:
             raise DecodeError("empty message (no value)")
+        if type(value) is bytes and value[2:HEADER_SIZE] in self._local_fingerprints:
+            # the common case, a local writer schema: decode checks the header itself
+            return self.codec.decode(value)
         try:
             writer = self.codec.writer_of(value)
         except DecodeError as exc:
@@ -468,6 +377,7 @@ class TransactionalRunner:
         touched: dict[str, int] = {}
         positions: dict[tuple[str, int], int] = {}
         outputs = 0
+        handle = self._handle
         for message in messages:
             error = message.error()
             if error is not None:
@@ -475,13 +385,15 @@ class TransactionalRunner:
                     self._say(f"consume error: {error.str()}")
                 continue
             self.counts.consumed += 1
-            positions[(message.topic(), message.partition())] = message.offset() + 1
-            produced, run_id = self._handle(message)
-            for output in produced:
-                self._produce(output)
-            outputs += len(produced)
+            partition = message.partition()
+            positions[(message.topic(), partition)] = message.offset() + 1
+            produced, run_id = handle(message)
+            if produced:
+                for output in produced:
+                    self._produce(output)
+                outputs += len(produced)
             if run_id is not None:
-                touched[run_id] = message.partition()
+                touched[run_id] = partition
         for run_id, partition in touched.items():
             self._produce(Output(self._state_topic, run_id.encode("utf-8"), self._state_message(run_id)), partition)
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
@@ -524,8 +436,11 @@ class TransactionalRunner:
         try:
             self._setup()
             self._say(f"consuming {self.input_topic} as {self.core.group} (instance {self.instance_id})")
+            consume = self._consumer.consume
             while not self.stop_requested:
-                messages = self._consumer.consume(self.batch_size, self.poll_timeout)
+                messages = consume(1, self.poll_timeout)
+                if messages and self.batch_size > 1:
+                    messages += consume(self.batch_size - 1, 0)
                 if not messages:
                     if idle_callback is not None:
                         idle_callback()
@@ -540,7 +455,7 @@ class TransactionalRunner:
                         self.counts.aborted += 1
                         self._rewind()
                         continue
-                    raise ConsumerError(f"fatal Kafka error: {_reason(exc)}") from None
+                    raise ConsumerError(f"fatal Kafka error: {reason(exc)}") from None
             return 0
         finally:
             self._close()

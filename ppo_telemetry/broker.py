@@ -69,21 +69,14 @@ def answers(bootstrap: str, timeout: float = 2.0) -> bool:
     """Whether a Kafka broker at `bootstrap` answers a metadata request within `timeout` seconds."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _quiet_logger()})
+    from kafka_io import quiet_logger
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger()})
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception:  # KafkaException on timeout / transport failure: not answering
         return False
     return bool(metadata.brokers)
-
-
-def _quiet_logger():
-    import logging
-
-    logger = logging.getLogger("ppo_telemetry.broker.librdkafka")
-    logger.addHandler(logging.NullHandler())
-    logger.propagate = False
-    return logger
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -156,7 +155,7 @@ def _end_offsets(config: dict[str, Any]) -> dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
     from avro_schemas.topics import EPOCHS_TOPIC
-    from consumers.runner import partition_count
+    from kafka_io import partition_count
 
     consumer = Consumer({**config, "group.id": "ppo-telemetry-demo-probe"})
     try:
@@ -196,7 +195,7 @@ def _run_groups(config: dict[str, Any], cores: list[Any], ends: dict[int, int], 
 def _read(config: dict[str, Any], topic: str, keys: set[bytes]) -> list[Any]:
     from confluent_kafka import TopicPartition
 
-    from consumers.runner import partition_count, read_to_end
+    from kafka_io import partition_count, read_to_end
 
     count = partition_count(config, topic) or 0
     return [m for m in read_to_end(config, [TopicPartition(topic, p) for p in range(count)]) if m.key() in keys]

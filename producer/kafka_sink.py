@@ -13,21 +13,18 @@ fingerprint as 16 hex characters) and is flushed, so a consumer that lacks it ca
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from avro_schemas.codec import SingleObjectCodec, epoch_summary_codec
 from avro_schemas.errors import EncodeError, TelemetryError
 from avro_schemas.registry import SchemaVersion
 from avro_schemas.topics import EPOCHS_TOPIC, SCHEMAS_TOPIC, VERSION_HEADER
+from kafka_io import KafkaIOError, ensure_topics, quiet_logger, reason
 
-__all__ = ["KafkaSink", "KafkaSinkError", "ensure_topics", "producer_config"]
-
-log = logging.getLogger(__name__)
+__all__ = ["KafkaSink", "KafkaSinkError", "producer_config"]
 
 DEFAULT_PARTITIONS = 3
 
@@ -48,67 +45,8 @@ def producer_config(config: dict[str, Any]) -> dict[str, Any]:
         "acks": "all",
         # the Java client's partitioner: a run lands on the same partition whichever client wrote it
         "partitioner": "murmur2_random",
-        "logger": _librdkafka_logger(),
+        "logger": quiet_logger(),
     }
-
-
-def _librdkafka_logger() -> logging.Logger:
-    # librdkafka's own log lines (transient retries, mostly) go through Python logging, dropped unless
-    # the application configures this logger; failures that matter surface as delivery errors
-    logger = logging.getLogger("ppo_telemetry.librdkafka")
-    if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
-        logger.propagate = False
-    return logger
-
-
-def ensure_topics(config: dict[str, Any], topics: dict[str, tuple[int, dict[str, str]]], timeout: float = 30.0) -> None:
-    """Create the topics that do not exist yet: name -> (partitions, topic config). Existing ones are kept
-    as they are. One-line `KafkaSinkError` when the cluster cannot be reached or refuses."""
-    admin_config = {k: v for k, v in config.items() if k not in _PRODUCER_ONLY}
-    admin_config["logger"] = _librdkafka_logger()
-    admin = AdminClient(admin_config)
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise KafkaSinkError(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {_reason(exc)}") from None
-    missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=-1, config=topic_config)
-        for name, (partitions, topic_config) in topics.items()
-        if name not in existing
-    ]
-    if not missing:
-        return
-    for name, future in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue  # created meanwhile by another process
-            raise KafkaSinkError(f"cannot create topic {name}: {_reason(exc)}") from None
-    # a new topic reaches every broker's metadata a moment after its creation returns
-    deadline = time.monotonic() + timeout
-    wanted = {topic.topic for topic in missing}
-    while True:
-        listed = admin.list_topics(timeout=timeout).topics
-        if all(name in listed and listed[name].partitions and listed[name].error is None for name in wanted):
-            return
-        if time.monotonic() > deadline:
-            raise KafkaSinkError(f"topics {sorted(wanted)} were created but did not appear within {timeout:.0f} s")
-        time.sleep(0.1)
-
-
-_PRODUCER_ONLY = {
-    "linger.ms", "compression.type", "message.timeout.ms", "enable.idempotence", "acks", "partitioner",
-    "transactional.id", "transaction.timeout.ms", "queue.buffering.max.messages", "queue.buffering.max.kbytes",
-    "batch.num.messages", "batch.size", "delivery.timeout.ms", "retries", "logger",
-}
-
-
-def _reason(exc: BaseException) -> str:
-    if exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0].str()
-    return str(exc)
 
 
 class KafkaSink:
@@ -134,13 +72,13 @@ class KafkaSink:
         self.delivered = 0
         self._error: KafkaSinkError | None = None
         self._schemas_sent: set[bytes] = set()
-        ensure_topics(
-            config,
-            {
-                topic: (partitions, {}),
-                SCHEMAS_TOPIC: (1, {"cleanup.policy": "compact"}),
-            },
-        )
+        try:
+            ensure_topics(
+                config,
+                {topic: (partitions, {}), SCHEMAS_TOPIC: (1, {"cleanup.policy": "compact"})},
+            )
+        except KafkaIOError as exc:
+            raise KafkaSinkError(str(exc)) from None
         self._producer = Producer(producer_config(config))
         self._closed = False
 
@@ -166,7 +104,7 @@ class KafkaSink:
                 self._producer.poll(0.1)
                 self._raise_failure()
             except KafkaException as exc:
-                raise KafkaSinkError(f"cannot produce to {topic}: {_reason(exc)}") from None
+                raise KafkaSinkError(f"cannot produce to {topic}: {reason(exc)}") from None
 
     def _publish_schema(self, writer: SchemaVersion) -> None:
         """The writer schema to the schema topic, delivered before any record written with it."""

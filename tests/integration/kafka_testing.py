@@ -14,7 +14,7 @@ __all__ = ["read_topic", "wait_for"]
 def read_topic(config: dict[str, Any], topic: str, keys: set[bytes] | None = None, timeout: float = 60.0) -> list[Any]:
     """Every committed message of `topic` from the beginning (read_committed), optionally only `keys`."""
     from confluent_kafka import TopicPartition
-    from consumers.runner import partition_count, read_to_end
+    from kafka_io import partition_count, read_to_end
 
     count = partition_count(config, topic)
     if not count:

@@ -1,0 +1,128 @@
+"""Thin wrappers over confluent-kafka shared by the producer and the consumers.
+
+Topic set-up (`ensure_topics`, `partition_count`), reading partitions to their end (`read_to_end`), the
+librdkafka log routing (`quiet_logger`) and one-line error text (`reason`). Layers as Quix Streams
+has them: these wrappers at the bottom, serialisation in `avro_schemas`, the sink and the runner above.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from avro_schemas.errors import TelemetryError
+
+__all__ = ["KafkaIOError", "ensure_topics", "partition_count", "quiet_logger", "read_to_end", "reason"]
+
+
+class KafkaIOError(TelemetryError):
+    """Kafka cannot be reached, a topic cannot be set up, or a partition cannot be read to its end."""
+
+
+def reason(exc: BaseException) -> str:
+    """The one-line text of a confluent-kafka exception."""
+    if exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return str(exc)
+
+
+def quiet_logger() -> logging.Logger:
+    """librdkafka's log lines (transient retries, mostly): dropped unless the application configures
+    this logger. Errors that matter surface as delivery errors or through `error_cb`."""
+    logger = logging.getLogger("ppo_telemetry.librdkafka")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+    return logger
+
+
+def ensure_topics(config: dict[str, Any], topics: dict[str, tuple[int, dict[str, str]]], timeout: float = 30.0) -> None:
+    """Create missing topics: name -> (partitions, topic config); existing ones are left as they are."""
+    admin = AdminClient({**config, "logger": quiet_logger()})
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise KafkaIOError(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {reason(exc)}") from None
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=-1, config=topic_config)
+        for name, (partitions, topic_config) in topics.items()
+        if name not in existing
+    ]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise KafkaIOError(f"cannot create topic {name}: {reason(exc)}") from None
+    # a new topic reaches every broker's metadata a moment after its creation returns
+    deadline = time.monotonic() + timeout
+    wanted = {topic.topic for topic in missing}
+    while True:
+        listed = admin.list_topics(timeout=timeout).topics
+        if all(name in listed and listed[name].partitions and listed[name].error is None for name in wanted):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaIOError(f"topics {sorted(wanted)} were created but did not appear within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def partition_count(config: dict[str, Any], topic: str, timeout: float = 30.0) -> int | None:
+    """How many partitions `topic` has (None when it does not exist)."""
+    admin = AdminClient({**config, "logger": quiet_logger()})
+    try:
+        metadata = admin.list_topics(topic=topic, timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaIOError(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {reason(exc)}") from None
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None:
+        return None
+    return len(info.partitions)
+
+
+def read_to_end(config: dict[str, Any], partitions: Iterable[TopicPartition], timeout: float = 60.0) -> Iterator[Any]:
+    """Every committed message of the given partitions, from their beginnings to their current ends.
+
+    A group-less consumer, `read_committed`: the end of a partition is its last stable offset, so an
+    open transaction (a zombie's) neither blocks nor leaks into what is read."""
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": "ppo-telemetry-reader",  # required by the client; no offsets are committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "logger": quiet_logger(),
+        }
+    )
+    try:
+        assignment = [TopicPartition(tp.topic, tp.partition, -2) for tp in partitions]  # -2: beginning
+        pending = {(tp.topic, tp.partition) for tp in assignment}
+        for tp in assignment:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            if high <= low:
+                pending.discard((tp.topic, tp.partition))
+        if not pending:
+            return
+        consumer.assign(assignment)
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise KafkaIOError(f"reading {sorted(pending)} to its end took over {timeout:.0f} s")
+            for message in consumer.consume(500, 0.5):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard((message.topic(), message.partition()))
+                        continue
+                    raise KafkaIOError(f"reading {message.topic()}: {error.str()}")
+                yield message
+    finally:
+        consumer.close()
