@@ -62,8 +62,9 @@ class ValidatorGroup(_Stateless):
 
     group = VALIDATOR_GROUP
     output_topics = (DLQ_TOPIC,)
+    needs_model = False
 
-    def on_record(self, record: EpochSummary, verdict: Verdict) -> list[Output]:
+    def on_record(self, record: EpochSummary | None, verdict: Verdict) -> list[Output]:
         return []
 
     def on_rejected(self, message: Any, rejection: Rejection) -> list[Output]:
@@ -75,6 +76,7 @@ class DriftGroup(_Stateless):
 
     group = DRIFT_GROUP
     output_topics = (DRIFT_TOPIC,)
+    needs_model = True
 
     def __init__(self, baseline: Baseline) -> None:
         self.baseline = baseline
@@ -97,6 +99,7 @@ class WatchGroup:
 
     group = WATCH_GROUP
     output_topics = (ALERTS_TOPIC,)
+    needs_model = True
 
     def __init__(self, rules: RulesConfig | None = None) -> None:
         self.watch = Watch(rules)

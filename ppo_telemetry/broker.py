@@ -177,10 +177,12 @@ class LocalBroker:
     def _format_storage(self, properties: Path) -> None:
         if (self.run_dir / "data" / "meta.properties").exists():
             return  # formatted before: keep the data (topics, committed offsets) across restarts
+        # Kafka's own form (a URL-safe base64 UUID); one in 64 starts with '-', which the tool's
+        # argument parser would take for an option, hence `--cluster-id=` below
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         proc = subprocess.run(
             self._java_command(
-                "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties), "--ignore-formatted",
+                "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(properties), "--ignore-formatted",
                 heap="-Xmx256m",
             ),
             capture_output=True,

@@ -526,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", metavar="FILE", help="watch: rules TOML (SPEC §6)")
     p.add_argument("--instance-id", default="0", metavar="ID",
                    help="this instance's name in the group; a restart with the same id fences its predecessor")
-    p.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N")
+    p.add_argument("--batch-size", type=_positive_int, default=10_000, metavar="N",
+                   help="most records per transaction (default 10,000; a trickle is not held back)")
     p.add_argument("--session-timeout-ms", type=_positive_int, default=10_000, metavar="MS")
     p.set_defaults(func=cmd_consume)
 
