@@ -249,6 +249,11 @@ class TransactionalRunner:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         new = [tp.partition for tp in partitions]
+        # Committed offsets first: read_committed, the fetch waits until a transaction still open on
+        # these partitions (a previous owner's) has committed or aborted. Only then does the state
+        # topic's stable end include that transaction's state, which goes with those offsets.
+        if partitions:
+            consumer.committed(partitions, timeout=self.transaction_timeout_ms / 1000 + 30)
         self._restore(new)
         self._assigned.update(new)
         if new:

@@ -64,6 +64,7 @@ class TrainingRun:
         self.publisher = publisher
         self.err = err if err is not None else sys.stderr  # the current stderr, not the one at import
         self.records = 0
+        self._closing = False
         try:
             self.harness = TrainingHarness(config, publish_rows=self._publish_rows)
         except BaseException:
@@ -77,26 +78,47 @@ class TrainingRun:
         self._progress.update(self.harness, self.records)
 
     def run(self) -> int:
-        """Train; returns 0 when finished, 130 when stopped by SIGINT/SIGTERM (the stream flushed)."""
+        """Train; returns 0 when finished, 130 when stopped by SIGINT/SIGTERM (the stream flushed).
+
+        A first SIGINT/SIGTERM finishes the epoch, then the publisher delivers what it holds (to Kafka
+        that may take until `message.timeout.ms` while a broker is away); a second one abandons that
+        delivery, stops the publisher at once and says so."""
         stop_signal: list[int] = []
 
         def _request_stop(signum: int, frame: object) -> None:
-            # finish the current epoch so its record is complete; a second signal stops at once
+            if stop_signal:
+                raise KeyboardInterrupt  # the second signal: stop waiting
             stop_signal.append(signum)
             self.harness.stop_requested = True
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            if self._closing:
+                self.err.write("train: delivering the records already published; signal again to abandon them\n")
+                self.err.flush()
 
         previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         started = time.monotonic()
         try:
-            self.harness.run_ppo()
+            try:
+                self.harness.run_ppo()
+            finally:
+                self._progress.update(self.harness, self.records, force=True)
+                self._progress.finish()
+                self.harness.close()
+                self._closing = True
+                self.publisher.close()  # waits until every record is written (and delivered)
+        except KeyboardInterrupt:
+            if self.publisher.closed_cleanly:  # interrupted mid-epoch: what was published is written
+                self.err.write(f"train: run {self.config.run_id}: stopped at once by a second signal; "
+                               f"{self.records} records written\n")
+                return 130
+            self.publisher.abort()
+            self.err.write(
+                f"train: run {self.config.run_id}: stopped by a second signal; the publisher was stopped before "
+                "it had written or delivered every record (the NDJSON stream keeps whole lines only)\n"
+            )
+            return 130
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._progress.update(self.harness, self.records, force=True)
-            self._progress.finish()
-            self.harness.close()
-            self.publisher.close()  # waits until every record is written
         elapsed = time.monotonic() - started
         recent = self.harness.episodes.returns[-20:]
         summary = (

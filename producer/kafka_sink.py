@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -72,6 +73,8 @@ class KafkaSink:
         self.delivered = 0
         self._error: KafkaSinkError | None = None
         self._schemas_sent: set[bytes] = set()
+        self.on_wait: Callable[[int, float], None] | None = None
+        """Called about once a second while `flush` waits: (records still queued, seconds waited)."""
         try:
             ensure_topics(
                 config,
@@ -152,14 +155,17 @@ class KafkaSink:
         """Wait until every queued record is delivered (or has failed); raises the first failure.
 
         Without `timeout` this waits as long as librdkafka keeps retrying (`message.timeout.ms`)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
         while True:
             remaining = self._producer.flush(1.0)
             self._raise_failure()
             if remaining == 0:
                 return
-            if deadline is not None and time.monotonic() > deadline:
+            waited = time.monotonic() - started
+            if timeout is not None and waited > timeout:
                 raise KafkaSinkError(f"{remaining} records not delivered within {timeout:.0f} s")
+            if self.on_wait is not None:
+                self.on_wait(remaining, waited)
 
     def close(self) -> None:
         """Flush and stop; closing twice is harmless (after a failure, raises it)."""

@@ -102,6 +102,8 @@ class PublisherProcess:
         if ndjson_dir is None and kafka is None:
             raise ValueError("the publisher needs an NDJSON directory, Kafka settings or both")
         self.next_offset: int | None = None
+        self.closed_cleanly = False
+        """True once `close` has seen the child write (and deliver) every record."""
         self._closed = False
         self._error: PublisherError | None = None  # the first failure, raised again on every later call
         self._process = subprocess.Popen(
@@ -171,6 +173,14 @@ class PublisherProcess:
         self._send(("flush",), "flush")
         self._await_ok("flush")
 
+    def abort(self) -> None:
+        """Stop the child at once (SIGKILL): what it has not written or delivered yet is lost."""
+        if self._process.poll() is None:
+            self._process.kill()
+        self._closed = True
+        self._release_pipes()
+        self._process.wait()
+
     def close(self) -> None:
         """Write everything, close the sinks and wait for the child to exit; idempotent.
 
@@ -182,6 +192,10 @@ class PublisherProcess:
         try:
             self._send(("close",), "close")
             self._await_ok("close")
+            self.closed_cleanly = True
+        except KeyboardInterrupt:  # the caller gives up waiting (a second Ctrl-C): do not wait below
+            self.abort()
+            raise
         finally:
             self._closed = True
             self._release_pipes()
@@ -200,11 +214,28 @@ def _open_sinks(config: dict[str, Any]) -> list:
             from producer.kafka_sink import KafkaSink
 
             first = sinks[0].writer.next_offset if sinks else 0
-            sinks.append(KafkaSink(config["kafka"], partitions=config["kafka_partitions"], first_offset=first))
+            kafka = KafkaSink(config["kafka"], partitions=config["kafka_partitions"], first_offset=first)
+            kafka.on_wait = _waiting_note
+            sinks.append(kafka)
     except TelemetryError:
         _close_quietly(sinks)
         raise
     return sinks
+
+
+_last_note = [0.0]
+
+
+def _waiting_note(remaining: int, waited: float) -> None:
+    """While a flush waits for Kafka, say so every 10 s (on the stderr train shares with us)."""
+    if waited - _last_note[0] >= 10.0 or waited < _last_note[0]:
+        _last_note[0] = waited
+        print(
+            f"ppo-telemetry publisher: waiting for {remaining} records to reach Kafka ({waited:.0f} s so far; "
+            "librdkafka retries until message.timeout.ms, then reports them undelivered)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _close_quietly(sinks: list) -> None:
@@ -213,6 +244,14 @@ def _close_quietly(sinks: list) -> None:
             sink.close()
         except TelemetryError:
             pass
+
+
+def _reply(out: BinaryIO, message: Any) -> None:
+    """Answer the parent; when it is gone (it gave up waiting) there is nobody to tell."""
+    try:
+        _write_frame(out, message)
+    except (BrokenPipeError, ValueError):
+        pass
 
 
 def _next_offset(sinks: list) -> int:
@@ -255,11 +294,11 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> int:
             elif kind == "flush":
                 for sink in sinks:
                     sink.flush()
-                _write_frame(out, ("ok", _next_offset(sinks)))
+                _reply(out, ("ok", _next_offset(sinks)))
             elif kind == "close":
                 for sink in sinks:
                     sink.close()
-                _write_frame(out, ("ok", _next_offset(sinks)))
+                _reply(out, ("ok", _next_offset(sinks)))
                 return 0
     except TelemetryError as exc:
         _close_quietly(sinks)

@@ -1,0 +1,491 @@
+"""Faults (issue 4, "Resumption and faults") on a real broker: consumers killed -9 mid-stream, an
+instance lost to its group, the broker restarted under `train`.
+
+Each test ends with a verifier that reads every output topic read_committed from the beginning and
+compares it, run by run and in order, with what the pure cores compute directly from the same input
+messages (`validate_record` + `StreamTracker` for the dead letters and the dedupe, `Baseline.compare`,
+`Watch.observe`): an output written twice or never fails the comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from avro_schemas.codec import alert_codec, drift_record_codec, epoch_summary_codec
+from avro_schemas.errors import DecodeError
+from avro_schemas.models import EpochSummary
+from avro_schemas.topics import (
+    ALERTS_TOPIC, DLQ_TOPIC, DRIFT_GROUP, DRIFT_TOPIC, EPOCHS_TOPIC, VALIDATOR_GROUP, VERSION_HEADER, WATCH_GROUP,
+)
+from consumers.drift import Baseline
+from consumers.telemetry_watch import Watch
+from consumers.validator import StreamTracker, validate_record
+from kafka_testing import read_topic, wait_for
+from ppo_telemetry.broker import LocalBroker
+from ppo_telemetry.demo import synthetic_run
+from producer.kafka_sink import KafkaSink
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 3  # of the epochs topic, as the sink creates it
+GROUP_IDS = {"validate": VALIDATOR_GROUP, "drift": DRIFT_GROUP, "watch": WATCH_GROUP}
+RESTART_BROKER_PORT = 39317  # a broker of the restart test's own (the session's is shared)
+
+
+# ------------------------------------------------------------------------------------ input
+
+
+def murmur2_partition(key: bytes, partitions: int = PARTITIONS) -> int:
+    """The partition Kafka's default (murmur2) partitioner picks for `key`, as the sink's producer does."""
+    m, h = 0x5BD1E995, 0x9747B28C ^ len(key)
+    whole = len(key) & ~3
+    for i in range(0, whole, 4):
+        k = int.from_bytes(key[i:i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
+    tail = key[whole:]
+    if len(tail) == 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h = ((h ^ tail[0]) * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
+
+
+def run_ids_on_partitions(unique_run_id, tag: str, partitions: list[int]) -> list[str]:
+    """Fresh run ids whose records land on `partitions` (one id per entry, in that order)."""
+    ids = []
+    for partition in partitions:
+        while murmur2_partition((run_id := unique_run_id(tag)).encode()) != partition:
+            pass
+        ids.append(run_id)
+    return ids
+
+
+@dataclass
+class Backlog:
+    """Input messages (key, value) in send order, and where each one landed once sent."""
+
+    messages: list[tuple[bytes, bytes]] = field(default_factory=list)
+    placed: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) per message
+
+    def send(self, config: dict[str, Any], messages: list[tuple[bytes, bytes]]) -> None:
+        """Produce `messages` in order (one idempotent producer: each run's order is kept) and note where."""
+        KafkaSink(config).close()  # the epochs and schema topics exist, as a real producer makes them
+        producer = Producer({**config, "enable.idempotence": True, "partitioner": "murmur2_random", "linger.ms": 5})
+        placed: list[tuple[int, int] | None] = [None] * len(messages)
+
+        def delivered(index: int):
+            def report(err, msg) -> None:
+                assert err is None, f"message {index} not delivered: {err}"
+                placed[index] = (msg.partition(), msg.offset())
+            return report
+
+        for index, (key, value) in enumerate(messages):
+            while True:
+                try:
+                    producer.produce(EPOCHS_TOPIC, key=key, value=value, headers=[(VERSION_HEADER, b"1.1")],
+                                     on_delivery=delivered(index))
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        assert producer.flush(60) == 0
+        assert all(p is not None for p in placed)
+        for (key, _), (partition, _) in zip(messages, placed):
+            assert partition == murmur2_partition(key), "the test's murmur2 disagrees with the producer's"
+        self.messages += messages
+        self.placed += placed
+
+
+def with_faults(records: list[dict[str, Any]], seed: int) -> list[bytes]:
+    """A run's messages as a real topic suffers them: garbage, truncated and NaN messages, re-sends."""
+    codec = epoch_summary_codec()
+    rng = random.Random(seed)
+    payloads = []
+    for index, record in enumerate(records):
+        payloads.append(codec.encode(record))
+        if index % 37 == 11:
+            kind = (index // 37) % 3
+            if kind == 0:
+                payloads.append(b"\x00garbage " + str(index).encode())  # wrong header: decode stage
+            elif kind == 1:
+                payloads.append(codec.encode(record)[:14])  # truncated body: decode stage
+            else:
+                payloads.append(codec.encode(dict(record, policy_loss=math.nan)))  # validate stage
+        if index % 53 == 20:
+            back = rng.randint(1, 6)  # re-sent records: duplicates by log_stream_offset, no output
+            payloads += [codec.encode(r) for r in records[index - back:index + 1]]
+    return payloads
+
+
+def interleaved(runs: dict[str, list[bytes]]) -> list[tuple[bytes, bytes]]:
+    """The runs' messages round-robin, as concurrent runs share a topic."""
+    queues = {run_id.encode(): list(reversed(payloads)) for run_id, payloads in runs.items()}
+    out = []
+    while any(queues.values()):
+        for key, queue in queues.items():
+            if queue:
+                out.append((key, queue.pop()))
+    return out
+
+
+# ------------------------------------------------------------------------------------ expected outputs
+
+
+@dataclass
+class Expected:
+    """What each group must have written for the test's runs, computed by the pure cores."""
+
+    dead: dict[tuple[int, int], tuple[str, bytes]]  # (partition, offset) -> (error.stage, bytes) to dead-letter
+    drift: dict[bytes, list[dict[str, Any]]]
+    alerts: dict[bytes, list[dict[str, Any]]]
+
+
+def expected_outputs(backlog: Backlog, baseline: Baseline | None) -> Expected:
+    """Decode, validate, dedupe and run the cores over the messages in send order (per run: Kafka's)."""
+    codec = epoch_summary_codec()
+    tracker, watch = StreamTracker(), Watch()
+    dead: dict[tuple[int, int], tuple[str, bytes]] = {}
+    drift: dict[bytes, list[dict[str, Any]]] = defaultdict(list)
+    alerts: dict[bytes, list[dict[str, Any]]] = defaultdict(list)
+    for (key, value), where in zip(backlog.messages, backlog.placed):
+        try:
+            decoded = codec.decode(value)
+        except DecodeError:
+            dead[where] = ("decode", value)
+            continue
+        verdict = tracker.check(validate_record(decoded))
+        if verdict.status == "invalid":
+            dead[where] = ("validate", value)
+        if verdict.status != "valid":
+            continue
+        record = EpochSummary.from_dict(verdict.record)
+        alerts[key] += [t.to_json_dict() for t in watch.observe(record)]
+        if baseline is not None and record.run_id != baseline.run_id:
+            compared = baseline.compare(record)
+            if compared is not None:
+                drift[key].append(compared.to_json_dict())
+    return Expected(dead, dict(drift), dict(alerts))
+
+
+def verify_outputs(config: dict[str, Any], keys: set[bytes], expected: Expected, groups: tuple[str, ...]) -> None:
+    """Every output topic read_committed from the beginning holds exactly the expected outputs, in order."""
+    if "validate" in groups:
+        dead = [(dict(m.headers()), m.value()) for m in read_topic(config, DLQ_TOPIC, keys)]
+        sources = [(int(h["source.partition"]), int(h["source.offset"])) for h, _ in dead]
+        assert len(sources) == len(set(sources)), f"dead letters written twice: {sorted(sources)}"
+        got, wanted = set(sources), set(expected.dead)
+        assert got == wanted, f"missing {sorted(wanted - got)}, unexpected {sorted(got - wanted)}"
+        for source, (headers, value) in zip(sources, dead):
+            assert (headers["error.stage"].decode(), value) == expected.dead[source], source
+            assert headers["source.topic"] == EPOCHS_TOPIC.encode()
+    for group, topic, codec, wanted in (
+        ("drift", DRIFT_TOPIC, drift_record_codec(), expected.drift),
+        ("watch", ALERTS_TOPIC, alert_codec(), expected.alerts),
+    ):
+        if group not in groups:
+            continue
+        got: dict[bytes, list[dict[str, Any]]] = defaultdict(list)
+        for message in read_topic(config, topic, keys):
+            got[message.key()].append(codec.decode(message.value()))
+        for key in keys:
+            assert got.get(key, []) == wanted.get(key, []), (
+                f"{topic} for run {key.decode()}: {len(got.get(key, []))} outputs, "
+                f"expected {len(wanted.get(key, []))}"
+            )
+
+
+# ------------------------------------------------------------------------------------ group progress
+
+
+class GroupOffsets:
+    """A consumer group's committed offsets on the epochs topic (read without joining the group)."""
+
+    def __init__(self, config: dict[str, Any], group: str) -> None:
+        # read_uncommitted: the offset fetch does not ask for stable offsets, so it answers at once with
+        # the last committed ones instead of waiting out a killed instance's open transaction
+        self._consumer = Consumer({
+            **config, "group.id": group, "enable.auto.commit": False, "isolation.level": "read_uncommitted",
+        })
+        self._partitions = [TopicPartition(EPOCHS_TOPIC, p) for p in range(PARTITIONS)]
+
+    def _fetch_committed(self, timeout: float = 30.0) -> list[TopicPartition]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._consumer.committed(self._partitions, timeout=10)
+            except KafkaException as exc:
+                # on a fresh broker the group's coordinator is still being elected or loaded: ask again
+                error = exc.args[0]
+                if not (error.retriable() or error.code() in _COORDINATOR_SETTLING) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def committed(self) -> dict[int, int]:
+        """Per partition, the next offset the group will process (the start of the log when none)."""
+        return {
+            tp.partition: tp.offset if tp.offset >= 0 else self._consumer.get_watermark_offsets(tp, timeout=30)[0]
+            for tp in self._fetch_committed()
+        }
+
+    def ends(self) -> dict[int, int]:
+        """Per partition, the end of the epochs topic."""
+        return {
+            tp.partition: self._consumer.get_watermark_offsets(tp, timeout=30)[1] for tp in self._partitions
+        }
+
+    def lag(self) -> int:
+        """Messages of the epochs topic the group has not yet committed."""
+        committed, ends = self.committed(), self.ends()
+        return sum(ends[p] - committed[p] for p in ends)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+_COORDINATOR_SETTLING = {
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
+
+def owned_partitions(log: str) -> set[int]:
+    """The partitions a consumer holds now, replaying its 'assigned' and 'gave up' log lines."""
+    owned: set[int] = set()
+    for verb, numbers in re.findall(r"(assigned|gave up) partitions \[([\d, ]*)\]", log):
+        changed = {int(n) for n in numbers.split(",") if n.strip()}
+        owned = owned | changed if verb == "assigned" else owned - changed
+    return owned
+
+
+# ------------------------------------------------------------------------------------ 1. kill -9
+
+
+def test_consumers_killed_at_random_points_resume_with_no_duplicates_and_no_gaps(
+    kafka_config, consumers, unique_run_id
+):
+    rng = random.Random(6)
+    baseline_id = run_ids_on_partitions(unique_run_id, "base", [0])[0]
+    current = run_ids_on_partitions(unique_run_id, "cur", [0, 1, 2, 1, 2])
+    epochs = 240
+    baseline_records = synthetic_run(baseline_id, epochs, seed=40, unstable=False)
+    runs = {
+        run_id: with_faults(synthetic_run(run_id, epochs, seed=41 + i, unstable=i % 2 == 0), seed=i)
+        for i, run_id in enumerate(current)
+    }
+    codec = epoch_summary_codec()
+    backlog = Backlog()
+    # the baseline first: drift reads it from the topic when it starts
+    backlog.send(kafka_config, [(baseline_id.encode(), codec.encode(r)) for r in baseline_records])
+    backlog.send(kafka_config, interleaved(runs))
+    baseline = Baseline.from_records(EpochSummary.from_dict(r) for r in baseline_records)
+    expected = expected_outputs(backlog, baseline)
+    assert len(expected.dead) >= 20 and sum(map(len, expected.alerts.values())) >= 10
+    assert sum(map(len, expected.drift.values())) == len(current) * epochs
+
+    args = {"validate": (), "drift": ("--baseline-run", baseline_id), "watch": ()}
+    offsets = {group: GroupOffsets(kafka_config, GROUP_IDS[group]) for group in args}
+    try:
+        ends = {group: sum(o.ends().values()) for group, o in offsets.items()}
+        starts = {group: sum(o.committed().values()) for group, o in offsets.items()}
+        # kill points: random fractions of each group's backlog, committed before the kill
+        kill_at = {
+            group: sorted(starts[group] + f * (ends[group] - starts[group])
+                          for f in (rng.uniform(0.05, 0.85) for _ in range(rng.randint(3, 5))))
+            for group in args
+        }
+        running = {group: consumers(group, "--batch-size", "20", *extra) for group, extra in args.items()}
+        killed_at: dict[str, list[int]] = {group: [] for group in args}
+        deadline = time.monotonic() + 180
+        while any(kill_at.values()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"no progress to the next kill points {kill_at} after 180 s (killed at {killed_at})")
+            for group, points in kill_at.items():
+                if not points:
+                    continue
+                assert running[group].process.poll() is None, running[group].log()
+                progress = sum(offsets[group].committed().values())
+                if progress >= points[0]:
+                    time.sleep(rng.uniform(0.0, 0.2))  # the fault's moment, somewhere in the next batches
+                    running[group].kill()
+                    killed_at[group].append(sum(offsets[group].committed().values()))
+                    points.pop(0)
+                    if points:  # the next incarnation commits a batch at least before it is killed in turn
+                        points[0] = max(points[0], killed_at[group][-1] + 1)
+                    # the same instance id: its transactional id fences the dead one's open transaction
+                    running[group] = consumers(group, "--batch-size", "20", *args[group])
+            time.sleep(0.05)
+        for group in args:
+            wait_for(lambda: offsets[group].lag() == 0 or running[group].process.poll() is not None, 180,
+                     f"{group} to finish its backlog")
+            assert running[group].process.poll() is None, running[group].log()
+            # every kill landed while the backlog was still being worked through
+            assert all(point < ends[group] for point in killed_at[group]), (group, killed_at[group], ends[group])
+        for group in args:
+            assert running[group].terminate() == 0, running[group].log()
+    finally:
+        for o in offsets.values():
+            o.close()
+    verify_outputs(kafka_config, {baseline_id.encode(), *(r.encode() for r in current)}, expected, tuple(args))
+
+
+# ------------------------------------------------------------------------------------ 2. takeover
+
+
+def test_an_instance_killed_mid_stream_hands_its_partitions_to_the_other_with_exact_outputs(
+    kafka_config, consumers, unique_run_id
+):
+    run_ids = run_ids_on_partitions(unique_run_id, "run", [0, 1, 2, 0, 1, 2])
+    epochs, split = 200, 120
+    records = {run_id: synthetic_run(run_id, epochs, seed=50 + i, unstable=True) for i, run_id in enumerate(run_ids)}
+    payloads = {run_id: with_faults(r, seed=i) for i, (run_id, r) in enumerate(records.items())}
+    # the first `split` epochs' messages now, the rest after the kill
+    cut = {run_id: payloads[run_id].index(epoch_summary_codec().encode(records[run_id][split])) for run_id in run_ids}
+    KafkaSink(kafka_config).close()
+
+    a = consumers("watch", "--batch-size", "20", instance_id="a")
+    a.wait_assigned()
+    b = consumers("watch", "--batch-size", "20", instance_id="b")
+    wait_for(lambda: owned_partitions(a.log()) and owned_partitions(b.log())
+             and owned_partitions(a.log()) | owned_partitions(b.log()) == set(range(PARTITIONS)),
+             60, "a and b to split the partitions")
+    b_owns = owned_partitions(b.log())
+    assert not owned_partitions(a.log()) & b_owns, (a.log(), b.log())
+
+    offsets = GroupOffsets(kafka_config, WATCH_GROUP)
+    try:
+        before = offsets.committed()
+        backlog = Backlog()
+        backlog.send(kafka_config, interleaved({r: p[:cut[r]] for r, p in payloads.items()}))
+        ends = offsets.ends()
+        # kill -9 b while it is working through its partitions' share of the backlog
+        wait_for(lambda: sum(offsets.committed()[p] - before[p] for p in b_owns)
+                 >= 0.3 * sum(ends[p] - before[p] for p in b_owns), 90, "b to get into its backlog")
+        b.kill()
+        backlog.send(kafka_config, interleaved({r: p[cut[r]:] for r, p in payloads.items()}))
+        wait_for(lambda: owned_partitions(a.log()) == set(range(PARTITIONS)) or a.process.poll() is not None, 90,
+                 "a to take over b's partitions")
+        assert a.process.poll() is None, a.log()
+        wait_for(lambda: offsets.lag() == 0 or a.process.poll() is not None, 120, "a to finish the backlog")
+        assert a.process.poll() is None, a.log()
+    finally:
+        offsets.close()
+    assert a.terminate() == 0, a.log()
+    verify_outputs(kafka_config, {r.encode() for r in run_ids}, expected_outputs(backlog, None), ("watch",))
+
+
+# ------------------------------------------------------------------------------------ 3. broker restart
+
+
+@pytest.mark.parametrize("outage", ["stop", "kill"])  # a controlled shutdown, or SIGKILL and log recovery
+def test_train_delivers_every_record_exactly_once_across_a_broker_restart(tmp_path, unique_run_id, outage):
+    broker = LocalBroker(port=RESTART_BROKER_PORT, home=tmp_path / "broker")
+    broker.start()
+    config = {"bootstrap.servers": broker.bootstrap}
+    run_id = unique_run_id()
+    log_path = tmp_path / "train.log"
+    train = None
+    try:
+        with open(log_path, "w") as log:
+            train = subprocess.Popen(
+                [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", broker.bootstrap, "--env", "Conflict-v0",
+                 "--total-steps", "150000", "--run-id", run_id],
+                stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # so that train and its publisher child can be ended together
+            )
+        wait_for(lambda: epochs_delivered(config) >= 200 or train.poll() is not None, 120, "train's first records")
+        assert train.poll() is None, log_path.read_text()
+        before_outage = epochs_delivered(config)
+        # while train keeps publishing into librdkafka's queue
+        broker.stop() if outage == "stop" else broker.kill()
+        time.sleep(3.0)  # the outage itself, not a synchronisation
+        broker.start()  # the same home: topics, data and producer state survive
+        assert train.wait(timeout=300) == 0, log_path.read_text()
+        report = re.search(rf"train: run {re.escape(run_id)}: (\d+) records", log_path.read_text())
+        assert report, log_path.read_text()
+        published = int(report.group(1))
+
+        codec = epoch_summary_codec()
+        decoded = [codec.decode(m.value()) for m in read_topic(config, EPOCHS_TOPIC, {run_id.encode()})]
+        offsets = [r["log_stream_offset"] for r in decoded]
+        assert len(offsets) == published, f"{len(offsets)} records on the topic, train published {published}"
+        assert offsets == list(range(published)), "log_stream_offset 0..N-1 each once, in order"
+        assert [r["epoch"] for r in decoded] == list(range(published))
+        assert published > before_outage  # records were still to deliver when the broker went away
+    finally:
+        if train is not None:
+            # a failed test may leave train, or its publisher child still flushing, behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(train.pid, signal.SIGKILL)
+            train.wait(30)
+        broker.stop()
+
+
+def epochs_delivered(config: dict[str, Any]) -> int:
+    """How many messages the epochs topic holds (0 while it does not exist)."""
+    consumer = Consumer({**config, "group.id": "ppo-telemetry-faults-probe"})
+    try:
+        topic = consumer.list_topics(EPOCHS_TOPIC, timeout=10).topics.get(EPOCHS_TOPIC)
+        if topic is None or topic.error is not None:
+            return 0
+        return sum(
+            high - low
+            for low, high in (consumer.get_watermark_offsets(TopicPartition(EPOCHS_TOPIC, p), timeout=10)
+                              for p in topic.partitions)
+        )
+    finally:
+        consumer.close()
+
+
+def test_train_says_it_waits_for_an_absent_broker_and_a_second_signal_abandons_delivery(tmp_path, unique_run_id):
+    broker = LocalBroker(port=RESTART_BROKER_PORT + 1, home=tmp_path / "broker")
+    broker.start()
+    config = {"bootstrap.servers": broker.bootstrap}
+    log_path = tmp_path / "train.log"
+    train = None
+    try:
+        with open(log_path, "w") as log:
+            train = subprocess.Popen(
+                [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", broker.bootstrap, "--env", "Conflict-v0",
+                 "--total-steps", "40000", "--run-id", unique_run_id()],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_for(lambda: epochs_delivered(config) > 0 or train.poll() is not None, 120, "train's first records")
+        broker.kill()  # gone for good: what train publishes from now on cannot be delivered
+        wait_for(lambda: "waiting for" in log_path.read_text() or train.poll() is not None, 120,
+                 "the publisher to say it waits for Kafka")
+        assert train.poll() is None, log_path.read_text()
+        children = subprocess.run(["pgrep", "-P", str(train.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the publisher process"
+        train.send_signal(signal.SIGINT)
+        wait_for(lambda: "signal again to abandon" in log_path.read_text(), 30, "train to explain the wait")
+        train.send_signal(signal.SIGTERM)  # either signal, twice
+        assert train.wait(timeout=30) == 130
+        text = log_path.read_text()
+        assert "stopped by a second signal" in text and "Traceback" not in text, text
+        for pid in map(int, children):  # the publisher did not outlive train
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    finally:
+        if train is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(train.pid, signal.SIGKILL)
+            train.wait(30)
+        broker.stop()
