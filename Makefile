@@ -24,6 +24,8 @@ bench: $(STAMP)
 	$(PY) bench/codec_validate.py
 	$(PY) bench/learning.py
 	$(PY) bench/telemetry_overhead.py
+	$(PY) bench/kafka_validator.py
+	$(PY) bench/alert_latency.py
 
 endurance: $(STAMP)
 	$(PY) bench/endurance.py
