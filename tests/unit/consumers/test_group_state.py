@@ -1,0 +1,73 @@
+"""The pure pieces the Kafka consumer groups rely on: per-run watch state, per-record drift, DLQ rule names."""
+
+from __future__ import annotations
+
+import pytest
+
+from avro_schemas.codec import epoch_summary_codec
+from avro_schemas.errors import DecodeError
+from avro_schemas.models import EpochSummary
+from consumers.drift import Baseline, DriftTracker
+from consumers.runner import _decode_rule
+from consumers.telemetry_watch import Watch, WatchStateError
+from ppo_telemetry.demo import synthetic_run
+
+
+def models(run_id: str, epochs: int, seed: int, unstable: bool) -> list[EpochSummary]:
+    return [EpochSummary.from_dict(r) for r in synthetic_run(run_id, epochs, seed, unstable)]
+
+
+def test_a_watch_resumed_run_by_run_emits_what_one_uninterrupted_watch_emits():
+    a, b = models("a", 30, 1, True), models("b", 30, 2, True)
+    whole = Watch()
+    expected = [t for pair in zip(a, b) for r in pair for t in whole.observe(r)]
+    assert expected
+    first = Watch()
+    got = [t for pair in zip(a[:14], b[:14]) for r in pair for t in first.observe(r)]
+    second = Watch()  # a new instance takes over, one run's state at a time (as from the state topic)
+    for run_id in ("a", "b"):
+        second.restore_run(run_id, first.run_state(run_id))
+    got += [t for pair in zip(a[14:], b[14:]) for r in pair for t in second.observe(r)]
+    assert got == expected
+
+
+def test_watch_run_state_is_none_for_an_unknown_run_and_forgetting_resets_a_run():
+    watch = Watch()
+    assert watch.run_state("nobody") is None
+    records = models("r", 30, 3, True)
+    for record in records[:25]:
+        watch.observe(record)
+    assert watch.run_state("r")["firing"]
+    watch.forget_run("r")
+    assert watch.run_state("r") is None
+    watch.restore_run("r", None)  # a tombstone: nothing to restore
+    assert watch.run_state("r") is None
+
+
+@pytest.mark.parametrize("entry", [{"first_batch_entropy_mean": "high", "firing": []}, {"firing": ["no_such_rule"]}, "x"])
+def test_a_malformed_run_state_is_refused(entry):
+    with pytest.raises(WatchStateError):
+        Watch().restore_run("r", entry)
+
+
+def test_baseline_compare_is_the_tracker_s_per_epoch_drift_without_its_memory():
+    baseline = Baseline.from_records(models("base", 10, 4, False))
+    current = models("cur", 12, 5, True)
+    tracker = DriftTracker(baseline)
+    assert [baseline.compare(r) for r in current] == [tracker.observe(r) for r in current]
+    assert baseline.compare(current[11]) is None  # the baseline has no epoch 11
+
+
+def decode_failure(data: bytes) -> str:
+    with pytest.raises(DecodeError) as caught:
+        epoch_summary_codec().decode(data)
+    return caught.value.reason
+
+
+def test_dead_letter_rule_names_for_the_codec_s_decode_failures():
+    good = epoch_summary_codec().encode(synthetic_run("r", 1, 6, False)[0])
+    assert _decode_rule(decode_failure(b"\x00\x01garbage")) == "wrong_header"
+    assert _decode_rule(decode_failure(good[:6])) == "truncated"
+    assert _decode_rule(decode_failure(good[:2] + b"\x07" * 8 + good[10:])) == "unknown_schema"
+    assert _decode_rule(decode_failure(good + b"\x00")) == "undecodable"
+    assert _decode_rule("empty message (no value)") == "empty"
