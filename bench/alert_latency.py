@@ -13,7 +13,7 @@ readers in this process (librdkafka's default fetch settings, `poll` per message
   when it was handed to `publish` (what the group adds is the difference).
 
 Before the clock starts, one record goes through (connections made, schema published). Target (issue 4):
-p99 <= 250 ms. The broker is a fresh local KRaft broker on port 39192 (removed afterwards) unless
+p99 <= 250 ms. The broker is a fresh local KRaft broker on port 29192 (removed afterwards) unless
 `KAFKA_BOOTSTRAP_SERVERS` is set.
 
     .venv/bin/python bench/alert_latency.py [--rate 100] [--seconds 60] [--runs 10]

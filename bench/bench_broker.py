@@ -1,7 +1,7 @@
 """The Kafka broker the Kafka benchmarks talk to: `KAFKA_BOOTSTRAP_SERVERS` when set, else a fresh local one.
 
-A fresh local broker (`ppo_telemetry.broker.LocalBroker`) gets its own port (39192 by default, clear of
-the integration tests' 39092/39292/393xx) and a temporary home directory; both go at the end, whatever
+A fresh local broker (`ppo_telemetry.broker.LocalBroker`) gets its own port (29192 by default, clear of
+the integration tests' 29092/293xx and below the ephemeral port range) and a temporary home directory; both go at the end, whatever
 happened in between. A benchmark on someone else's broker uses topic and group names of its own.
 """
 
@@ -19,7 +19,7 @@ from ppo_telemetry.broker import LocalBroker
 
 __all__ = ["DEFAULT_PORT", "bench_bootstrap"]
 
-DEFAULT_PORT = 39192
+DEFAULT_PORT = 29192
 
 
 @contextmanager

@@ -15,7 +15,7 @@ confluent_kafka Producer (lz4, large batches). Then, in the same run:
   validate, dedupe, one transaction per batch with the touched runs' state and the input offsets.
 
 Targets (issue 4): the group at >= 50,000 records/s and >= 40 % of the ceiling. The broker is a fresh
-local KRaft broker on port 39192 (removed afterwards) unless `KAFKA_BOOTSTRAP_SERVERS` is set.
+local KRaft broker on port 29192 (removed afterwards) unless `KAFKA_BOOTSTRAP_SERVERS` is set.
 
     .venv/bin/python bench/kafka_validator.py [--records 1000000] [--runs 1000] [--batch-size N] [--profile]
 """

@@ -81,7 +81,7 @@ def answers(bootstrap: str, timeout: float = 2.0) -> bool:
 
 @dataclass(frozen=True)
 class LocalBroker:
-    """The broker of one port on 127.0.0.1 (its controller listens on `port + 1`... see `controller_port`)."""
+    """The broker of one port on 127.0.0.1; its controller listens on the next port."""
 
     port: int = DEFAULT_PORT
     home: Path | None = None
@@ -92,9 +92,8 @@ class LocalBroker:
 
     @property
     def controller_port(self) -> int:
-        # the controller listener needs a port of its own; 10000 above the broker's keeps clear of
-        # the common 9092/9093 pairs of other brokers on the machine
-        return self.port + 10000 if self.port + 10000 < 65536 else self.port - 10000
+        # the controller listener needs a port of its own: the next one, as in Kafka's own examples
+        return self.port + 1 if self.port < 65535 else self.port - 1
 
     @property
     def run_dir(self) -> Path:

@@ -5,7 +5,8 @@ The broker, in order of preference (issue 4):
 2. testcontainers' Kafka container when a Docker engine answers;
 3. the project's local KRaft broker (`ppo_telemetry.broker.LocalBroker`: jars through Maven on first
    use), started for this test session in a fresh directory on port `PPO_TELEMETRY_TEST_BROKER_PORT`
-   (default 39092) and stopped at the end.
+   (default 29092: below the kernel's ephemeral port range, 32768-60999 here, so no
+   client connection can hold it) and stopped at the end.
 
 Topics are the SPEC's and shared by the session's tests, so each test uses run ids of its own
 (`unique_run_id`) and reads back only its runs' messages.
@@ -54,7 +55,7 @@ def local_broker() -> Iterator[LocalBroker | None]:
         yield None
         return
     home = Path(tempfile.mkdtemp(prefix="ppo-telemetry-broker-"))
-    broker = LocalBroker(port=int(os.environ.get("PPO_TELEMETRY_TEST_BROKER_PORT", "39092")), home=home)
+    broker = LocalBroker(port=int(os.environ.get("PPO_TELEMETRY_TEST_BROKER_PORT", "29092")), home=home)
     broker.start()
     try:
         yield broker

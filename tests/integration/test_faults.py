@@ -43,7 +43,7 @@ pytestmark = pytest.mark.integration
 
 PARTITIONS = 3  # of the epochs topic, as the sink creates it
 GROUP_IDS = {"validate": VALIDATOR_GROUP, "drift": DRIFT_GROUP, "watch": WATCH_GROUP}
-RESTART_BROKER_PORT = 39317  # a broker of the restart test's own (the session's is shared)
+RESTART_BROKER_PORT = 29317  # a broker of the restart test's own (the session's is shared)
 
 
 # ------------------------------------------------------------------------------------ input
@@ -395,22 +395,36 @@ def test_an_instance_killed_mid_stream_hands_its_partitions_to_the_other_with_ex
 # ------------------------------------------------------------------------------------ 3. broker restart
 
 
-@pytest.mark.parametrize("outage", ["stop", "kill"])  # a controlled shutdown, or SIGKILL and log recovery
-def test_train_delivers_every_record_exactly_once_across_a_broker_restart(tmp_path, unique_run_id, outage):
-    broker = LocalBroker(port=RESTART_BROKER_PORT, home=tmp_path / "broker")
+@contextlib.contextmanager
+def broker_and_train(port: int, home, run_id: str, steps: int, log_path):
+    """A broker of the test's own and `train --kafka` publishing to it; both ended however the test ends."""
+    broker = LocalBroker(port=port, home=home)
     broker.start()
-    config = {"bootstrap.servers": broker.bootstrap}
-    run_id = unique_run_id()
-    log_path = tmp_path / "train.log"
     train = None
     try:
         with open(log_path, "w") as log:
             train = subprocess.Popen(
                 [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", broker.bootstrap, "--env", "Conflict-v0",
-                 "--total-steps", "150000", "--run-id", run_id],
+                 "--total-steps", str(steps), "--run-id", run_id],
                 stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # so that train and its publisher child can be ended together
             )
+        yield broker, train
+    finally:
+        if train is not None:
+            # a failed test may leave train, or its publisher child still flushing, behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(train.pid, signal.SIGKILL)
+            train.wait(30)
+        broker.stop()
+
+
+@pytest.mark.parametrize("outage", ["stop", "kill"])  # a controlled shutdown, or SIGKILL and log recovery
+def test_train_delivers_every_record_exactly_once_across_a_broker_restart(tmp_path, unique_run_id, outage):
+    run_id = unique_run_id()
+    log_path = tmp_path / "train.log"
+    with broker_and_train(RESTART_BROKER_PORT, tmp_path / "broker", run_id, 150_000, log_path) as (broker, train):
+        config = {"bootstrap.servers": broker.bootstrap}
         wait_for(lambda: epochs_delivered(config) >= 200 or train.poll() is not None, 120, "train's first records")
         assert train.poll() is None, log_path.read_text()
         before_outage = epochs_delivered(config)
@@ -430,13 +444,6 @@ def test_train_delivers_every_record_exactly_once_across_a_broker_restart(tmp_pa
         assert offsets == list(range(published)), "log_stream_offset 0..N-1 each once, in order"
         assert [r["epoch"] for r in decoded] == list(range(published))
         assert published > before_outage  # records were still to deliver when the broker went away
-    finally:
-        if train is not None:
-            # a failed test may leave train, or its publisher child still flushing, behind
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(train.pid, signal.SIGKILL)
-            train.wait(30)
-        broker.stop()
 
 
 def epochs_delivered(config: dict[str, Any]) -> int:
@@ -456,18 +463,11 @@ def epochs_delivered(config: dict[str, Any]) -> int:
 
 
 def test_train_says_it_waits_for_an_absent_broker_and_a_second_signal_abandons_delivery(tmp_path, unique_run_id):
-    broker = LocalBroker(port=RESTART_BROKER_PORT + 1, home=tmp_path / "broker")
-    broker.start()
-    config = {"bootstrap.servers": broker.bootstrap}
     log_path = tmp_path / "train.log"
-    train = None
-    try:
-        with open(log_path, "w") as log:
-            train = subprocess.Popen(
-                [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", broker.bootstrap, "--env", "Conflict-v0",
-                 "--total-steps", "40000", "--run-id", unique_run_id()],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+    with broker_and_train(RESTART_BROKER_PORT + 10, tmp_path / "broker", unique_run_id(), 40_000, log_path) as (
+        broker, train
+    ):
+        config = {"bootstrap.servers": broker.bootstrap}
         wait_for(lambda: epochs_delivered(config) > 0 or train.poll() is not None, 120, "train's first records")
         broker.kill()  # gone for good: what train publishes from now on cannot be delivered
         wait_for(lambda: "waiting for" in log_path.read_text() or train.poll() is not None, 120,
@@ -483,9 +483,3 @@ def test_train_says_it_waits_for_an_absent_broker_and_a_second_signal_abandons_d
         assert "stopped by a second signal" in text and "Traceback" not in text, text
         for pid in map(int, children):  # the publisher did not outlive train
             assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
-    finally:
-        if train is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(train.pid, signal.SIGKILL)
-            train.wait(30)
-        broker.stop()
