@@ -192,7 +192,6 @@ class TransactionalRunner:
         self._errors_said.add(key)
         self._say(f"Kafka client: {error.str()}" + ("" if error.fatal() else " (retrying)"))
 
-
     def _setup(self) -> None:
         partitions = partition_count(self.config, self.input_topic)
         if partitions is None:
@@ -406,8 +405,8 @@ class TransactionalRunner:
             self._produce(Output(self._state_topic, run_id.encode("utf-8"), self._state_message(run_id)), partition)
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         if offsets:
-            producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
-        producer.commit_transaction(60)
+            _retrying(lambda: producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30))
+        _retrying(lambda: producer.commit_transaction(60))
         self.counts.outputs += outputs
         self.counts.batches += 1
 
@@ -465,6 +464,8 @@ class TransactionalRunner:
                         continue
                     raise ConsumerError(f"fatal Kafka error: {reason(exc)}") from None
             return 0
+        except KafkaException as exc:  # from consume() or a rebalance callback: one line, not a traceback
+            raise ConsumerError(f"Kafka error: {reason(exc)}") from None
         finally:
             self._close()
             for sig, handler in previous.items():
@@ -480,6 +481,19 @@ class TransactionalRunner:
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None
+
+
+def _retrying(call: Callable[[], None], attempts: int = 5) -> None:
+    """A transactional call, repeated while librdkafka says the error is retriable (a timeout); abortable
+    and fatal errors go to the caller (the documented pattern for commit_transaction)."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is None or not error.retriable() or error.txn_requires_abort() or attempt == attempts - 1:
+                raise
 
 
 def _decode_rule(reason: str) -> str:

@@ -5,8 +5,8 @@ The broker, in order of preference (issue 4):
 2. testcontainers' Kafka container when a Docker engine answers;
 3. the project's local KRaft broker (`ppo_telemetry.broker.LocalBroker`: jars through Maven on first
    use), started for this test session in a fresh directory on port `PPO_TELEMETRY_TEST_BROKER_PORT`
-   (default 29092: below the kernel's ephemeral port range, 32768-60999 here, so no
-   client connection can hold it) and stopped at the end.
+   (default: the first free pair from 29092 on, below the kernel's ephemeral port range, 32768-60999
+   here, so no client connection can hold it) and stopped at the end, also on SIGTERM.
 
 Topics are the SPEC's and shared by the session's tests, so each test uses run ids of its own
 (`unique_run_id`) and reads back only its runs' messages.
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,13 +57,39 @@ def local_broker() -> Iterator[LocalBroker | None]:
         yield None
         return
     home = Path(tempfile.mkdtemp(prefix="ppo-telemetry-broker-"))
-    broker = LocalBroker(port=int(os.environ.get("PPO_TELEMETRY_TEST_BROKER_PORT", "29092")), home=home)
+    configured = os.environ.get("PPO_TELEMETRY_TEST_BROKER_PORT")
+    broker = LocalBroker(port=int(configured) if configured else _free_port_pair(29092), home=home)
+    # SIGTERM (a CI timeout, `timeout`) would end pytest without its finalizers and leave the broker
+    # running: make it an interrupt, which pytest unwinds through them
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     broker.start()
     try:
         yield broker
     finally:
         broker.stop()
         shutil.rmtree(home, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _free_port_pair(first: int) -> int:
+    """The first port from `first` on (in steps of 2) where neither it nor the next one (the broker's
+    controller) is taken: a broker left over by a killed session must not stop the next one."""
+    for port in range(first, first + 200, 2):
+        taken = False
+        for candidate in (port, port + 1):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind(("127.0.0.1", candidate))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return port
+    raise RuntimeError(f"no free port pair in {first}..{first + 200}")
 
 
 @pytest.fixture(scope="session")
