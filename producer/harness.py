@@ -34,7 +34,7 @@ from . import envs as _register_envs  # noqa: F401  (registers Conflict-v0)
 from .ppo import ActorCritic, Adam
 from .records import DATA_MODE_NAMES, RowBatch, build_record, cycle_block, pack_epoch
 from .rollout import Dataset, DatasetMeta, RolloutBuffer
-from .stats import EpochStats, dataset_statistics, mean_or_none
+from .stats import EpochStats, mean_or_none
 
 __all__ = ["HarnessConfig", "HarnessError", "TrainingHarness", "DATA_MODES", "PRESETS", "preset_for"]
 
@@ -114,36 +114,17 @@ def preset_for(env_id: str) -> HarnessConfig:
 
 @dataclass
 class CycleData:
-    """A dataset, with the statistics records need from it computed once per cycle, when first asked."""
+    """One cycle's dataset and its capture's metadata. The dataset-level statistics of its records are
+    computed by whoever reads the packed rows (`producer.records.RowBatch`), outside the training loop."""
 
     dataset: Dataset
     meta: DatasetMeta
     cycle_id: int
-    _statistics: tuple[float | None, float | None, float | None] | None = None
-
-    def statistics(self) -> tuple[float | None, float | None, float | None]:
-        """(explained_variance, reward_advantage_corr, mean_episode_return) of the dataset."""
-        # for library users; published records get theirs from `producer.records.RowBatch`, outside the loop
-        if self._statistics is None:
-            data = self.dataset
-            ev, corr = dataset_statistics(data.returns, data.values, data.rewards, data.advantages)
-            self._statistics = (ev, corr, mean_or_none(self.meta.episode_returns))
-        return self._statistics
-
-    @property
-    def explained_variance(self) -> float | None:
-        """`1 - Var(returns - values) / Var(returns)` over the dataset (None for constant returns)."""
-        return self.statistics()[0]
-
-    @property
-    def reward_advantage_corr(self) -> float | None:
-        """Pearson correlation of per-sample rewards and GAE advantages (None for zero variance)."""
-        return self.statistics()[1]
 
     @property
     def mean_episode_return(self) -> float | None:
         """Mean return of the episodes that finished in the dataset's capture (None when none did)."""
-        return self.statistics()[2]
+        return mean_or_none(self.meta.episode_returns)
 
 
 @dataclass
@@ -340,7 +321,7 @@ class TrainingHarness:
         pending, global_step, lr = self._pending, self.global_step, self._lr
         cycle_block(
             pending, len(finished), (data.returns, data.values, data.rewards, data.advantages),
-            mean_or_none(cycle.meta.episode_returns), DATA_MODE_NAMES.index(data_mode), cycle.cycle_id,
+            cycle.mean_episode_return, DATA_MODE_NAMES.index(data_mode), cycle.cycle_id,
             cycle.meta.rollout_ticks,
         )
         for epoch, stats in enumerate(finished, self.epoch - len(finished)):
