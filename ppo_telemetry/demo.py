@@ -225,7 +225,10 @@ def run_demo(out: TextIO, bootstrap: str | None = None, steps: int = 20_000) -> 
             out.write(f"  running at {bootstrap}\n")
     else:
         out.write(f"using the Kafka broker at {bootstrap}\n")
-    config = {"bootstrap.servers": bootstrap}
+    from ppo_telemetry.kafka_settings import KafkaSettings
+
+    # the same settings `train` reads (security included), so the demo's own clients match its producers
+    config = KafkaSettings(bootstrap_servers=bootstrap).librdkafka_config()
     try:
         tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         baseline_id, candidate_id = f"demo-{tag}-baseline-lr1e-3", f"demo-{tag}-candidate-lr3e-3"
