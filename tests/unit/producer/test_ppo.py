@@ -1,7 +1,9 @@
 """PPO's numerics (`producer.ppo`): hand-written gradients, minibatch statistics, sampling and Adam.
 
 Every expectation here is computed independently of the code under test: the test has its own small
-forward pass built from the weight views (`a_w1` ... `c_b3`), its own loss, and its own Adam.
+forward pass built from the weight views (`a_w1` ... `c_b3`, `log_std`), its own loss, and its own Adam.
+Gradients and statistics are checked for both policy heads: the softmax over Discrete actions and the
+diagonal Gaussian over Box actions (`continuous`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from producer.harness import HarnessConfig, TrainingHarness
 from producer.ppo import ActorCritic, Adam
 
 OBS_DIM, N_ACTIONS, HIDDEN, BATCH = 5, 3, 8, 24
+ACTION_DIM = 2  # of the continuous agents
+HEADS = [pytest.param(False, id="categorical"), pytest.param(True, id="gaussian")]
 
 
 # ------------------------------------------------------------------------- an independent forward
@@ -35,28 +39,49 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
+def gaussian_log_prob_entropy(mean: np.ndarray, log_std: np.ndarray, actions: np.ndarray):
+    """log N(a; mean, diag(exp(log_std))^2) and the Gaussian's differential entropy, per row."""
+    var = np.exp(2.0 * log_std)
+    logp = (-((actions - mean) ** 2) / (2.0 * var) - 0.5 * np.log(2.0 * np.pi * var)).sum(axis=1)
+    entropy = np.full(len(mean), 0.5 * np.log(2.0 * np.pi * np.e * var).sum())
+    return logp, entropy
+
+
+def reference_log_prob_entropy(agent: ActorCritic, obs: np.ndarray, actions: np.ndarray):
+    """log pi(a|s) and the entropy per row, for either head, from scratch."""
+    if agent.continuous:
+        return gaussian_log_prob_entropy(actor_logits(agent, obs), agent.log_std, actions)
+    p = softmax(actor_logits(agent, obs))
+    return np.log(p[np.arange(len(actions)), actions]), -(p * np.log(p)).sum(axis=1)
+
+
 def reference_loss(agent, obs, actions, old_logp, adv, returns, clip, ent_coef, vf_coef) -> float:
     """The PPO objective as the module docstring (and CleanRL) writes it, from scratch."""
-    p = softmax(actor_logits(agent, obs))
-    logp = np.log(p[np.arange(len(actions)), actions])
+    logp, entropy = reference_log_prob_entropy(agent, obs, actions)
     ratio = np.exp(logp - old_logp)
     pg = np.maximum(-adv * ratio, -adv * np.clip(ratio, 1 - clip, 1 + clip)).mean()
-    entropy = -(p * np.log(p)).sum(axis=1).mean()
     v = 0.5 * ((critic_values(agent, obs) - returns) ** 2).mean()
-    return float(pg - ent_coef * entropy + vf_coef * v)
+    return float(pg - ent_coef * entropy.mean() + vf_coef * v)
 
 
-def random_agent(seed: int) -> ActorCritic:
+def random_agent(seed: int, continuous: bool = False) -> ActorCritic:
     """An agent with every parameter random and O(1), so no layer's gradient is negligible."""
-    agent = ActorCritic(OBS_DIM, N_ACTIONS, hidden=HIDDEN, seed=seed)
+    action_count = ACTION_DIM if continuous else N_ACTIONS
+    agent = ActorCritic(OBS_DIM, action_count, hidden=HIDDEN, seed=seed, continuous=continuous)
     agent.params[:] = np.random.default_rng(seed + 1000).normal(0.0, 0.6, agent.params.size)
     return agent
+
+
+def random_actions(agent: ActorCritic, rng: np.random.Generator) -> np.ndarray:
+    if agent.continuous:  # some far outside [-1, 1]: stored actions are unclipped samples
+        return rng.normal(size=(BATCH, agent.n_actions)) * 1.5
+    return rng.integers(0, N_ACTIONS, BATCH)
 
 
 def random_minibatch(agent: ActorCritic, seed: int, regime: str):
     rng = np.random.default_rng(seed)
     obs = rng.normal(size=(BATCH, OBS_DIM))
-    actions = rng.integers(0, N_ACTIONS, BATCH)
+    actions = random_actions(agent, rng)
     new_logp, _ = agent.log_prob_entropy(obs, actions)
     adv = rng.normal(size=BATCH)
     if regime == "inside_clip":
@@ -89,10 +114,11 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------ gradients
 
 
+@pytest.mark.parametrize("continuous", HEADS)
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("regime", list(REGIMES))
-def test_loss_and_grad_matches_central_finite_differences(regime, seed):
-    agent = random_agent(seed)
+def test_loss_and_grad_matches_central_finite_differences(regime, seed, continuous):
+    agent = random_agent(seed, continuous)
     batch = random_minibatch(agent, seed, regime)
     ent_coef, vf_coef = REGIMES[regime]
     clip = 0.2
@@ -121,17 +147,24 @@ def test_loss_and_grad_matches_central_finite_differences(regime, seed):
         assert relative_error(analytic[critic], numeric[critic]) < 1e-6
     else:
         assert not analytic[_actor_size(agent):].any()
+    if continuous:  # log_std: the last entries of the actor's part, through the surrogate and the bonus
+        log_std = slice(_actor_size(agent) - ACTION_DIM, _actor_size(agent))
+        assert np.linalg.norm(numeric[log_std]) > 1e-3
+        assert relative_error(analytic[log_std], numeric[log_std]) < 1e-6
 
 
 def _actor_size(agent: ActorCritic) -> int:
-    return sum(v.size for v in (agent.a_w1, agent.a_b1, agent.a_w2, agent.a_b2, agent.a_w3, agent.a_b3))
+    """Entries of `params` the actor owns: its layers, then (Gaussian head) log_std."""
+    layers = sum(v.size for v in (agent.a_w1, agent.a_b1, agent.a_w2, agent.a_b2, agent.a_w3, agent.a_b3))
+    return layers + (agent.log_std.size if agent.continuous else 0)
 
 
-def test_samples_in_the_clipped_branch_contribute_no_policy_gradient():
-    agent = random_agent(3)
+@pytest.mark.parametrize("continuous", HEADS)
+def test_samples_in_the_clipped_branch_contribute_no_policy_gradient(continuous):
+    agent = random_agent(3, continuous)
     rng = np.random.default_rng(3)
     obs = rng.normal(size=(BATCH, OBS_DIM))
-    actions = rng.integers(0, N_ACTIONS, BATCH)
+    actions = random_actions(agent, rng)
     new_logp, _ = agent.log_prob_entropy(obs, actions)
     # ratio = e > 1 + clip with A > 0 and ratio = 1/e < 1 - clip with A < 0: the clipped term is the max
     old_logp = new_logp - np.tile([1.0, -1.0], BATCH // 2)
@@ -143,9 +176,10 @@ def test_samples_in_the_clipped_branch_contribute_no_policy_gradient():
 # ---------------------------------------------------------------------------------- statistics
 
 
+@pytest.mark.parametrize("continuous", HEADS)
 @pytest.mark.parametrize("regime", list(REGIMES))
-def test_minibatch_statistics_equal_direct_computations(regime):
-    agent = random_agent(5)
+def test_minibatch_statistics_equal_direct_computations(regime, continuous):
+    agent = random_agent(5, continuous)
     obs, actions, old_logp, adv, returns = random_minibatch(agent, 5, regime)
     ent_coef, vf_coef = REGIMES[regime]
     clip = 0.2
@@ -156,8 +190,8 @@ def test_minibatch_statistics_equal_direct_computations(regime):
     assert result.approx_kl == pytest.approx(np.mean((r - 1) - np.log(r)), rel=1e-12)
     assert result.clipped == int(np.sum(np.abs(r - 1) > clip))
 
-    p = softmax(actor_logits(agent, obs))  # independent of the module's forward
-    assert result.entropy == pytest.approx(-(p * np.log(p)).sum(axis=1).mean(), rel=1e-12)
+    _, entropy = reference_log_prob_entropy(agent, obs, actions)  # independent of the module's forward
+    assert result.entropy == pytest.approx(entropy.mean(), rel=1e-12)
     pg = np.maximum(-adv * r, -adv * np.clip(r, 1 - clip, 1 + clip)).mean()
     assert result.pg_loss == pytest.approx(pg, rel=1e-12)
     assert result.v_loss == pytest.approx(0.5 * np.mean((critic_values(agent, obs) - returns) ** 2), rel=1e-12)
@@ -249,6 +283,79 @@ def test_policy_with_the_same_generator_seed_samples_the_same_actions():
     first = agent.policy(obs, np.random.default_rng(4))[0]
     second = agent.policy(obs, np.random.default_rng(4))[0]
     np.testing.assert_array_equal(first, second)
+
+
+# --------------------------------------------------------------------------- the Gaussian head
+
+
+def test_gaussian_log_prob_matches_the_density_and_entropy_the_closed_form():
+    agent = random_agent(11, continuous=True)
+    rng = np.random.default_rng(11)
+    obs = rng.normal(size=(BATCH, OBS_DIM))
+    actions = random_actions(agent, rng)
+    logp, entropy = agent.log_prob_entropy(obs, actions)
+
+    mean, std = actor_logits(agent, obs), np.exp(agent.log_std)
+    density = np.prod(np.exp(-0.5 * ((actions - mean) / std) ** 2) / (std * np.sqrt(2 * np.pi)), axis=1)
+    np.testing.assert_allclose(logp, np.log(density), rtol=1e-12)
+    # sum over action dimensions of 0.5 ln(2 pi e) + log_std, the same for every state
+    np.testing.assert_allclose(entropy, (0.5 * np.log(2 * np.pi * np.e) + agent.log_std).sum(), rtol=1e-12)
+
+
+def test_gaussian_entropy_is_minus_the_expected_log_prob_of_its_samples():
+    agent = random_agent(12, continuous=True)
+    obs = np.repeat(np.random.default_rng(12).normal(size=(1, OBS_DIM)), 200_000, axis=0)
+    actions, logp, _ = agent.policy(obs, np.random.default_rng(5))
+    _, entropy = agent.log_prob_entropy(obs[:1], actions[:1])
+    standard_error = logp.std() / np.sqrt(len(logp))
+    assert abs(-logp.mean() - entropy[0]) < 6 * standard_error
+
+
+def test_gaussian_entropy_is_negative_for_a_narrow_policy_and_reported_so():
+    agent = random_agent(13, continuous=True)
+    agent.log_std[:] = -3.0  # std 0.05: entropy 2 x (1.419 - 3) < 0
+    batch = random_minibatch(agent, 13, "inside_clip")
+    result = agent.loss_and_grad(*batch, 0.2, 0.01, 0.5)
+    assert result.entropy == pytest.approx(2 * (0.5 * np.log(2 * np.pi * np.e) - 3.0), rel=1e-12)
+    assert result.entropy < 0 and np.isfinite(result.loss)
+
+
+def test_gaussian_entropy_bonus_alone_pushes_every_log_std_up_by_ent_coef():
+    agent = random_agent(14, continuous=True)
+    obs, actions, old_logp, _, _ = random_minibatch(agent, 14, "inside_clip")
+    # zero advantages and vf_coef: the entropy bonus is the loss's only term
+    agent.loss_and_grad(obs, actions, old_logp, np.zeros(BATCH), np.zeros(BATCH), 0.2, 0.05, 0.0)
+    np.testing.assert_array_equal(agent.grad[_actor_size(agent) - ACTION_DIM : _actor_size(agent)], [-0.05, -0.05])
+    assert not np.delete(agent.grad, np.s_[_actor_size(agent) - ACTION_DIM : _actor_size(agent)]).any()
+
+
+def test_gaussian_policy_samples_unclipped_actions_around_the_mean_with_exp_log_std():
+    agent = random_agent(15, continuous=True)
+    agent.log_std[:] = [0.5, -1.0]
+    distinct = np.random.default_rng(15).normal(size=(3, OBS_DIM))
+    per_obs = 20_000
+    obs = np.repeat(distinct, per_obs, axis=0)
+    actions, logp, values = agent.policy(obs, np.random.default_rng(6))
+    assert actions.shape == (len(obs), ACTION_DIM) and actions.dtype == np.float64
+    mean, std = actor_logits(agent, distinct), np.exp(agent.log_std)
+    for k in range(len(distinct)):
+        sample = actions[k * per_obs : (k + 1) * per_obs]
+        np.testing.assert_array_less(np.abs(sample.mean(axis=0) - mean[k]), 6 * std / np.sqrt(per_obs))
+        np.testing.assert_allclose(sample.std(axis=0), std, rtol=0.03)
+    assert np.abs(actions).max() > 3.0  # nothing clips a sample: bounds are the environment's business
+    expected_logp, _ = gaussian_log_prob_entropy(actor_logits(agent, obs), agent.log_std, actions)
+    np.testing.assert_allclose(logp, expected_logp, rtol=1e-12)
+    np.testing.assert_allclose(values, critic_values(agent, obs), rtol=1e-12)
+
+
+def test_continuous_agent_starts_with_log_std_zero_in_params_and_the_discrete_layer_init():
+    gaussian = ActorCritic(OBS_DIM, ACTION_DIM, hidden=16, seed=42, continuous=True)
+    categorical = ActorCritic(OBS_DIM, ACTION_DIM, hidden=16, seed=42)
+    assert gaussian.params.size == categorical.params.size + ACTION_DIM
+    assert np.shares_memory(gaussian.log_std, gaussian.params) and not gaussian.log_std.any()
+    for name in ("a_w1", "a_w2", "a_w3", "c_w1", "c_w2", "c_w3"):  # same orthogonal draws, same gains
+        np.testing.assert_array_equal(getattr(gaussian, name), getattr(categorical, name))
+    assert np.abs(gaussian.a_w3).max() < 0.02  # gain 0.01: the mean starts near 0
 
 
 # ------------------------------------------------------------------------------------------ Adam
