@@ -50,7 +50,7 @@ class HarnessConfig:
     """Everything a run needs. Defaults are rl-baselines3-zoo's tuned PPO for CartPole-v1."""
 
     env_id: str = "CartPole-v1"
-    """Gymnasium environment id (discrete actions, Box observations)."""
+    """Gymnasium environment id (Discrete or 1-D Box actions, Box observations)."""
     seed: int = 0
     """Seeds the network initialisation, the action sampling, the shuffles and the environments."""
     total_steps: int = 100_000
@@ -102,8 +102,23 @@ class HarnessConfig:
 
 
 # Per-environment hyperparameters over the CartPole defaults above.
+# Acrobot-v1 and Conflict-v0 have none: they learn with the CartPole defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "CartPole-v1": {},
+    # rl-baselines3-zoo's PPO for Pendulum-v1 without its gSDE and VecNormalize: 4 envs x 1024 steps,
+    # minibatches of 64, 10 epochs, γ 0.9, λ 0.95, lr 1e-3 and clip 0.2 constant. Seeds 0-2 end 300k
+    # steps at a mean return of about -200 (docs/performance.md).
+    "Pendulum-v1": {
+        "num_envs": 4,
+        "num_steps": 1024,
+        "num_minibatches": 64,
+        "update_epochs": 10,
+        "gamma": 0.9,
+        "gae_lambda": 0.95,
+        "learning_rate": 1e-3,
+        "anneal_lr": False,
+        "anneal_clip": False,
+    },
 }
 
 
@@ -170,12 +185,21 @@ class TrainingHarness:
         self.publish_rows = publish_rows
         self.envs = self._make_envs(config)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
-        if not isinstance(act_space, gym.spaces.Discrete) or not isinstance(obs_space, gym.spaces.Box):
-            raise HarnessError(f"{config.env_id}: PPO here needs Discrete actions and Box observations")
+        self.continuous = isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1
+        """Box actions: a diagonal Gaussian policy, samples clipped to the bounds at the environment."""
+        if not (self.continuous or isinstance(act_space, gym.spaces.Discrete)) or not isinstance(obs_space, gym.spaces.Box):
+            raise HarnessError(f"{config.env_id}: PPO here needs Discrete or 1-D Box actions and Box observations")
+        if self.continuous and (config.data_mode == "replay" or config.record_rollouts is not None):
+            raise HarnessError(f"{config.env_id}: recorded rollouts (record, replay) support Discrete actions only")
         self.obs_shape = tuple(obs_space.shape)
-        self.n_actions = int(act_space.n)
+        self.n_actions = int(act_space.shape[0]) if self.continuous else int(act_space.n)
+        """The number of Discrete actions, or the dimension of a Box action."""
+        self.action_shape: tuple[int, ...] = (self.n_actions,) if self.continuous else ()
+        self._action_bounds = (act_space.low, act_space.high) if self.continuous else None
         dtype = np.dtype(config.dtype)
-        self.agent = ActorCritic(int(np.prod(self.obs_shape)), self.n_actions, config.hidden, config.seed, dtype)
+        self.agent = ActorCritic(
+            int(np.prod(self.obs_shape)), self.n_actions, config.hidden, config.seed, dtype, continuous=self.continuous
+        )
         self.optimizer = Adam(self.agent.params.size, config.learning_rate, dtype=dtype)
         self.rng = np.random.default_rng(config.seed)
         self.global_step = 0
@@ -206,10 +230,13 @@ class TrainingHarness:
             gym.spec(config.env_id)
         except gym.error.Error as exc:
             raise HarnessError(f"unknown environment {config.env_id!r}: {exc}") from exc
-        return gym.vector.SyncVectorEnv(
-            [lambda: gym.make(config.env_id) for _ in range(config.num_envs)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        )
+        try:
+            return gym.vector.SyncVectorEnv(
+                [lambda: gym.make(config.env_id) for _ in range(config.num_envs)],
+                autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+            )
+        except gym.error.DependencyNotInstalled as exc:  # e.g. LunarLander-v3 without Box2D
+            raise HarnessError(f"{config.env_id} needs a package that is not installed: {exc}") from exc
 
     # ------------------------------------------------------------------------------------- rollouts
 
@@ -220,13 +247,15 @@ class TrainingHarness:
         if self._obs is None:
             self._obs, _ = self.envs.reset(seed=cfg.seed)
         self.cycle_id += 1
-        buffer = RolloutBuffer(steps, cfg.num_envs, self.obs_shape)
+        buffer = RolloutBuffer(
+            steps, cfg.num_envs, self.obs_shape, self.action_shape, np.float64 if self.continuous else np.int64
+        )
         obs = self._obs
         agent, rng, envs = self.agent, self.rng, self.envs
         for _ in range(steps):
             flat_obs = obs.reshape(cfg.num_envs, -1).astype(agent.dtype, copy=False)
             actions, logprobs, values = agent.policy(flat_obs, rng)
-            next_obs, rewards, terminated, truncated, infos = envs.step(actions)
+            next_obs, rewards, terminated, truncated, infos = envs.step(self._env_actions(actions))
             buffer.add(flat_obs, actions, logprobs, values, rewards, terminated, truncated)
             self.global_step += cfg.num_envs
             self._ep_return += rewards
@@ -251,6 +280,13 @@ class TrainingHarness:
             self._recorder.record(buffer, last_values, self.cycle_id)
         dataset, meta = buffer.build_dataset(cfg.gamma, cfg.gae_lambda, last_values)
         return CycleData(dataset, meta, self.cycle_id)
+
+    def _env_actions(self, actions: np.ndarray) -> np.ndarray:
+        """The actions the environments get: Gaussian samples clipped to the Box bounds (the buffer
+        keeps them unclipped, so their log-probabilities stay those of the policy, as in CleanRL)."""
+        if self._action_bounds is None:
+            return actions
+        return np.clip(actions, *self._action_bounds)
 
     @property
     def _publishing(self) -> bool:

@@ -66,11 +66,16 @@ def compute_gae(
 
 @dataclass
 class RolloutBuffer:
-    """One capture of `num_steps` vector steps from `num_envs` environments."""
+    """One capture of `num_steps` vector steps from `num_envs` environments.
+
+    Actions are indices (`action_shape` (), int64) for Discrete spaces and vectors (`action_shape`
+    (dim,), float64) for Box spaces, stored as sampled (unclipped)."""
 
     num_steps: int
     num_envs: int
     obs_shape: tuple[int, ...]
+    action_shape: tuple[int, ...] = ()
+    action_dtype: type = np.int64
     obs: np.ndarray = field(init=False)
     actions: np.ndarray = field(init=False)
     logprobs: np.ndarray = field(init=False)
@@ -86,7 +91,7 @@ class RolloutBuffer:
     def __post_init__(self) -> None:
         t, n = self.num_steps, self.num_envs
         self.obs = np.zeros((t, n, *self.obs_shape))
-        self.actions = np.zeros((t, n), dtype=np.int64)
+        self.actions = np.zeros((t, n, *self.action_shape), dtype=self.action_dtype)
         for name in ("logprobs", "values", "rewards", "terminated", "truncated", "truncation_values"):
             setattr(self, name, np.zeros((t, n)))
 
@@ -138,7 +143,7 @@ class RolloutBuffer:
         samples = self.num_steps * self.num_envs
         dataset = Dataset(
             obs=self.obs.reshape(samples, *self.obs_shape).copy(),
-            actions=self.actions.reshape(samples).copy(),
+            actions=self.actions.reshape(samples, *self.action_shape).copy(),
             logprobs=self.logprobs.reshape(samples).copy(),
             values=self.values.reshape(samples).copy(),
             rewards=self.rewards.reshape(samples).copy(),

@@ -297,6 +297,8 @@ BAD_INPUTS = [
     ("data-mode-replay-without-replay", lambda s, r: ["--ndjson-dir", s, "--data-mode", "replay"], None, "--replay"),
     ("replay-with-data-mode-mixed", lambda s, r: ["--ndjson-dir", s, "--replay", f"{r}/manifest.json", "--data-mode", "mixed"], None, "mixed"),
     ("unknown-env", lambda s, r: ["--ndjson-dir", s, "--env", "NoSuchEnv-v9"], None, "NoSuchEnv-v9"),
+    # the venv does not install gymnasium[box2d]: gymnasium's own text says what to install
+    ("env-dependency-missing", lambda s, r: ["--ndjson-dir", s, "--env", "LunarLander-v3"], None, "gymnasium[box2d]"),
     ("total-steps-zero", lambda s, r: ["--ndjson-dir", s, "--total-steps", "0"], None, "--total-steps"),
 ]
 
@@ -338,6 +340,16 @@ def test_replay_of_a_cartpole_recording_on_conflict_is_one_line_and_exit_2(tmp_p
     assert len(err.strip().splitlines()) == 1, err
     assert "CartPole-v1" in err and "Conflict-v0" in err
     assert stream_records(tmp_path / "stream") == []  # nothing trained on the wrong environment
+
+
+def test_train_on_a_box_action_space_writes_a_valid_stream_and_refuses_recording_in_one_line(tmp_path, capsys):
+    stream = tmp_path / "stream"
+    code, _, err = run_main(capsys, train_args(stream, "--env", "Pendulum-v1", run_id="pendulum"))
+    assert code == 0, err
+    assert len(validate(capsys, stream)) == RECORDS
+    code, out, err = run_main(capsys, train_args(tmp_path / "s2", "--env", "Pendulum-v1", "--record-rollouts", str(tmp_path / "rec")))
+    assert (code, out) == (2, "")
+    assert len(err.strip().splitlines()) == 1 and "Discrete actions only" in err
 
 
 def test_a_train_rejected_for_its_environment_releases_the_stream_directory(tmp_path, capsys):
