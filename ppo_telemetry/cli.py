@@ -295,6 +295,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """`train ...`: PPO with telemetry to the NDJSON stream; 130 when stopped by Ctrl-C (stream flushed)."""
     from consumers.validator import is_valid_run_id
+    from producer.faults import FAULTS_FILE, check_fault_steps
     from producer.publisher import PublisherProcess
     from ppo_telemetry.train import TrainingRun, config_from_args
 
@@ -308,7 +309,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--data-mode replay needs --replay MANIFEST")
     if args.replay and not Path(args.replay).exists():
         raise InputError(f"no such replay manifest: {args.replay}")
+    if args.fault and (args.replay or args.data_mode == "replay"):
+        raise UsageError("--fault starts at an environment step; --replay trains on recorded steps, so it takes none")
     config = config_from_args(args)
+    check_fault_steps(config.faults, config.total_steps)  # FaultError: one line, exit 2
     # train writes records through a pipe to its publisher process: a dead publisher must be an error
     # (BrokenPipeError), not a silent death by SIGPIPE as for a filter whose reader went away
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -317,7 +321,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         Path(args.ndjson_dir) if args.ndjson_dir else None, args.ndjson_max_bytes, config.run_id,
         config.enable_telemetry_v1_1, kafka=kafka, kafka_partitions=args.partitions,
     )
-    return TrainingRun(config, publisher).run()
+    faults_file = Path(args.ndjson_dir) / FAULTS_FILE if args.ndjson_dir and config.faults else None
+    return TrainingRun(config, publisher, faults_file=faults_file).run()
 
 
 def _kafka_settings(bootstrap: str | None, config_file: str | None):
@@ -435,6 +440,16 @@ _positive_int = _int_at_least(1)
 _offset = _int_at_least(0)
 
 
+def _fault(text: str):
+    """An argparse type: a `--fault NAME@STEP[:VALUE]` (SPEC §8) as a `producer.faults.Fault`."""
+    from producer.faults import FaultError, parse_fault
+
+    try:
+        return parse_fault(text)
+    except FaultError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -504,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-mode", choices=("mixed", "rollout", "replay"), help="default mixed (replay with --replay)")
     p.add_argument("--replay", metavar="MANIFEST", help="train from recorded rollouts (data_mode replay)")
     p.add_argument("--record-rollouts", metavar="DIR", help="record every capture for later --replay")
+    p.add_argument("--fault", action="append", type=_fault, default=[], metavar="NAME@STEP[:VALUE]",
+                   help="inject a training fault from environment step STEP on (SPEC §8; repeatable): "
+                        "lr_spike, clip_off, negative_entropy_bonus, reward_scale, advantage_sign, value_reset, "
+                        "reward_noise, grad_clip_off; listed in faults.json beside the segments")
     p.add_argument("--num-envs", type=_positive_int, metavar="N")
     p.add_argument("--num-steps", type=_positive_int, metavar="N", help="vector steps per capture")
     p.add_argument("--update-epochs", type=_positive_int, metavar="N")

@@ -6,6 +6,7 @@ does not cost the training loop: it sends compact rows, once a second.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -14,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from producer.faults import FAULTS_FILE, Fault, write_faults_file
 from producer.harness import HarnessConfig, TrainingHarness, preset_for
 from producer.publisher import PublisherProcess
 from producer.records import RowBatch
@@ -59,10 +61,18 @@ class _Progress:
 class TrainingRun:
     """One `train` invocation: the harness, its publisher process, signal handling and the summary."""
 
-    def __init__(self, config: HarnessConfig, publisher: PublisherProcess, err: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        config: HarnessConfig,
+        publisher: PublisherProcess,
+        err: TextIO | None = None,
+        faults_file: Path | None = None,
+    ) -> None:
         self.config = config
         self.publisher = publisher
         self.err = err if err is not None else sys.stderr  # the current stderr, not the one at import
+        self.faults_file = faults_file
+        """Where the injected faults are listed (`faults.json` beside the segments); None: not written."""
         self.records = 0
         self._closing = False
         try:
@@ -71,6 +81,27 @@ class TrainingRun:
             publisher.close()  # a rejected run must not keep the stream locked
             raise
         self._progress = _Progress(self.err, config.total_steps, enabled=self.err.isatty())
+        self.harness.faults.on_activate = self._fault_started
+
+    def _write_faults(self) -> None:
+        if self.faults_file is not None and self.config.faults:
+            write_faults_file(self.faults_file, self.config.run_id, self.harness.faults.report())
+
+    def _fault_started(self, fault: Fault, cycle_id: int, global_step: int) -> None:
+        """A fault became active: faults.json updated first, then one line on stderr."""
+        self._write_faults()
+        clear = "\r\x1b[K" if self._progress.enabled else ""  # over the progress bar, not after it
+        self.err.write(f"{clear}train: fault {fault} active from cycle {cycle_id} (global_step {global_step:,})\n")
+        self.err.flush()
+
+    def _faults_summary(self) -> str | None:
+        """The last line about the faults: where faults.json is, or its content when there is no file."""
+        if not self.config.faults:
+            return None
+        if self.faults_file is not None:
+            return f"train: run {self.config.run_id}: faults listed in {self.faults_file}"
+        report = json.dumps(self.harness.faults.report())
+        return f"train: run {self.config.run_id}: no --ndjson-dir, so no {FAULTS_FILE}; faults {report}"
 
     def _publish_rows(self, rows: RowBatch) -> None:
         self.publisher.publish_rows(rows)
@@ -96,6 +127,7 @@ class TrainingRun:
 
         previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         started = time.monotonic()
+        self._write_faults()  # every fault listed from the start, first_cycle_id null until it is active
         try:
             try:
                 self.harness.run_ppo()
@@ -127,11 +159,11 @@ class TrainingRun:
         )
         if recent:
             summary += f"; mean return of the last {len(recent)} episodes {sum(recent) / len(recent):.1f}"
+        faults_summary = self._faults_summary()
         if stop_signal:
-            self.err.write(f"{summary}; stopped by signal, stream flushed\n")
-            return 130
-        self.err.write(summary + "\n")
-        return 0
+            summary += "; stopped by signal, stream flushed"
+        self.err.write(summary + "\n" + (faults_summary + "\n" if faults_summary else ""))
+        return 130 if stop_signal else 0
 
 
 def config_from_args(args: Any) -> HarnessConfig:
@@ -160,5 +192,6 @@ def config_from_args(args: Any) -> HarnessConfig:
     if args.record_rollouts:
         overrides["record_rollouts"] = Path(args.record_rollouts)
     overrides["enable_telemetry_v1_1"] = args.telemetry_version == "1.1"
+    overrides["faults"] = list(getattr(args, "fault", None) or [])
     overrides["run_id"] = args.run_id or default_run_id(args.env, args.seed)
     return replace(config, **overrides)

@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from avro_schemas.errors import TelemetryError
 
 from . import envs as _register_envs  # noqa: F401  (registers Conflict-v0)
+from .faults import Fault, FaultSchedule, check_fault_steps
 from .ppo import ActorCritic, Adam
 from .records import DATA_MODE_NAMES, RowBatch, build_record, cycle_block, pack_epoch
 from .rollout import Dataset, DatasetMeta, RolloutBuffer
@@ -99,6 +100,9 @@ class HarnessConfig:
     """The run's id in every record (1-128 chars of [A-Za-z0-9._:-])."""
     enable_telemetry_v1_1: bool = True
     """Publish v1.1 records; False falls back to v1.0 records for consumers that lag."""
+    faults: list[Fault] = field(default_factory=list)
+    """Training faults to inject (SPEC §8, `producer.faults`); each changes the cycles whose training
+    starts at `global_step >= fault.step`. Not with data_mode `replay` (it consumes no environment steps)."""
 
 
 # Per-environment hyperparameters over the CartPole defaults above.
@@ -179,6 +183,9 @@ class TrainingHarness:
             raise HarnessError(f"data_mode must be one of {', '.join(DATA_MODES)}, got {config.data_mode!r}")
         if config.data_mode == "replay" and config.replay_manifest is None:
             raise HarnessError("data_mode replay needs a replay manifest")
+        if config.faults and config.data_mode == "replay":
+            raise HarnessError("faults start at an environment step; data_mode replay consumes none")
+        check_fault_steps(config.faults, config.total_steps)
         self.config = config
         self.publish = publish
         self.flush = flush
@@ -202,6 +209,8 @@ class TrainingHarness:
         )
         self.optimizer = Adam(self.agent.params.size, config.learning_rate, dtype=dtype)
         self.rng = np.random.default_rng(config.seed)
+        self.faults = FaultSchedule(config.faults, config.seed)
+        """The injected faults (SPEC §8): which are active and what they make of each training knob."""
         self.global_step = 0
         self.epoch = 0
         self.cycle_id = 0
@@ -278,8 +287,12 @@ class TrainingHarness:
         last_values = agent.value(obs.reshape(cfg.num_envs, -1).astype(agent.dtype, copy=False))
         if self._recorder is not None:
             self._recorder.record(buffer, last_values, self.cycle_id)
+        # SPEC §8: a fault changes every cycle whose training starts at global_step >= its STEP; the
+        # reward faults act before GAE, advantage_sign on the dataset the trainer (and telemetry) reads
+        self.faults.activate(self.global_step, self.cycle_id)
+        self.faults.change_rewards(buffer.rewards)
         dataset, meta = buffer.build_dataset(cfg.gamma, cfg.gae_lambda, last_values)
-        return CycleData(dataset, meta, self.cycle_id)
+        return CycleData(self.faults.change_dataset(dataset), meta, self.cycle_id)
 
     def _env_actions(self, actions: np.ndarray) -> np.ndarray:
         """The actions the environments get: Gaussian samples clipped to the Box bounds (the buffer
@@ -300,7 +313,12 @@ class TrainingHarness:
         data = cycle.dataset
         n = len(data)
         batch = max(1, n // cfg.num_minibatches)
-        agent, optimizer = self.agent, self.optimizer
+        agent, optimizer, faults = self.agent, self.optimizer, self.faults
+        # the knobs in use for this cycle: the healthy ones unless an active fault changes them
+        faults.reset_critic_if_due(agent, optimizer)
+        optimizer.lr = faults.learning_rate(self._lr)
+        clip_range, ent_coef = faults.clip_range(self._clip), faults.ent_coef(cfg.ent_coef)
+        max_grad_norm = faults.max_grad_norm(cfg.max_grad_norm)
         epochs_run = 0
         publishing = self._publishing
         finished: list[EpochStats] = []  # this cycle's epochs whose rows are not packed yet
@@ -316,10 +334,10 @@ class TrainingHarness:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 result = agent.loss_and_grad(
                     data.obs[idx], data.actions[idx], data.logprobs[idx], adv, data.returns[idx],
-                    self._clip, cfg.ent_coef, cfg.vf_coef,
+                    clip_range, ent_coef, cfg.vf_coef,
                 )
-                if result.grad_norm > cfg.max_grad_norm:
-                    agent.grad *= cfg.max_grad_norm / (result.grad_norm + 1e-6)
+                if max_grad_norm is not None and result.grad_norm > max_grad_norm:
+                    agent.grad *= max_grad_norm / (result.grad_norm + 1e-6)
                 optimizer.step(agent.params, agent.grad)
                 stats.add(result, len(idx))
                 if cfg.target_kl is not None and result.approx_kl > 1.5 * cfg.target_kl:
@@ -354,7 +372,7 @@ class TrainingHarness:
         costs here. The stats objects are then dropped: pending rows hold no live objects.
         """
         data = cycle.dataset
-        pending, global_step, lr = self._pending, self.global_step, self._lr
+        pending, global_step, lr = self._pending, self.global_step, self.optimizer.lr  # the rate in use
         cycle_block(
             pending, len(finished), (data.returns, data.values, data.rewards, data.advantages),
             cycle.mean_episode_return, DATA_MODE_NAMES.index(data_mode), cycle.cycle_id,

@@ -515,3 +515,112 @@ def test_the_same_seed_gives_the_same_records_apart_from_timing(tmp_path, capsys
     other = tmp_path / "other-seed"
     assert run_main(capsys, train_args(other, "--seed", "8", run_id="same-run"))[0] == 0
     assert without_timing(stream_records(other)) != without_timing(runs[0])  # the seed does matter
+
+
+# ------------------------------------------------------------------------------- faults (SPEC §8)
+
+FAULT_LINE = re.compile(r"^train: fault (?P<fault>\S+) active from cycle (?P<cycle>\d+) \(global_step (?P<step>[\d,]+)\)$")
+
+
+def test_train_with_faults_writes_faults_json_beside_the_segments_and_says_so(tmp_path, capsys):
+    stream = tmp_path / "stream"
+    code, out, err = run_main(capsys, train_args(
+        stream, "--env", "CartPole-v1", "--fault", "lr_spike@200", "--fault", "value_reset@400", run_id="faulty"
+    ))
+    assert code == 0, err
+    assert out == ""
+    lines = err.splitlines()
+    # cycles of 32 ticks: the first whose training starts at global_step >= STEP
+    assert [FAULT_LINE.match(line).groupdict() for line in lines[:2]] == [
+        {"fault": "lr_spike@200:50", "cycle": "7", "step": "224"},
+        {"fault": "value_reset@400", "cycle": "13", "step": "416"},
+    ]
+    assert SUMMARY.match(lines[2]) is not None
+    assert lines[3] == f"train: run faulty: faults listed in {stream / 'faults.json'}"
+    assert len(lines) == 4
+    assert json.loads((stream / "faults.json").read_text()) == [
+        {"name": "lr_spike", "step": 200, "value": 50.0, "first_cycle_id": 7, "run_id": "faulty"},
+        {"name": "value_reset", "step": 400, "value": None, "first_cycle_id": 13, "run_id": "faulty"},
+    ]
+    records = stream_records(stream)
+    assert len(records) == RECORDS  # the records do not say a fault happened; faults.json does
+    rates = {r["cycle_id"]: r["learning_rate"] for r in records}
+    assert rates[7] == pytest.approx(rates[6] * 50 * (1 - 6 / CYCLES) / (1 - 5 / CYCLES))  # annealed, then x 50
+    assert [path.name for _, path in list_segments(stream)] == [segment_name(0)]
+    assert_contiguous_from(validate(capsys, stream))
+
+
+def test_a_second_faulty_run_into_the_same_directory_keeps_the_first_run_s_faults(tmp_path, capsys):
+    stream = tmp_path / "stream"
+    assert run_main(capsys, train_args(stream, "--fault", "clip_off@0", run_id="first"))[0] == 0
+    assert run_main(capsys, train_args(stream, run_id="healthy"))[0] == 0  # no fault: faults.json untouched
+    assert run_main(capsys, train_args(stream, "--fault", "reward_noise@500:0.5", run_id="second"))[0] == 0
+    assert json.loads((stream / "faults.json").read_text()) == [
+        {"name": "clip_off", "step": 0, "value": 1000.0, "first_cycle_id": 1, "run_id": "first"},
+        {"name": "reward_noise", "step": 500, "value": 0.5, "first_cycle_id": 16, "run_id": "second"},
+    ]
+
+
+def test_a_run_without_faults_writes_no_faults_json(tmp_path, capsys):
+    stream = tmp_path / "stream"
+    assert run_main(capsys, train_args(stream, run_id="healthy"))[0] == 0
+    assert not (stream / "faults.json").exists()
+
+
+def test_without_a_faults_file_the_faults_go_to_stderr(tmp_path, capsys):
+    # as with --kafka alone: no segment directory, so no faults.json; the last line carries its content
+    from ppo_telemetry.train import TrainingRun
+    from producer.faults import parse_fault
+    from producer.harness import HarnessConfig
+    from producer.publisher import PublisherProcess
+
+    config = HarnessConfig(
+        env_id="CartPole-v1", num_envs=NUM_ENVS, num_steps=NUM_STEPS, update_epochs=UPDATE_EPOCHS,
+        total_steps=TOTAL_STEPS, run_id="no-file", faults=[parse_fault("advantage_sign@100")],
+    )
+    err = io.StringIO()
+    publisher = PublisherProcess(tmp_path / "stream", 1 << 20, config.run_id, True)
+    assert TrainingRun(config, publisher, err=err).run() == 0
+    last = err.getvalue().splitlines()[-1]
+    prefix = "train: run no-file: no --ndjson-dir, so no faults.json; faults "
+    assert last.startswith(prefix)
+    assert json.loads(last[len(prefix):]) == [
+        {"name": "advantage_sign", "step": 100, "value": None, "first_cycle_id": 4},
+    ]
+    assert not (tmp_path / "stream" / "faults.json").exists()
+
+
+BAD_FAULTS = [
+    ("unknown-name", ["--fault", "lr_explosion@100"], "unknown fault 'lr_explosion'"),
+    ("no-step", ["--fault", "lr_spike"], "NAME@STEP[:VALUE]"),
+    ("bad-value", ["--fault", "lr_spike@100:fast"], "VALUE must be a number"),
+    ("zero-value", ["--fault", "clip_off@100:0"], "VALUE must be finite and > 0"),
+    ("value-to-a-fault-without-one", ["--fault", "advantage_sign@100:2"], "advantage_sign takes no VALUE"),
+    ("step-beyond-total-steps", ["--fault", f"lr_spike@{TOTAL_STEPS + 1}"], "beyond the run's 512 environment steps"),
+    ("second-fault-bad", ["--fault", "lr_spike@100", "--fault", "reward_noise@-1"], "STEP must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("runner", ["main", "script"])
+@pytest.mark.parametrize(("extra", "named"), [pytest.param(*case[1:], id=case[0]) for case in BAD_FAULTS])
+def test_a_bad_fault_is_one_line_on_stderr_and_exit_2(tmp_path, capsys, runner, extra, named):
+    stream = tmp_path / "stream"
+    argv = train_args(stream, *extra)
+    if runner == "main":
+        code, out, err = run_main(capsys, argv)
+    else:
+        done = run_script(argv)
+        code, out, err = done.returncode, done.stdout, done.stderr
+    assert code == 2, err
+    assert out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("ppo-telemetry: error: ") and named in err
+    assert not stream.exists()  # refused before anything was written
+
+
+def test_a_fault_with_replay_is_one_line_and_exit_2(recording, tmp_path, capsys):
+    argv = ["train", "--ndjson-dir", str(tmp_path / "stream"), "--replay", str(recording / "manifest.json"),
+            "--fault", "lr_spike@0", *SMALL]
+    code, _, err = run_main(capsys, argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--fault" in err and "--replay" in err
