@@ -1,4 +1,4 @@
-"""Does our PPO learn, and how fast? CartPole-v1 and Conflict-v0, seeds 0-2, beside baselines in the same run.
+"""Does our PPO learn, and how fast? CartPole-v1, Conflict-v0 and Pendulum-v1, seeds 0-2, beside baselines in the same run.
 
 CartPole-v1 (targets, issue 3): every seed ends 100,000 environment steps with a mean episode return
 ≥ 475 (the last 20 episodes), first reaches a 20-episode mean of 475 within 50,000 steps, and takes
@@ -9,14 +9,20 @@ Conflict-v0 (target): after 100,000 ticks PPO closes at least half the gap betwe
 heuristic policy: (ppo - random) / (heuristic - random) ≥ 0.5. All three are evaluated the same way,
 over the same seeded episodes; PPO samples from its final stochastic policy.
 
-Runs publish telemetry to an NDJSON stream in a temporary directory, as a user's run would.
+Pendulum-v1 (target, issue 8): with continuous actions (the diagonal Gaussian policy and our preset),
+every seed ends 300,000 environment steps with a mean episode return ≥ −500 (the last 20 episodes),
+beside the random policy's mean return measured in the same run (about −1,200).
 
-    .venv/bin/python bench/learning.py [--env cartpole|conflict|all] [--seeds 0 1 2]
+Runs publish telemetry to an NDJSON stream in a temporary directory, as a user's run would.
+The process exits 1 when a target is missed.
+
+    .venv/bin/python bench/learning.py [--env cartpole|conflict|pendulum|all] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -116,9 +122,28 @@ def conflict(seeds: list[int]) -> bool:
     return ok
 
 
+def pendulum(seeds: list[int]) -> bool:
+    steps, target = 300_000, -500.0
+    _, random_return = random_floor("Pendulum-v1", steps, preset_for("Pendulum-v1").num_envs)
+    print(f"Pendulum-v1, {steps:,} steps per run; target: mean return of the last 20 episodes >= {target:.0f}")
+    print(f"  baseline: random policy mean return {random_return:.1f}")
+    ok = True
+    for seed in seeds:
+        harness, wall = train("Pendulum-v1", seed, steps)
+        final = float(np.mean(harness.episodes.returns[-20:]))
+        passed = final >= target
+        ok &= passed
+        print(
+            f"  seed {seed}: final mean return (last 20 episodes) {final:7.1f}; policy std "
+            f"{float(np.exp(harness.agent.log_std).mean()):.2f}; wall {wall:5.1f} s; {harness.epoch} records  "
+            f"[{'met' if passed else 'NOT met'}]"
+        )
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", choices=("cartpole", "conflict", "all"), default="all")
+    parser.add_argument("--env", choices=("cartpole", "conflict", "pendulum", "all"), default="all")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     results = []
@@ -126,7 +151,11 @@ def main() -> None:
         results.append(cartpole(args.seeds))
     if args.env in ("conflict", "all"):
         results.append(conflict(args.seeds))
+    if args.env in ("pendulum", "all"):
+        results.append(pendulum(args.seeds))
     print("all targets met" if all(results) else "some targets NOT met")
+    if not all(results):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
