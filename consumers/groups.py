@@ -3,8 +3,10 @@
 - `ValidatorGroup` (`ppo-telemetry-validator`): every record that does not decode or validate goes to
   `ppo.telemetry.epochs.dlq` as it arrived (original key and bytes) with the SPEC headers
   `error.stage`, `error.rule`, `error.message`, `source.topic`, `source.partition`, `source.offset`.
-- `DriftGroup` (`ppo-telemetry-drift`): one `DriftRecord` per compared epoch to `ppo.telemetry.drift`;
-  the baseline run's own records are not compared with themselves.
+- `DriftGroup` (`ppo-telemetry-drift`): to `ppo.telemetry.drift`, one `DriftRecord` per run each time a
+  field's verdict changes and one summary when the run goes idle (`on_idle`, called by the runner); the
+  baseline runs' own records are not compared with themselves; the drift state per run travels with the
+  runner's state.
 - `WatchGroup` (`ppo-telemetry-watch`): one `Alert` per rule transition to `ppo.telemetry.alerts`; the
   rules' state per run travels with the runner's state (so it survives restarts and rebalances).
 
@@ -14,6 +16,8 @@ outputs; the runner does the validation, dedupe, transactions and state.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from avro_schemas.codec import alert_codec, drift_record_codec
@@ -22,7 +26,7 @@ from avro_schemas.topics import (
     ALERTS_TOPIC, DLQ_TOPIC, DRIFT_GROUP, DRIFT_TOPIC, VALIDATOR_GROUP, WATCH_GROUP,
 )
 
-from .drift import Baseline
+from .drift import Baseline, DriftStateError, DriftTracker
 from .runner import Output, Rejection
 from .telemetry_watch import RulesConfig, Watch
 from .validator import Verdict
@@ -71,27 +75,76 @@ class ValidatorGroup(_Stateless):
         return [dead_letter(message, rejection)]
 
 
-class DriftGroup(_Stateless):
-    """Drift of every current run's epochs against `baseline`, one `DriftRecord` per compared epoch."""
+class DriftGroup:
+    """Drift v2 of every current run against `baseline` (SPEC §5): a `DriftRecord` per verdict change and
+    one summary per idle period.
+
+    A run is idle once no record of it has arrived for `idle_seconds` (by `clock`, injected for tests);
+    `on_idle(now)` then gives its summary once, and again only after new records and a new idle period.
+    Whether the summary went out is part of the run's state, so a restart neither repeats nor loses it;
+    a restored run's idle period is counted from the restore.
+    """
 
     group = DRIFT_GROUP
     output_topics = (DRIFT_TOPIC,)
-    needs_model = True
+    needs_model = False  # the core reads the validated record dict
 
-    def __init__(self, baseline: Baseline) -> None:
-        self.baseline = baseline
+    def __init__(self, baseline: Baseline, idle_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tracker = DriftTracker(baseline)
         self.codec = drift_record_codec()
+        self.idle_seconds = idle_seconds
+        self.clock = clock
+        self._last_seen: dict[str, float] = {}
+        self._summarised: set[str] = set()  # runs whose summary went out since their last record
 
-    def on_record(self, record: EpochSummary, verdict: Verdict) -> list[Output]:
-        if record.run_id == self.baseline.run_id:
-            return []
-        drift = self.baseline.compare(record)
-        if drift is None:
-            return []
-        return [Output(DRIFT_TOPIC, record.run_id.encode(), self.codec.encode(drift.to_json_dict()))]
+    @property
+    def baseline(self) -> Baseline:
+        """The baseline every run is compared with."""
+        return self.tracker.baseline
+
+    def _output(self, run_id: str, record: dict[str, Any]) -> Output:
+        return Output(DRIFT_TOPIC, run_id.encode("utf-8"), self.codec.encode(record))
+
+    def on_record(self, record: EpochSummary | None, verdict: Verdict) -> list[Output]:
+        run_id = verdict.run_id
+        if run_id in self.baseline.run_ids:
+            return []  # not compared with itself
+        self._last_seen[run_id] = self.clock()
+        self._summarised.discard(run_id)
+        change = self.tracker.observe(verdict.record)
+        return [] if change is None else [self._output(run_id, change.to_record_dict())]
+
+    def on_idle(self, now: float) -> dict[str, list[Output]]:
+        """The summary of each run idle at `now` and not yet summarised, by run (their state changed)."""
+        idle = {}
+        for run_id, seen in self._last_seen.items():
+            if run_id not in self._summarised and now - seen >= self.idle_seconds and run_id in self.tracker.runs:
+                self._summarised.add(run_id)
+                idle[run_id] = [self._output(run_id, self.tracker.summary(run_id).to_record_dict("summary"))]
+        return idle
 
     def on_rejected(self, message: Any, rejection: Rejection) -> list[Output]:
         return []  # the validator dead-letters it; drift skips it
+
+    def run_state(self, run_id: str) -> Any:
+        drift = self.tracker.run_state(run_id)
+        return None if drift is None else {"drift": drift, "summarised": run_id in self._summarised}
+
+    def restore_run(self, run_id: str, state: Any) -> None:
+        self.forget_run(run_id)
+        if state is None:
+            return
+        if not isinstance(state, dict) or "drift" not in state:
+            raise DriftStateError(f"drift group state of run {run_id} is not an object with 'drift'")
+        self.tracker.restore_run(run_id, state["drift"])
+        self._last_seen[run_id] = self.clock()
+        if state.get("summarised"):
+            self._summarised.add(run_id)
+
+    def forget_run(self, run_id: str) -> None:
+        self.tracker.forget_run(run_id)
+        self._last_seen.pop(run_id, None)
+        self._summarised.discard(run_id)
 
 
 class WatchGroup:

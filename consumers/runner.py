@@ -18,6 +18,9 @@ inside a `TransactionalRunner`, which owns everything Kafka (SPEC §4):
   `<group>.state`, into the partition of the input partition the run's records come from (records are
   keyed by `run_id`, so a run lives in one partition). When a partition is assigned, its state
   partition is read back to its end (read_committed); when revoked, its runs are forgotten.
+- **Idle outputs.** A core may have `on_idle(now)` (the drift group's summaries of runs gone quiet):
+  the runner calls it when a poll returns nothing, and every `idle_interval` seconds while busy, and
+  commits what it returns with those runs' state in a transaction of its own.
 - **Schemas.** A message whose writer schema is not known locally makes the runner read the schema
   topic (`ppo.telemetry.schemas`) and retry; a writer schema learnt that way is read resolved into the
   newest local version.
@@ -109,6 +112,10 @@ class ConsumerCore(Protocol):
         """Drop a run whose partition went to another instance."""
         ...
 
+    # Optional: `on_idle(now: float) -> dict[str, list[Output]]`, called when a poll returns nothing and
+    # every `idle_interval` seconds while busy, with `time.monotonic()`: outputs by run, produced in one
+    # transaction with those runs' state (the drift group's idle summaries). A core without it is not asked.
+
 
 def baseline_records(
     config: dict[str, Any], run_id: str, topic: str = EPOCHS_TOPIC, codec: SingleObjectCodec | None = None
@@ -160,6 +167,7 @@ class TransactionalRunner:
     poll_timeout: float = 0.5
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 10_000
+    idle_interval: float = 1.0  # seconds between `on_idle` calls while batches keep coming
     codec: SingleObjectCodec = field(default_factory=epoch_summary_codec)
     err: TextIO | None = None
     scrub: Callable[[str], str] = lambda text: text
@@ -176,6 +184,7 @@ class TransactionalRunner:
         self._producer: Producer | None = None
         self._assigned: set[int] = set()
         self._errors_said: set[int] = set()
+        self._idle_asked_at = -1e9
 
     # ------------------------------------------------------------------------------------ output
 
@@ -410,6 +419,27 @@ class TransactionalRunner:
         self.counts.outputs += outputs
         self.counts.batches += 1
 
+    def process_idle(self, now: float) -> None:
+        """Ask the core's `on_idle` (if it has one) and produce what it gives, with the runs' state, in one transaction."""
+        self._idle_asked_at = now
+        on_idle = getattr(self.core, "on_idle", None)
+        produced = on_idle(now) if on_idle is not None else None
+        if not produced:
+            return
+        producer = self._producer
+        producer.begin_transaction()
+        outputs = 0
+        for run_id, run_outputs in produced.items():
+            for output in run_outputs:
+                self._produce(output)
+            outputs += len(run_outputs)
+            partition = self._run_partition.get(run_id)
+            if partition is not None:
+                self._produce(Output(self._state_topic, run_id.encode("utf-8"), self._state_message(run_id)), partition)
+        _retrying(lambda: producer.commit_transaction(60))
+        self.counts.outputs += outputs
+        self.counts.batches += 1
+
     def _rewind(self) -> None:
         """After an aborted transaction: back to the committed offsets and the committed state."""
         assignment = self._consumer.assignment()
@@ -448,16 +478,18 @@ class TransactionalRunner:
                 messages = consume(1, self.poll_timeout)
                 if messages and self.batch_size > 1:
                     messages += consume(self.batch_size - 1, 0)
-                if not messages:
-                    if idle_callback is not None:
-                        idle_callback()
-                    continue
+                if not messages and idle_callback is not None:
+                    idle_callback()
                 try:
-                    self.process_batch(messages)
+                    if messages:
+                        self.process_batch(messages)
+                    now = time.monotonic()
+                    if not messages or now - self._idle_asked_at >= self.idle_interval:
+                        self.process_idle(now)
                 except KafkaException as exc:
                     error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                     if error is not None and error.txn_requires_abort():
-                        self._say(f"transaction aborted, batch will be consumed again: {error.str()}")
+                        self._say(f"transaction aborted, its batch or idle outputs will be redone: {error.str()}")
                         self._producer.abort_transaction(60)
                         self.counts.aborted += 1
                         self._rewind()

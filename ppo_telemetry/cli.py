@@ -132,33 +132,59 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if counts["invalid"] else 0
 
 
+def _run_paths(paths: list[str]) -> list[str]:
+    """Each path as given, but a directory without segments of its own stands for every directory below
+    it that has some (a directory of run directories, e.g. one per seed), in name order."""
+    from avro_schemas.ndjson import list_segments
+
+    out = []
+    for path in paths:
+        if path == "-" or not Path(path).is_dir() or list_segments(Path(path)):
+            out.append(path)
+            continue
+        below = sorted(str(d) for d in Path(path).rglob("*") if d.is_dir() and list_segments(d))
+        if not below:
+            raise InputError(f"no NDJSON segments in {path} or the directories below it")
+        out += below
+    return out
+
+
 def cmd_drift(args: argparse.Namespace) -> int:
-    """`drift --baseline PATH [--baseline-run ID] PATH... [--json]`: one summary per current run."""
+    """`drift --baseline PATH [--baseline PATH...] [--baseline-run ID...] PATH... [--json]`: one verdict
+    object per current run (SPEC §5, §7); exit 0 whatever the verdicts."""
     from consumers.drift import Baseline, DriftTracker
 
-    _check_paths([args.baseline, *args.paths])
-    baseline = Baseline.from_records(list(_valid_records([args.baseline], "baseline")), run_id=args.baseline_run)
+    _check_paths([*args.baseline, *args.paths])
+    records = [r.to_dict() for r in _valid_records(_run_paths(args.baseline), "baseline")]
+    baseline = Baseline.from_records(records, args.baseline_run or None)
     tracker = DriftTracker(baseline)
-    for record in _valid_records(args.paths, "current"):
-        tracker.observe(record)
+    for record in _valid_records(_run_paths(args.paths), "current"):
+        tracker.observe(record.to_dict())
     for summary in tracker.summaries():
         doc = summary.to_json_dict()
         if args.json:
             _emit(sys.stdout, doc)
         else:
-            sys.stdout.write(_human_drift(doc))
+            sys.stdout.write(_human_drift(doc, baseline.window_steps))
     return 0
 
 
-def _human_drift(doc: dict[str, Any]) -> str:
-    lines = [f"run {doc['run_id']} vs baseline {doc['baseline_run_id']}: {doc['epochs_compared']} epochs compared"]
-    for name, stats in doc["fields"].items():
-        lines.append(
-            f"  {name:<24} compared {stats['compared']:>5}  mean {stats['mean_relative_drift']:+.4f}  "
-            f"max|.| {stats['max_abs_relative_drift']:.4f}"
-        )
-    for name, reason in doc["skipped_fields"].items():
-        lines.append(f"  {name:<24} skipped: {reason}")
+def _human_drift(doc: dict[str, Any], window_steps: int) -> str:
+    lines = [
+        f"run {doc['run_id']} vs baseline {', '.join(doc['baseline_run_ids'])}: "
+        f"{doc['windows_compared']} windows of {window_steps:,} steps compared"
+    ]
+    for name, field in doc["fields"].items():
+        verdict = field["verdict"]
+        if verdict == "skipped":
+            detail = doc["skipped_fields"][name]
+        elif verdict == "differs":
+            detail = f"{field['direction']} from step {field['first_step']:,}, effect {field['effect']:+.1f}"
+            if field["relative_change"] is not None:
+                detail += f", {field['relative_change']:+.1%} vs baseline"
+        else:
+            detail = f"largest effect {field['effect']:+.1f}"
+        lines.append(f"  {name:<24} {verdict:<8} {detail}")
     return "\n".join(lines) + "\n"
 
 
@@ -378,15 +404,18 @@ def _drift_group(args: argparse.Namespace, config: dict[str, Any]):
     if not args.baseline and not args.baseline_run:
         raise UsageError("consume drift needs --baseline PATH or --baseline-run RUN_ID")
     if args.baseline:
-        _check_paths([args.baseline])
-        records = list(_valid_records([args.baseline], "baseline"))
-        return DriftGroup(Baseline.from_records(records, args.baseline_run))
+        _check_paths(args.baseline)
+        records = [r.to_dict() for r in _valid_records(_run_paths(args.baseline), "baseline")]
+        return DriftGroup(Baseline.from_records(records, args.baseline_run or None), idle_seconds=args.idle_seconds)
     from consumers.runner import baseline_records
 
-    records = baseline_records(config, args.baseline_run)
-    if not records:
-        raise InputError(f"baseline run {args.baseline_run!r} not found on the epochs topic (no valid records)")
-    return DriftGroup(Baseline.from_records(records, args.baseline_run))
+    records = []
+    for run_id in dict.fromkeys(args.baseline_run):
+        found = baseline_records(config, run_id)
+        if not found:
+            raise InputError(f"baseline run {run_id!r} not found on the epochs topic (no valid records)")
+        records += [r.to_dict() for r in found]
+    return DriftGroup(Baseline.from_records(records, args.baseline_run), idle_seconds=args.idle_seconds)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -470,9 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON verdict per input line")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("drift", help="relative drift of runs against a baseline run (SPEC §5)")
-    p.add_argument("--baseline", required=True, metavar="PATH", help="NDJSON file or directory with the baseline run")
-    p.add_argument("--baseline-run", metavar="RUN_ID", help="the baseline run, when the baseline holds several")
+    p = sub.add_parser("drift", help="does a run differ from its baseline runs beyond seed noise (SPEC §5)")
+    p.add_argument("--baseline", required=True, action="append", metavar="PATH",
+                   help="NDJSON file or directory with baseline runs (repeatable; a directory of run directories too)")
+    p.add_argument("--baseline-run", action="append", default=[], metavar="RUN_ID",
+                   help="use only this run of the baseline data (repeatable; default: every run in it)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="one JSON summary per run")
     p.set_defaults(func=cmd_drift)
@@ -540,8 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("group", choices=("validate", "drift", "watch"))
     p.add_argument("--bootstrap-servers", metavar="B", help="default: the settings' (127.0.0.1:9092)")
     p.add_argument("--kafka-config", metavar="TOML", help="Kafka connection and security settings ([kafka] table)")
-    p.add_argument("--baseline", metavar="PATH", help="drift: the baseline run's NDJSON")
-    p.add_argument("--baseline-run", metavar="RUN_ID", help="drift: the baseline run (on the topic, or in --baseline)")
+    p.add_argument("--baseline", action="append", default=[], metavar="PATH",
+                   help="drift: NDJSON of baseline runs (repeatable)")
+    p.add_argument("--baseline-run", action="append", default=[], metavar="RUN_ID",
+                   help="drift: a baseline run (repeatable), read from the epochs topic, or picked out of --baseline")
+    p.add_argument("--idle-seconds", type=_positive_seconds, default=30.0, metavar="S",
+                   help="drift: a run with no record for this long gets its summary (default 30)")
     p.add_argument("--rules", metavar="FILE", help="watch: rules TOML (SPEC §6)")
     p.add_argument("--instance-id", default="0", metavar="ID",
                    help="this instance's name in the group; a restart with the same id fences its predecessor")

@@ -13,7 +13,8 @@ from ppo_telemetry.cli import main
 from ppo_telemetry.demo import synthetic_run, write_segments
 
 VALIDATE_KEYS = ["line", "status", "telemetry_version", "run_id", "log_stream_offset", "errors", "warnings"]
-DRIFT_KEYS = ["run_id", "baseline_run_id", "epochs_compared", "fields", "skipped_fields"]
+DRIFT_KEYS = ["run_id", "baseline_run_ids", "windows_compared", "fields", "skipped_fields"]
+DRIFT_FIELD_KEYS = ["verdict", "first_step", "direction", "effect", "relative_change"]
 WATCH_KEYS = ["run_id", "rule", "state", "epoch", "log_stream_offset", "value", "threshold"]
 
 
@@ -183,47 +184,80 @@ def test_console_script_usage_error_has_no_traceback(tmp_path):
 
 
 def test_drift_json_one_object_per_current_run_with_spec_keys(tmp_path, capsys):
-    baseline = write_ndjson(tmp_path / "base.ndjson", synthetic_run("base", 10, seed=0, unstable=False))
+    baseline = write_ndjson(
+        tmp_path / "base.ndjson",
+        synthetic_run("base-1", 40, seed=0, unstable=False) + synthetic_run("base-2", 40, seed=5, unstable=False),
+    )
     current = write_ndjson(
         tmp_path / "cur.ndjson",
-        synthetic_run("cur-1", 8, seed=1, unstable=False) + [v1_0(r) for r in synthetic_run("cur-2", 12, seed=2, unstable=False)],
+        synthetic_run("cur-1", 24, seed=1, unstable=False) + [v1_0(r) for r in synthetic_run("cur-2", 40, seed=2, unstable=False)],
     )
     code, out, _ = run_cli(capsys, "drift", "--baseline", str(baseline), str(current), "--json")
     docs = json_lines(out)
     assert code == 0
     assert [d["run_id"] for d in docs] == ["cur-1", "cur-2"]
     assert all(list(d) == DRIFT_KEYS for d in docs)
-    assert docs[0]["baseline_run_id"] == "base"
-    assert docs[0]["epochs_compared"] == 8 and docs[1]["epochs_compared"] == 10
-    assert docs[0]["fields"]["policy_loss"]["compared"] == 8
-    assert list(docs[0]["fields"]["policy_loss"]) == ["compared", "mean_relative_drift", "max_abs_relative_drift"]
-    # a v1.0 current run has none of the v1.1 metrics
+    assert docs[0]["baseline_run_ids"] == ["base-1", "base-2"]
+    # 4 epochs per 2,048-step cycle; windows of one cycle (a twentieth of the baseline would be shorter)
+    assert docs[0]["windows_compared"] == 6 and docs[1]["windows_compared"] == 10
+    assert all(list(f) == DRIFT_FIELD_KEYS for d in docs for f in d["fields"].values())
+    assert docs[0]["fields"]["policy_loss"]["verdict"] in ("same", "differs")
+    # a v1.0 current run has none of the v1.1 metrics: skipped, with the reason
     assert docs[1]["skipped_fields"]["batch_entropy_mean"] == "missing_in_current"
-    assert "batch_entropy_mean" not in docs[1]["fields"]
+    assert docs[1]["fields"]["batch_entropy_mean"] == dict.fromkeys(DRIFT_FIELD_KEYS) | {"verdict": "skipped"}
+    assert "epoch_duration_sec" not in docs[0]["fields"]
 
 
-def test_drift_value_matches_direct_computation(tmp_path, capsys):
-    base = synthetic_run("base", 3, seed=0, unstable=False)
-    cur = synthetic_run("cur", 3, seed=1, unstable=False)
+def test_drift_flags_a_change_with_its_step_direction_and_size(tmp_path, capsys):
+    base = synthetic_run("b1", 60, seed=0, unstable=False) + synthetic_run("b2", 60, seed=1, unstable=False)
+    changed = [dict(r, value_loss=r["value_loss"] * 50) if r["epoch"] >= 20 else r
+               for r in synthetic_run("cur", 60, seed=2, unstable=False)]
     baseline = write_ndjson(tmp_path / "base.ndjson", base)
-    current = write_ndjson(tmp_path / "cur.ndjson", cur)
-    _, out, _ = run_cli(capsys, "drift", "--baseline", str(baseline), str(current), "--json")
+    current = write_ndjson(tmp_path / "cur.ndjson", changed)
+    code, out, _ = run_cli(capsys, "drift", "--baseline", str(baseline), str(current), "--json")
     (doc,) = json_lines(out)
-    drifts = [(c["value_loss"] - b["value_loss"]) / abs(b["value_loss"]) for b, c in zip(base, cur)]
-    assert doc["fields"]["value_loss"]["mean_relative_drift"] == pytest.approx(sum(drifts) / 3)
-    assert doc["fields"]["value_loss"]["max_abs_relative_drift"] == pytest.approx(max(map(abs, drifts)))
+    value_loss = doc["fields"]["value_loss"]
+    assert code == 0 and value_loss["verdict"] == "differs" and value_loss["direction"] == "higher"
+    assert value_loss["first_step"] == 12_288  # epoch 20 is in cycle 6 (step 12,288), a window of its own
+    assert value_loss["relative_change"] > 20 and value_loss["effect"] > 3
+    code, out, _ = run_cli(capsys, "drift", "--baseline", str(baseline), str(current))
+    assert code == 0
+    assert out.splitlines()[0] == "run cur vs baseline b1, b2: 15 windows of 2,048 steps compared"
+    line = next(line for line in out.splitlines() if line.split()[0] == "value_loss")
+    assert "differs  higher from step 12,288, effect +" in line and "% vs baseline" in line
 
 
-def test_drift_baseline_with_several_runs_needs_baseline_run(tmp_path, capsys):
+def test_drift_baseline_paths_repeat_and_a_directory_of_runs_counts_every_run(tmp_path, capsys):
+    for seed in (0, 1):
+        records = synthetic_run(f"b{seed}", 8, seed=seed, unstable=False)
+        write_segments(tmp_path / "runs" / f"seed{seed}", [(i, json.dumps(r)) for i, r in enumerate(records)], 1 << 20)
+    current = write_ndjson(tmp_path / "cur.ndjson", synthetic_run("c", 8, seed=2, unstable=False))
+    _, out, _ = run_cli(capsys, "drift", "--baseline", str(tmp_path / "runs"), str(current), "--json")
+    assert json_lines(out)[0]["baseline_run_ids"] == ["b0", "b1"]
+    _, out, _ = run_cli(capsys, "drift", "--baseline", str(tmp_path / "runs" / "seed1"),
+                        "--baseline", str(tmp_path / "runs" / "seed0"), str(current), "--json")
+    assert json_lines(out)[0]["baseline_run_ids"] == ["b1", "b0"]
+
+
+def test_drift_baseline_run_picks_runs_and_an_absent_one_is_one_line(tmp_path, capsys):
     baseline = write_ndjson(
         tmp_path / "base.ndjson",
         synthetic_run("b1", 4, seed=0, unstable=False) + synthetic_run("b2", 4, seed=1, unstable=False),
     )
     current = write_ndjson(tmp_path / "cur.ndjson", synthetic_run("c", 4, seed=2, unstable=False))
-    code, out, err = run_cli(capsys, "drift", "--baseline", str(baseline), str(current), "--json")
-    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--baseline-run" in err
     code, out, _ = run_cli(capsys, "drift", "--baseline", str(baseline), "--baseline-run", "b2", str(current), "--json")
-    assert code == 0 and json_lines(out)[0]["baseline_run_id"] == "b2"
+    assert code == 0 and json_lines(out)[0]["baseline_run_ids"] == ["b2"]
+    code, out, err = run_cli(capsys, "drift", "--baseline", str(baseline), "--baseline-run", "b9", str(current), "--json")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "'b9' not found" in err
+
+
+def test_drift_does_not_compare_a_baseline_run_with_itself(tmp_path, capsys):
+    both = write_ndjson(
+        tmp_path / "both.ndjson",
+        synthetic_run("b1", 4, seed=0, unstable=False) + synthetic_run("c", 4, seed=2, unstable=False),
+    )
+    _, out, _ = run_cli(capsys, "drift", "--baseline", str(both), "--baseline-run", "b1", str(both), "--json")
+    assert [d["run_id"] for d in json_lines(out)] == ["c"]
 
 
 def test_drift_skips_invalid_records_and_says_so(tmp_path, capsys):
@@ -232,7 +266,7 @@ def test_drift_skips_invalid_records_and_says_so(tmp_path, capsys):
     baseline = write_ndjson(tmp_path / "base.ndjson", base)
     current = write_ndjson(tmp_path / "cur.ndjson", cur, ["garbage"])
     code, out, err = run_cli(capsys, "drift", "--baseline", str(baseline), str(current), "--json")
-    assert code == 0 and json_lines(out)[0]["epochs_compared"] == 4
+    assert code == 0 and json_lines(out)[0]["windows_compared"] == 1
     assert "skipped invalid record" in err
 
 

@@ -16,29 +16,34 @@ from avro_schemas.compatibility import check_all
 from avro_schemas.errors import DecodeError, EncodeError
 from avro_schemas.flat_reader import compile_flat_reader
 from avro_schemas.registry import SCHEMA_DIR, crc64_avro, list_families, load_family
-from consumers.drift import DRIFT_FIELDS, EpochDrift
+from consumers.drift import DRIFT_FIELDS, Baseline, DriftSettings, DriftTracker, FieldVerdict, RunDriftSummary
 from consumers.telemetry_watch import Transition
 from ppo_telemetry.cli import main
+from ppo_telemetry.demo import synthetic_run
 
-DRIFT = EpochDrift(
-    run_id="run-b",
-    baseline_run_id="run-a",
-    epoch=7,
-    log_stream_offset=1234,
-    drifts={"policy_loss": 0.25, "value_loss": -1.5, "kl_divergence": 3.0e-9, "learning_rate": 0.0},
-    skipped_fields={
-        "explained_variance": "missing_in_current",
-        "batch_entropy_mean": "missing_in_baseline",
-        "reward_advantage_corr": "zero_baseline",
-    },
-).to_json_dict()
-DRIFT_V1_0 = EpochDrift("run-b", "run-a", 0, None, {}, {name: "missing_in_baseline" for name in DRIFT_FIELDS}).to_json_dict()
+
+def drift_records() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A real verdict-change DriftRecord (fields that differ among them) and the run's summary."""
+    base = [r for seed in (1, 2) for r in synthetic_run(f"run-a{seed}", 80, seed, unstable=False)]
+    tracker = DriftTracker(Baseline.from_records(base, settings=DriftSettings(windows=10)))
+    changes = [c for r in synthetic_run("run-b", 80, 3, unstable=True) if (c := tracker.observe(r)) is not None]
+    return changes[-1].to_record_dict(), tracker.summary("run-b").to_record_dict("summary")
+
+
+DRIFT, DRIFT_SUMMARY = drift_records()
+DRIFT_V1_0 = RunDriftSummary(
+    "run-b", ("run-a",), 0, dict.fromkeys(DRIFT_FIELDS, FieldVerdict("skipped")),
+    dict.fromkeys(DRIFT_FIELDS, "missing_in_baseline"),
+).to_record_dict("summary")
 FIRING = Transition("run-b", "kl_spike", "firing", 12, 99, 0.081, 0.05).to_json_dict()
 RESOLVED = Transition("run-b", "entropy_collapse", "resolved", 40, None, 0.3, 0.069).to_json_dict()
 
 CODECS = {"drift_record": drift_record_codec, "alert": alert_codec}
-RECORDS = [("drift_record", DRIFT), ("drift_record", DRIFT_V1_0), ("alert", FIRING), ("alert", RESOLVED)]
-RECORD_IDS = ["drift", "drift-v1.0-source", "alert-firing", "alert-resolved"]
+RECORDS = [
+    ("drift_record", DRIFT), ("drift_record", DRIFT_SUMMARY), ("drift_record", DRIFT_V1_0),
+    ("alert", FIRING), ("alert", RESOLVED),
+]
+RECORD_IDS = ["drift-change", "drift-summary", "drift-no-record-compared", "alert-firing", "alert-resolved"]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
@@ -68,8 +73,7 @@ def shipped(family: str) -> dict[str, Any]:
     ],
 )
 def test_output_schema_fields_mirror_the_consumer_json_dict_in_order(family, full_name, source_keys):
-    (version,) = load_family(family)
-    assert version.version == "1.0"
+    version = load_family(family)[-1]  # the consumers write the newest version
     assert version.full_name == full_name
     assert list(version.field_names) == source_keys
 
@@ -117,7 +121,7 @@ def test_drift_maps_keep_their_key_order():
 @pytest.mark.parametrize(("family", "record"), RECORDS, ids=RECORD_IDS)
 def test_output_message_header_is_c3_01_then_little_endian_fingerprint(family, record):
     codec = CODECS[family]()
-    (version,) = load_family(family)
+    version = load_family(family)[-1]
     data = codec.encode(record)
     assert data[:2] == MAGIC == b"\xc3\x01"
     expected = crc64_avro(version.canonical_form.encode("utf-8")).to_bytes(8, "little")
@@ -238,7 +242,7 @@ def test_schemas_check_cli_covers_every_shipped_family(capsys):
     assert code == 0
     for family in ("alert", "drift_record", "epoch_summary"):
         assert f"{family}: versions " in out
-    assert "drift_record: versions 1.0 are FULL_TRANSITIVE compatible" in out
+    assert "drift_record: versions 1.0, 1.1 are FULL_TRANSITIVE compatible" in out
     assert "alert: versions 1.0 are FULL_TRANSITIVE compatible" in out
 
 

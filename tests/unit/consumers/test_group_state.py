@@ -1,4 +1,4 @@
-"""The pure pieces the Kafka consumer groups rely on: per-run watch state, per-record drift, DLQ rule names."""
+"""The pure pieces the Kafka consumer groups rely on: per-run watch state, DLQ rule names (drift: test_drift.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 from avro_schemas.codec import epoch_summary_codec
 from avro_schemas.errors import DecodeError
 from avro_schemas.models import EpochSummary
-from consumers.drift import Baseline, DriftTracker
 from consumers.runner import _decode_rule
 from consumers.telemetry_watch import Watch, WatchStateError
 from ppo_telemetry.demo import synthetic_run
@@ -48,14 +47,6 @@ def test_watch_run_state_is_none_for_an_unknown_run_and_forgetting_resets_a_run(
 def test_a_malformed_run_state_is_refused(entry):
     with pytest.raises(WatchStateError):
         Watch().restore_run("r", entry)
-
-
-def test_baseline_compare_is_the_tracker_s_per_epoch_drift_without_its_memory():
-    baseline = Baseline.from_records(models("base", 10, 4, False))
-    current = models("cur", 12, 5, True)
-    tracker = DriftTracker(baseline)
-    assert [baseline.compare(r) for r in current] == [tracker.observe(r) for r in current]
-    assert baseline.compare(current[11]) is None  # the baseline has no epoch 11
 
 
 def decode_failure(data: bytes) -> str:
