@@ -7,8 +7,9 @@
   field's verdict changes and one summary when the run goes idle (`on_idle`, called by the runner); the
   baseline runs' own records are not compared with themselves; the drift state per run travels with the
   runner's state.
-- `WatchGroup` (`ppo-telemetry-watch`): one `Alert` per rule transition to `ppo.telemetry.alerts`; the
-  rules' state per run travels with the runner's state (so it survives restarts and rebalances).
+- `WatchGroup` (`ppo-telemetry-watch`): one `Alert` (v1.1: the transition's evidence) per rule transition
+  to `ppo.telemetry.alerts`; the rules' state per run (machines and reference levels, a few numbers per
+  rule) travels with the runner's state, so it survives restarts and rebalances.
 
 Each is the pure core of its module (`validator`, `drift`, `telemetry_watch`) plus the encoding of its
 outputs; the runner does the validation, dedupe, transactions and state.
@@ -160,7 +161,7 @@ class WatchGroup:
 
     def on_record(self, record: EpochSummary, verdict: Verdict) -> list[Output]:
         return [
-            Output(ALERTS_TOPIC, record.run_id.encode(), self.codec.encode(t.to_json_dict()))
+            Output(ALERTS_TOPIC, record.run_id.encode(), self.codec.encode(t.to_avro_dict()))
             for t in self.watch.observe(record)
         ]
 

@@ -1,13 +1,25 @@
-"""Alert rules over a run's epochs (SPEC §6): the pure core, no Kafka; the only I/O is reading the rules file.
+"""Alert rules over a run's epochs (SPEC §6, alerts v2): the pure core, no Kafka; the only I/O is reading the rules file.
 
-Each rule is a two-state machine per run: it emits `firing` when its condition becomes true and
-`resolved` when it becomes false again, nothing while the state holds, and a null value leaves the
-state as it is. Only v1.1 records are evaluated, since every rule reads v1.1 fields. Records are assumed
-valid and free of duplicates (see `consumers.validator`).
+Each rule is a two-state machine per run (`firing`, `resolved`) with hysteresis:
 
-The state (per run: the first non-null `batch_entropy_mean` and the rules firing) is small and
-JSON-serialisable, so the Kafka runner can store it with its commits and resume after a restart
-without re-emitting or losing a transition.
+- a rule is *evaluated* on a record when the record carries the values it reads (null values and, for
+  rules reading v1.1 fields, v1.0 records leave its state exactly as it is). Per-epoch rules are
+  evaluated on every record; per-cycle rules (their values are computed once per rollout and repeat on
+  every epoch of the cycle) on the first record of each cycle, a cycle being the records of one
+  `global_step` (it advances once per rollout);
+- it fires when its condition held on `hold` consecutive evaluations, never in the first `warmup`
+  evaluations of the run (its reference is still being learned) nor within `cooldown` evaluations after
+  it resolved; it resolves when the condition was false on `clear` consecutive evaluations.
+
+Conditions compare with the run's own history where the scale depends on the environment (KL, gradient
+norm, value loss: a slow exponential moving average of the logarithm, learned only from evaluations where
+the condition is false, so a fault never becomes the new normal) and with natural bounds where they
+exist (entropy's start, explained variance ≤ 1, a correlation, the run's best return). docs/signals.md
+gives each rule's condition, defaults and the evidence behind them.
+
+The state (per run and rule: the machine and a few reference numbers) is small, bounded and
+JSON-serialisable, so the Kafka runner stores it with its commits and resumes after a restart without
+re-emitting or losing a transition.
 """
 
 from __future__ import annotations
@@ -15,22 +27,28 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar, Literal
 
 from avro_schemas.errors import TelemetryError
 from avro_schemas.models import EpochSummary
 
 __all__ = [
     "RULE_NAMES",
+    "SEVERITIES",
     "TransitionState",
+    "Severity",
     "RulesError",
     "WatchStateError",
     "EntropyCollapseRule",
     "KlSpikeRule",
     "GradExplosionRule",
     "GaeSanityRule",
+    "ValueDivergenceRule",
+    "ReturnCollapseRule",
+    "ClipInactiveRule",
+    "LrJumpRule",
     "RulesConfig",
     "load_rules",
     "rules_from_mapping",
@@ -38,11 +56,17 @@ __all__ = [
     "Watch",
 ]
 
-RULE_NAMES: tuple[str, ...] = ("entropy_collapse", "kl_spike", "grad_explosion", "gae_sanity")
+RULE_NAMES: tuple[str, ...] = (
+    "entropy_collapse", "kl_spike", "grad_explosion", "gae_sanity", "value_divergence", "return_collapse",
+    "clip_inactive", "lr_jump",
+)
+SEVERITIES: tuple[str, ...] = ("warning", "critical")
 
 TransitionState = Literal["firing", "resolved"]
+Severity = Literal["warning", "critical"]
 
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+_TINY = 1e-12  # below any meaningful loss, norm or KL: keeps log() finite on exact zeros
 
 
 class RulesError(TelemetryError):
@@ -53,40 +77,203 @@ class WatchStateError(TelemetryError):
     """A state snapshot handed to `Watch.restore` that is not one `Watch.state_snapshot` could have made."""
 
 
+# --- settings -------------------------------------------------------------------------------------
+# Each key's allowed range: ("int", low) or ("float", low, high, low_inclusive); checked on rules files.
+
+
+def _int(default: int, low: int) -> Any:
+    return field(default=default, metadata={"range": ("int", low)})
+
+
+def _float(default: float, low: float, high: float = math.inf, low_inclusive: bool = True) -> Any:
+    return field(default=default, metadata={"range": ("float", low, high, low_inclusive)})
+
+
 @dataclass(frozen=True, slots=True)
 class EntropyCollapseRule:
-    """Fires when `batch_entropy_mean < max(floor, ratio × the run's first batch_entropy_mean)`."""
+    """Fires when `batch_entropy_mean` falls fast, far below the run's own recent level (per epoch).
+
+    A run whose first entropy is ln k (a k-action categorical policy starts near uniform) compares ratios:
+    entropy < `ratio` × its level. Other runs (a Gaussian policy's differential entropy may be negative)
+    compare differences: entropy < its level − `drop_nats`. The level is a moving average (rate `rate` per
+    epoch; of log entropy for ratios) of the epochs where the condition was false.
+    """
 
     enabled: bool = True
-    floor: float = 0.01
-    ratio: float = 0.1
+    severity: str = "critical"
+    hold: int = _int(10, 1)
+    clear: int = _int(40, 1)
+    cooldown: int = _int(200, 0)
+    warmup: int = _int(100, 0)
+    ratio: float = _float(0.3, 0.0, 1.0, False)
+    drop_nats: float = _float(1.5, 0.0, low_inclusive=False)
+    rate: float = _float(0.01, 0.0, 1.0, False)
+
+    per_cycle: ClassVar[bool] = False
+    needs_v1_1: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
 class KlSpikeRule:
-    """Fires when `kl_divergence_max > threshold`."""
+    """Fires when `kl_divergence_max > max(floor, factor × the run's recent level)` (per epoch).
+
+    The level is the geometric moving average (rate `rate` per cycle) of each cycle's largest
+    `kl_divergence_max`, over the cycles where the condition did not hold; `floor` (nats) keeps the rule
+    quiet on moves too small to matter, whatever the run's level.
+    """
 
     enabled: bool = True
-    threshold: float = 0.05
+    severity: str = "warning"
+    hold: int = _int(3, 1)
+    clear: int = _int(40, 1)
+    cooldown: int = _int(200, 0)
+    warmup: int = _int(100, 0)
+    factor: float = _float(10.0, 1.0, low_inclusive=False)
+    floor: float = _float(0.1, 0.0)
+    rate: float = _float(0.1, 0.0, 1.0, False)
+
+    per_cycle: ClassVar[bool] = False
+    needs_v1_1: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
 class GradExplosionRule:
-    """Fires when `grad_norm_max > threshold`."""
+    """Fires when `grad_norm_max > factor × max(the run's recent level, its level at the end of warm-up)`.
+
+    Per epoch. The level is the geometric moving average (rate `rate` per epoch) of the epochs where the
+    condition was false. The start level stands beside the recent one because a solved task's gradients
+    shrink by orders of magnitude and grow back on a single failed episode.
+    """
 
     enabled: bool = True
-    threshold: float = 10.0
+    severity: str = "critical"
+    hold: int = _int(10, 1)
+    clear: int = _int(40, 1)
+    cooldown: int = _int(200, 0)
+    warmup: int = _int(100, 0)
+    factor: float = _float(30.0, 1.0, low_inclusive=False)
+    rate: float = _float(0.01, 0.0, 1.0, False)
+
+    per_cycle: ClassVar[bool] = False
+    needs_v1_1: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
 class GaeSanityRule:
-    """Fires when `reward_advantage_corr` is not null and `< threshold`."""
+    """Fires when `reward_advantage_corr < threshold` (per cycle; a null correlation is not evaluated).
+
+    Advantages are built from rewards (A = r + γV(s') − V(s) + ...), so they correlate positively with them;
+    a clearly negative correlation means rewards, values or advantages are wired wrongly.
+    """
 
     enabled: bool = True
-    threshold: float = 0.0
+    severity: str = "warning"
+    hold: int = _int(2, 1)
+    clear: int = _int(3, 1)
+    cooldown: int = _int(10, 0)
+    warmup: int = _int(5, 0)
+    threshold: float = _float(-0.3, -1.0, 1.0)
+
+    per_cycle: ClassVar[bool] = True
+    needs_v1_1: ClassVar[bool] = True
 
 
-_Rule = EntropyCollapseRule | KlSpikeRule | GradExplosionRule | GaeSanityRule
+@dataclass(frozen=True, slots=True)
+class ValueDivergenceRule:
+    """Fires when the value function stops explaining the returns or its loss blows up (per cycle).
+
+    Condition: `explained_variance < min(ev_max, level − ev_drop)`, the level being the moving average (rate
+    `rate` per cycle) of the cycles where the condition was false; or the cycle's first `value_loss` (the
+    loss on fresh data, before any update on it) above `loss_factor` × the larger of its recent geometric
+    level and its level at the end of warm-up.
+    """
+
+    enabled: bool = True
+    severity: str = "warning"
+    hold: int = _int(2, 1)
+    clear: int = _int(3, 1)
+    cooldown: int = _int(10, 0)
+    warmup: int = _int(10, 0)
+    ev_drop: float = _float(0.3, 0.0, low_inclusive=False)
+    ev_spread: float = _float(8.0, 0.0)
+    ev_max: float = _float(0.5, -math.inf, 1.0)
+    loss_factor: float = _float(3.0, 1.0, low_inclusive=False)
+    rate: float = _float(0.1, 0.0, 1.0, False)
+
+    per_cycle: ClassVar[bool] = True
+    needs_v1_1: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnCollapseRule:
+    """Fires when the mean episode return lost `fraction` of what the run had gained (per cycle).
+
+    Condition: `mean_episode_return < best − fraction × (best − start)`, where `start` is the smoothed
+    return at the end of warm-up, `best` the highest smoothed return since (a moving average, rate
+    `rate` per cycle, so a lucky cycle is not the best), and the gain `best − start` must exceed
+    `min_gain` × the return's own typical deviation (a run that never learned cannot collapse).
+    """
+
+    enabled: bool = True
+    severity: str = "critical"
+    hold: int = _int(3, 1)
+    clear: int = _int(3, 1)
+    cooldown: int = _int(10, 0)
+    warmup: int = _int(10, 0)
+    fraction: float = _float(0.6, 0.0, 1.0, False)
+    min_gain: float = _float(3.0, 0.0)
+    rate: float = _float(0.2, 0.0, 1.0, False)
+
+    per_cycle: ClassVar[bool] = True
+    needs_v1_1: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClipInactiveRule:
+    """Fires when the policy moved (`kl_divergence_max > kl_min`) yet `clip_fraction` is exactly 0 (per epoch).
+
+    A k3 KL of 0.01 means ratios typically 0.14 away from 1: beyond any usual clip range (0.1-0.3) for some
+    samples. None clipped means clipping is off or its range is far too wide.
+    """
+
+    enabled: bool = True
+    severity: str = "warning"
+    hold: int = _int(3, 1)
+    clear: int = _int(40, 1)
+    cooldown: int = _int(200, 0)
+    warmup: int = _int(100, 0)
+    kl_min: float = _float(0.01, 0.0, low_inclusive=False)
+
+    per_cycle: ClassVar[bool] = False
+    needs_v1_1: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class LrJumpRule:
+    """Fires when `learning_rate > factor × its recent level` (per cycle).
+
+    Schedules lower the learning rate or keep it; a jump by several times after warm-up is a
+    configuration or checkpoint-restore mistake. The level is the moving average (rate `rate` per cycle)
+    of the cycles where the condition did not hold.
+    """
+
+    enabled: bool = True
+    severity: str = "warning"
+    hold: int = _int(1, 1)
+    clear: int = _int(3, 1)
+    cooldown: int = _int(10, 0)
+    warmup: int = _int(5, 0)
+    factor: float = _float(3.0, 1.0, low_inclusive=False)
+    rate: float = _float(0.1, 0.0, 1.0, False)
+
+    per_cycle: ClassVar[bool] = True
+    needs_v1_1: ClassVar[bool] = False
+
+
+_Rule = (
+    EntropyCollapseRule | KlSpikeRule | GradExplosionRule | GaeSanityRule | ValueDivergenceRule | ReturnCollapseRule
+    | ClipInactiveRule | LrJumpRule
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,34 +284,47 @@ class RulesConfig:
     kl_spike: KlSpikeRule = field(default_factory=KlSpikeRule)
     grad_explosion: GradExplosionRule = field(default_factory=GradExplosionRule)
     gae_sanity: GaeSanityRule = field(default_factory=GaeSanityRule)
+    value_divergence: ValueDivergenceRule = field(default_factory=ValueDivergenceRule)
+    return_collapse: ReturnCollapseRule = field(default_factory=ReturnCollapseRule)
+    clip_inactive: ClipInactiveRule = field(default_factory=ClipInactiveRule)
+    lr_jump: LrJumpRule = field(default_factory=LrJumpRule)
 
     @classmethod
     def default(cls) -> RulesConfig:
-        """Every rule enabled with the defaults of SPEC §6."""
+        """Every rule enabled with its defaults (docs/signals.md)."""
         return cls()
 
 
 assert tuple(f.name for f in fields(RulesConfig)) == RULE_NAMES, "RulesConfig and RULE_NAMES differ"
 
 
-def _check_number(value: Any, where: str, key: str) -> float:
-    # bool is an int subclass, and `enabled = true` typed into `threshold` must not read as 1.0.
+# --- the rules file -------------------------------------------------------------------------------
+
+
+def _check_value(value: Any, spec: tuple[Any, ...], where: str, key: str) -> int | float:
+    # bool is an int subclass, and `enabled = true` typed into a number must not read as 1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RulesError(f"{where} key {key!r} must be a number, got {value!r}")
+    if spec[0] == "int":
+        if not isinstance(value, int):
+            raise RulesError(f"{where} key {key!r} must be an integer, got {value!r}")
+        if value < spec[1]:
+            raise RulesError(f"{where} key {key!r} must be >= {spec[1]}, got {value!r}")
+        return value
     number = float(value)
+    _, low, high, low_inclusive = spec
     if not math.isfinite(number):
         raise RulesError(f"{where} key {key!r} must be finite, got {value!r}")
-    if key == "floor" and number < 0:
-        raise RulesError(f"{where} key 'floor' must be >= 0, got {value!r}")
-    if key == "ratio" and not 0 <= number <= 1:
-        raise RulesError(f"{where} key 'ratio' must be in [0, 1], got {value!r}")
+    if number > high or number < low or (number == low and not low_inclusive):
+        bound = f"{'>=' if low_inclusive else '>'} {low:g}" if high == math.inf else f"in {'[' if low_inclusive else '('}{low:g}, {high:g}]"
+        raise RulesError(f"{where} key {key!r} must be {bound}, got {value!r}")
     return number
 
 
 def _rule_from_table(default: _Rule, table: Any, where: str) -> _Rule:
     if not isinstance(table, Mapping):
         raise RulesError(f"{where} must be a table, got {table!r}")
-    known = [f.name for f in fields(default)]
+    known = {f.name: f for f in fields(default)}
     changes: dict[str, Any] = {}
     for key, value in table.items():
         if key not in known:
@@ -133,8 +333,12 @@ def _rule_from_table(default: _Rule, table: Any, where: str) -> _Rule:
             if not isinstance(value, bool):
                 raise RulesError(f"{where} key 'enabled' must be true or false, got {value!r}")
             changes[key] = value
+        elif key == "severity":
+            if value not in SEVERITIES:
+                raise RulesError(f"{where} key 'severity' must be one of {', '.join(SEVERITIES)}, got {value!r}")
+            changes[key] = value
         else:
-            changes[key] = _check_number(value, where, key)
+            changes[key] = _check_value(value, known[key].metadata["range"], where, key)
     return replace(default, **changes)
 
 
@@ -142,7 +346,7 @@ def rules_from_mapping(data: Mapping[str, Any], source: str = "<rules>") -> Rule
     """Build a `RulesConfig` from a parsed rules mapping (one table per rule); unset values keep defaults.
 
     `source` names the origin in error messages. Raises `RulesError` for an unknown rule or key, a value
-    of the wrong type, a non-finite number, `floor < 0` or `ratio` outside [0, 1].
+    of the wrong type, or a number outside its key's range.
     """
     default = RulesConfig.default()
     rules: dict[str, _Rule] = {}
@@ -167,21 +371,29 @@ def load_rules(path: str | os.PathLike[str]) -> RulesConfig:
     return rules_from_mapping(data, source)
 
 
+# --- transitions ----------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     """A rule of a run changing state at one record (SPEC §7 `watch` output, the `ppo.telemetry.alerts` topic).
 
-    `threshold` is the one the value was compared with; for `entropy_collapse` the computed
-    `max(floor, ratio × first batch_entropy_mean)`.
+    `value` is what the rule compared and `reference` what it was compared with (a threshold, or the
+    threshold derived from the run's own level); `since_epoch` is the epoch from which the condition held
+    (firing) or no longer held (resolved).
     """
 
     run_id: str
     rule: str
     state: TransitionState
+    severity: Severity
     epoch: int
+    global_step: int
     log_stream_offset: int | None
     value: float
-    threshold: float
+    reference: float
+    since_epoch: int
+    summary: str
 
     def to_json_dict(self) -> dict[str, Any]:
         """The transition as the JSON object of SPEC §7, keys in the spec's order."""
@@ -189,52 +401,319 @@ class Transition:
             "run_id": self.run_id,
             "rule": self.rule,
             "state": self.state,
+            "severity": self.severity,
             "epoch": self.epoch,
+            "global_step": self.global_step,
             "log_stream_offset": self.log_stream_offset,
             "value": self.value,
-            "threshold": self.threshold,
+            "reference": self.reference,
+            "since_epoch": self.since_epoch,
+            "summary": self.summary,
         }
 
+    def to_avro_dict(self) -> dict[str, Any]:
+        """The `ppo.telemetry.Alert` v1.1 record: the JSON object plus `threshold` (= `reference`), kept
+        because v1.0 readers require it."""
+        doc = self.to_json_dict()
+        doc["threshold"] = self.reference
+        return doc
 
-@dataclass(slots=True)
+
+# --- per-run state --------------------------------------------------------------------------------
+
+
+class _RuleState:
+    """One rule's machine and references for one run; every attribute is a JSON number (or None/bool)."""
+
+    __slots__ = (
+        "firing", "streak", "since", "cooldown", "evaluations",
+        "level", "start", "best", "spread", "loss_level", "loss_start", "ratio_mode",
+    )
+    _NUMBERS = ("level", "start", "best", "spread", "loss_level", "loss_start")
+
+    def __init__(self) -> None:
+        self.firing = False
+        self.streak = 0  # consecutive evaluations with the condition true (resolved) or false (firing)
+        self.since = 0  # the epoch the current streak began
+        self.cooldown = 0  # evaluations left before the rule may fire again
+        self.evaluations = 0
+        self.level: float | None = None  # the run's recent level (log scale where the rule compares ratios)
+        self.start: float | None = None  # the level at the end of warm-up
+        self.best: float | None = None  # return_collapse: the best smoothed return
+        self.spread: float | None = None  # return_collapse: mean absolute deviation from the level
+        self.loss_level: float | None = None  # value_divergence: log value_loss, recent
+        self.loss_start: float | None = None  # value_divergence: log value_loss at the end of warm-up
+        self.ratio_mode: bool | None = None  # entropy_collapse: ratios (categorical start) or differences
+
+    def to_json(self) -> dict[str, Any]:
+        """The state as a JSON object (only what is set)."""
+        out: dict[str, Any] = {"firing": self.firing, "streak": self.streak, "since": self.since,
+                               "cooldown": self.cooldown, "evaluations": self.evaluations}
+        for name in (*self._NUMBERS, "ratio_mode"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, entry: Any, where: str) -> _RuleState:
+        """The inverse of `to_json`; `WatchStateError` for anything it could not have made."""
+        if not isinstance(entry, Mapping):
+            raise WatchStateError(f"{where} is not an object")
+        state = cls()
+        for name in ("firing", "ratio_mode"):
+            value = entry.get(name, False if name == "firing" else None)
+            if value is not None and not isinstance(value, bool):
+                raise WatchStateError(f"{where}: {name} is {value!r}")
+            setattr(state, name, value)
+        for name in ("streak", "since", "cooldown", "evaluations"):
+            value = entry.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or (value < 0 and name != "since"):
+                raise WatchStateError(f"{where}: {name} is {value!r}")
+            setattr(state, name, value)
+        for name in cls._NUMBERS:
+            value = entry.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise WatchStateError(f"{where}: {name} is {value!r}")
+            setattr(state, name, float(value))
+        unknown = set(entry) - set(cls.__slots__) - {"firing", "since"}
+        if unknown:
+            raise WatchStateError(f"{where}: unknown keys {sorted(unknown)}")
+        return state
+
+
 class _RunState:
-    first_entropy: float | None = None
-    firing: set[str] = field(default_factory=set)
+    """One run: the global_step of its current cycle and each rule's state."""
+
+    __slots__ = ("cycle_step", "rules")
+
+    def __init__(self) -> None:
+        self.cycle_step: int | None = None
+        self.rules: dict[str, _RuleState] = {name: _RuleState() for name in RULE_NAMES}
 
 
-# A rule's reading of one record: (value, threshold, condition), or None when the value is null.
-_Reading = tuple[float, float, bool] | None
+# --- the rules' readings --------------------------------------------------------------------------
+# A reading is (value, reference, condition, summary maker) or None when the record gives the rule nothing
+# to evaluate. Readers also learn: they update the references from values where the condition is false.
 
 
-def _read_entropy_collapse(rule: EntropyCollapseRule, record: EpochSummary, run: _RunState) -> _Reading:
+def _ema(level: float | None, value: float, rate: float) -> float:
+    return value if level is None else level + rate * (value - level)
+
+
+def _fmt(number: float) -> str:
+    return f"{number:.3g}"
+
+
+def _read_entropy(rule: EntropyCollapseRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
     value = record.batch_entropy_mean
-    if value is None or run.first_entropy is None:
+    if value is None:
         return None
-    threshold = max(rule.floor, rule.ratio * run.first_entropy)
-    return value, threshold, value < threshold
+    if st.ratio_mode is None:
+        st.ratio_mode = _categorical_start(value)
+    if st.ratio_mode and value < 0:
+        # Differential entropy: the first value only looked like ln k. Start over on the nats scale.
+        st.ratio_mode, st.level = False, None
+    if st.ratio_mode:
+        log_value = math.log(max(value, _TINY))
+        reference = rule.ratio * math.exp(st.level) if st.level is not None else 0.0
+        condition = st.level is not None and value < reference
+        if not condition or st.evaluations < rule.warmup:
+            st.level = _ema(st.level, log_value, rule.rate)
+    else:
+        reference = st.level - rule.drop_nats if st.level is not None else -math.inf
+        condition = st.level is not None and value < reference
+        if not condition or st.evaluations < rule.warmup:
+            st.level = _ema(st.level, value, rule.rate)
+    return value, reference, condition
 
 
-def _read_kl_spike(rule: KlSpikeRule, record: EpochSummary, run: _RunState) -> _Reading:
+def _categorical_start(entropy: float) -> bool:
+    """Whether a first entropy is ln k for an integer k ≥ 2: a categorical policy's start near uniform."""
+    if entropy <= 0.5:
+        return False
+    k = round(math.exp(entropy))
+    return k >= 2 and abs(entropy - math.log(k)) <= 0.01 * entropy
+
+
+def _read_log_level(
+    value: float | None, factor: float, rate: float, warmup: int, st: _RuleState, floor: float = 0.0, with_start: bool = False
+) -> tuple[float, float, bool] | None:
+    """value > max(floor, factor × level) on a geometric moving level (and its start level if asked)."""
+    if value is None:
+        return None
+    log_value = math.log(max(value, _TINY))
+    if st.level is None:
+        st.level = log_value
+        return value, math.inf, False
+    level = st.level if not with_start or st.start is None else max(st.level, st.start)
+    reference = max(floor, factor * math.exp(level))
+    condition = value > reference
+    if not condition or st.evaluations < warmup:
+        st.level += rate * (log_value - st.level)
+    if with_start and st.start is None and st.evaluations + 1 >= warmup:
+        st.start = st.level
+    return value, reference, condition
+
+
+def _read_kl(rule: KlSpikeRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
     value = record.kl_divergence_max
-    return None if value is None else (value, rule.threshold, value > rule.threshold)
+    if value is None:
+        return None
+    # KL grows through a cycle's epochs as the policy leaves the one that collected the data, so the
+    # level is that of each cycle's largest KL: `best` holds the current cycle's (log) maximum and
+    # `spread` its global_step; it joins the level when the cycle ends without the condition holding.
+    if st.spread != record.global_step:
+        if st.best is not None and not st.ratio_mode:
+            st.level = _ema(st.level, st.best, rule.rate)
+        st.best, st.spread, st.ratio_mode = None, float(record.global_step), False
+    reference = rule.floor if st.level is None else max(rule.floor, rule.factor * math.exp(st.level))
+    condition = value > reference and st.level is not None
+    if value > 0.0:
+        log_value = math.log(value)
+        st.best = log_value if st.best is None else max(st.best, log_value)
+    if condition and st.evaluations >= rule.warmup:
+        st.ratio_mode = True  # this cycle's maximum is not learned from
+    return value, reference, condition
 
 
-def _read_grad_explosion(rule: GradExplosionRule, record: EpochSummary, run: _RunState) -> _Reading:
-    value = record.grad_norm_max
-    return None if value is None else (value, rule.threshold, value > rule.threshold)
+def _read_grad(rule: GradExplosionRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+    return _read_log_level(record.grad_norm_max, rule.factor, rule.rate, rule.warmup, st, with_start=True)
 
 
-def _read_gae_sanity(rule: GaeSanityRule, record: EpochSummary, run: _RunState) -> _Reading:
+def _read_gae(rule: GaeSanityRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
     value = record.reward_advantage_corr
     return None if value is None else (value, rule.threshold, value < rule.threshold)
 
 
-_READERS: dict[str, Callable[[Any, EpochSummary, _RunState], _Reading]] = {
-    "entropy_collapse": _read_entropy_collapse,
-    "kl_spike": _read_kl_spike,
-    "grad_explosion": _read_grad_explosion,
-    "gae_sanity": _read_gae_sanity,
+def _read_value(rule: ValueDivergenceRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+    ev = record.explained_variance
+    loss = record.value_loss
+    # Two halves, one machine: the explained variance against its level, the loss against its levels.
+    if st.loss_level is None:
+        loss_reference = math.inf
+    else:
+        loss_reference = rule.loss_factor * math.exp(st.loss_level if st.loss_start is None else max(st.loss_level, st.loss_start))
+    loss_condition = loss > loss_reference
+    if ev is None or st.level is None:
+        ev_reference, ev_condition = -math.inf, False
+    else:
+        ev_reference = min(rule.ev_max, st.level - max(rule.ev_drop, rule.ev_spread * (st.spread or 0.0)))
+        ev_condition = ev < ev_reference
+    condition = ev_condition or loss_condition
+    if not condition or st.evaluations < rule.warmup:
+        if ev is not None:
+            if st.level is not None:
+                st.spread = _ema(st.spread, abs(ev - st.level), rule.rate)
+            st.level = _ema(st.level, ev, rule.rate)
+        st.loss_level = _ema(st.loss_level, math.log(max(loss, _TINY)), rule.rate)
+        if st.loss_start is None and st.evaluations + 1 >= rule.warmup:
+            st.loss_start = st.loss_level
+    if loss_condition and not ev_condition:
+        return loss, loss_reference, True
+    if ev is None:
+        return None  # nothing but a quiet loss to evaluate: the explained variance's state stays as it is
+    return ev, ev_reference, condition
+
+
+def _read_return(rule: ReturnCollapseRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+    value = record.mean_episode_return
+    if value is None:
+        return None
+    if st.level is None:
+        st.level, st.spread = value, 0.0
+        return value, -math.inf, False
+    reference = -math.inf
+    condition = False
+    if st.start is not None and st.best is not None:
+        gain = st.best - st.start
+        if gain > rule.min_gain * (st.spread or 0.0) and gain > 0:
+            reference = st.best - rule.fraction * gain
+            condition = value < reference
+    if not condition or st.evaluations < rule.warmup:
+        deviation = abs(value - st.level)
+        st.level += rule.rate * (value - st.level)
+        st.spread = _ema(st.spread, deviation, rule.rate)
+        if st.start is None:
+            if st.evaluations + 1 >= rule.warmup:
+                st.start = st.best = st.level
+        elif st.level > st.best:  # type: ignore[operator]
+            st.best = st.level
+    return value, reference, condition
+
+
+def _read_clip(rule: ClipInactiveRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+    kl = record.kl_divergence_max
+    if kl is None:
+        return None
+    return record.clip_fraction, kl, record.clip_fraction == 0.0 and kl > rule.kl_min
+
+
+def _read_lr(rule: LrJumpRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+    value = record.learning_rate
+    reference = math.inf if st.level is None else rule.factor * st.level
+    condition = value > reference
+    if not condition or st.evaluations < rule.warmup:
+        st.level = _ema(st.level, value, rule.rate)
+    return value, reference, condition
+
+
+_READERS: dict[str, Any] = {
+    "clip_inactive": _read_clip,
+    "lr_jump": _read_lr,
+    "entropy_collapse": _read_entropy,
+    "kl_spike": _read_kl,
+    "grad_explosion": _read_grad,
+    "gae_sanity": _read_gae,
+    "value_divergence": _read_value,
+    "return_collapse": _read_return,
 }
+
+
+# --- summaries: one line a person understands without the docs ------------------------------------
+
+
+def _summary(name: str, firing: bool, value: float, reference: float, since: int, record: EpochSummary) -> str:
+    held = f"since epoch {since}"
+    if name == "entropy_collapse":
+        if firing:
+            return f"policy entropy fell fast to {_fmt(value)} nats, below {_fmt(reference)} (far under the run's recent level), {held}: the policy is turning deterministic"
+        return f"policy entropy {_fmt(value)} nats is back above {_fmt(reference)}, {held}"
+    if name == "kl_spike":
+        if firing:
+            return f"max KL per update {_fmt(value)} is above {_fmt(reference)} (many times the run's recent level), {held}: updates move the policy too far"
+        return f"max KL per update {_fmt(value)} is back under {_fmt(reference)}, {held}"
+    if name == "grad_explosion":
+        if firing:
+            return f"gradient norm before clipping {_fmt(value)} is above {_fmt(reference)} (many times the run's usual), {held}"
+        return f"gradient norm before clipping {_fmt(value)} is back under {_fmt(reference)}, {held}"
+    if name == "gae_sanity":
+        if firing:
+            return f"rewards and advantages correlate at {_fmt(value)}, under {_fmt(reference)}, {held}: check reward, value and advantage wiring"
+        return f"rewards and advantages correlate at {_fmt(value)} again, above {_fmt(reference)}, {held}"
+    if name == "value_divergence":
+        what = "value loss" if value == record.value_loss and value != record.explained_variance else "explained variance"
+        if firing and what == "value loss":
+            return f"value loss {_fmt(value)} on fresh data is above {_fmt(reference)} (many times the run's usual), {held}"
+        if firing:
+            return f"explained variance fell to {_fmt(value)}, under {_fmt(reference)}, {held}: the value function no longer predicts returns"
+        return f"{what} {_fmt(value)} is back within {_fmt(reference)}, {held}"
+    if name == "clip_inactive":
+        if firing:
+            return f"no sample was clipped while the policy moved by KL {_fmt(reference)}, {held}: is PPO clipping off or its range too wide?"
+        return f"clipping active again (clip fraction {_fmt(value)}), {held}"
+    if name == "lr_jump":
+        if firing:
+            return f"learning rate jumped to {_fmt(value)}, above {_fmt(reference)} ({_fmt(value / reference * 1)}x the limit), {held}: check the optimizer settings"
+        return f"learning rate {_fmt(value)} is back under {_fmt(reference)}, {held}"
+    if firing:
+        return f"mean episode return {_fmt(value)} fell below {_fmt(reference)} (most of the run's gain lost), {held}"
+    return f"mean episode return {_fmt(value)} is back above {_fmt(reference)}, {held}"
+
+
+# --- the watch ------------------------------------------------------------------------------------
 
 
 class Watch:
@@ -244,6 +723,9 @@ class Watch:
         """Watch with `config` (the defaults when None), resuming from a `state_snapshot()` when given."""
         self._config = config if config is not None else RulesConfig.default()
         self._runs: dict[str, _RunState] = {}
+        self._enabled = [
+            (name, getattr(self._config, name), _READERS[name]) for name in RULE_NAMES if getattr(self._config, name).enabled
+        ]
         if state is not None:
             self.restore(state)
 
@@ -253,72 +735,78 @@ class Watch:
         return self._config
 
     def observe(self, record: EpochSummary) -> list[Transition]:
-        """Evaluate the enabled rules on one record; the transitions it causes, in rule order.
-
-        A v1.0 record is not evaluated and leaves the state untouched.
-        """
-        if record.telemetry_version != "1.1":
-            return []
-        run = self._runs.setdefault(record.run_id, _RunState())
-        # Kept whether or not entropy_collapse is enabled, so the rule's reference survives a config change.
-        if run.first_entropy is None and record.batch_entropy_mean is not None:
-            run.first_entropy = record.batch_entropy_mean
+        """Evaluate the enabled rules on one (valid, deduplicated) record; the transitions it causes, in rule order."""
+        run = self._runs.get(record.run_id)
+        if run is None:
+            run = self._runs[record.run_id] = _RunState()
+        new_cycle = record.global_step != run.cycle_step
+        run.cycle_step = record.global_step
+        v1_1 = record.telemetry_version == "1.1"
         transitions: list[Transition] = []
-        for name in RULE_NAMES:
-            rule = getattr(self._config, name)
-            if not rule.enabled:
+        for name, rule, reader in self._enabled:
+            if (rule.per_cycle and not new_cycle) or (rule.needs_v1_1 and not v1_1):
                 continue
-            reading = _READERS[name](rule, record, run)
+            st = run.rules[name]
+            reading = reader(rule, record, st)
             if reading is None:
                 continue
-            value, threshold, condition = reading
-            if condition == (name in run.firing):
-                continue
-            if condition:
-                run.firing.add(name)
-            else:
-                run.firing.discard(name)
-            transitions.append(
-                Transition(
-                    run_id=record.run_id,
-                    rule=name,
-                    state="firing" if condition else "resolved",
-                    epoch=record.epoch,
-                    log_stream_offset=record.log_stream_offset,
-                    value=float(value),
-                    threshold=float(threshold),
-                )
-            )
+            changed = self._step(rule, st, reading[2], record.epoch)
+            if changed:
+                value, reference = float(reading[0]), float(reading[1])
+                transitions.append(Transition(
+                    run_id=record.run_id, rule=name, state="firing" if st.firing else "resolved",
+                    severity=rule.severity, epoch=record.epoch, global_step=record.global_step,
+                    log_stream_offset=record.log_stream_offset, value=value, reference=reference,
+                    since_epoch=st.since, summary=_summary(name, st.firing, value, reference, st.since, record),
+                ))
         return transitions
+
+    @staticmethod
+    def _step(rule: _Rule, st: _RuleState, condition: bool, epoch: int) -> bool:
+        """Advance one rule's machine by one evaluation; True when its state changed."""
+        st.evaluations += 1
+        if st.firing:
+            if condition:
+                st.streak = 0
+                return False
+            if st.streak == 0:
+                st.since = epoch
+            st.streak += 1
+            if st.streak < rule.clear:
+                return False
+            st.firing, st.streak, st.cooldown = False, 0, rule.cooldown
+            return True
+        cooling = st.cooldown > 0  # this evaluation is one of the `cooldown` after the last resolve
+        if cooling:
+            st.cooldown -= 1
+        if not condition:
+            st.streak = 0
+            return False
+        if st.streak == 0:
+            st.since = epoch
+        st.streak += 1
+        if st.streak < rule.hold or cooling or st.evaluations <= rule.warmup:
+            return False
+        st.firing, st.streak = True, 0
+        return True
 
     def state_snapshot(self) -> dict[str, Any]:
         """The rule state of every run as a JSON-serialisable dict, for `restore` after a restart."""
-        return {
-            "version": _SNAPSHOT_VERSION,
-            "runs": {
-                run_id: {
-                    "first_batch_entropy_mean": run.first_entropy,
-                    "firing": [name for name in RULE_NAMES if name in run.firing],
-                }
-                for run_id, run in self._runs.items()
-            },
-        }
+        return {"version": _SNAPSHOT_VERSION, "runs": {run_id: self.run_state(run_id) for run_id in self._runs}}
 
     def run_state(self, run_id: str) -> dict[str, Any] | None:
         """One run's entry of `state_snapshot()` (None for a run never seen), for per-run persistence."""
         run = self._runs.get(run_id)
         if run is None:
             return None
-        return {"first_batch_entropy_mean": run.first_entropy, "firing": [n for n in RULE_NAMES if n in run.firing]}
+        return {"cycle_step": run.cycle_step, "rules": {name: st.to_json() for name, st in run.rules.items()}}
 
     def restore_run(self, run_id: str, entry: Mapping[str, Any] | None) -> None:
         """Take back one run's `run_state` (None forgets the run); raises `WatchStateError` if malformed."""
         if entry is None:
             self._runs.pop(run_id, None)
             return
-        probe = Watch(self._config)
-        probe.restore({"version": _SNAPSHOT_VERSION, "runs": {run_id: entry}})
-        self._runs[run_id] = probe._runs[run_id]
+        self._runs[run_id] = self._run_from_json(run_id, entry)
 
     def forget_run(self, run_id: str) -> None:
         """Drop one run's rule state."""
@@ -331,17 +819,21 @@ class Watch:
         runs = snapshot.get("runs")
         if not isinstance(runs, Mapping):
             raise WatchStateError("watch state snapshot has no 'runs' object")
-        restored: dict[str, _RunState] = {}
-        for run_id, entry in runs.items():
-            if not isinstance(entry, Mapping):
-                raise WatchStateError(f"watch state of run {run_id!r} is not an object")
-            first = entry.get("first_batch_entropy_mean")
-            if first is not None and (isinstance(first, bool) or not isinstance(first, (int, float))):
-                raise WatchStateError(f"watch state of run {run_id!r}: first_batch_entropy_mean is {first!r}")
-            firing = entry.get("firing", [])
-            if not isinstance(firing, list) or any(name not in RULE_NAMES for name in firing):
-                raise WatchStateError(f"watch state of run {run_id!r}: firing is {firing!r}")
-            restored[run_id] = _RunState(
-                first_entropy=None if first is None else float(first), firing=set(firing)
-            )
-        self._runs = restored
+        self._runs = {run_id: self._run_from_json(run_id, entry) for run_id, entry in runs.items()}
+
+    @staticmethod
+    def _run_from_json(run_id: str, entry: Any) -> _RunState:
+        where = f"watch state of run {run_id!r}"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("rules"), Mapping):
+            raise WatchStateError(f"{where} is not an object with 'rules'")
+        cycle_step = entry.get("cycle_step")
+        if cycle_step is not None and (isinstance(cycle_step, bool) or not isinstance(cycle_step, int)):
+            raise WatchStateError(f"{where}: cycle_step is {cycle_step!r}")
+        unknown = set(entry["rules"]) - set(RULE_NAMES)
+        if unknown:
+            raise WatchStateError(f"{where}: unknown rules {sorted(unknown)}")
+        run = _RunState()
+        run.cycle_step = cycle_step
+        for name, rule_entry in entry["rules"].items():
+            run.rules[name] = _RuleState.from_json(rule_entry, f"{where}, rule {name}")
+        return run

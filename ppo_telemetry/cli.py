@@ -189,7 +189,7 @@ def _human_drift(doc: dict[str, Any], window_steps: int) -> str:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """`watch PATH [--rules FILE] [--json]`: one line per alert transition."""
+    """`watch PATH [--rules FILE] [--json]`: one line per alert transition (SPEC §7), in record order."""
     from consumers.telemetry_watch import RulesConfig, Watch, load_rules
 
     _check_paths(args.paths)
@@ -201,11 +201,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if args.json:
                 _emit(sys.stdout, doc)
             else:
-                sys.stdout.write(
-                    f"{doc['run_id']} epoch {doc['epoch']}: {doc['rule']} {doc['state']} "
-                    f"(value {doc['value']:.6g}, threshold {doc['threshold']:.6g})\n"
-                )
+                sys.stdout.write(_human_transition(doc))
     return 0
+
+
+def _human_transition(doc: dict[str, Any]) -> str:
+    """One line per transition: where, which rule, what state, then the rule's own summary."""
+    return (
+        f"{doc['run_id']} epoch {doc['epoch']} step {doc['global_step']}: {doc['rule']} {doc['state'].upper()} "
+        f"[{doc['severity']}] {doc['summary']}\n"
+    )
 
 
 def cmd_codec_encode(args: argparse.Namespace) -> int:

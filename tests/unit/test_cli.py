@@ -15,7 +15,10 @@ from ppo_telemetry.demo import synthetic_run, write_segments
 VALIDATE_KEYS = ["line", "status", "telemetry_version", "run_id", "log_stream_offset", "errors", "warnings"]
 DRIFT_KEYS = ["run_id", "baseline_run_ids", "windows_compared", "fields", "skipped_fields"]
 DRIFT_FIELD_KEYS = ["verdict", "first_step", "direction", "effect", "relative_change"]
-WATCH_KEYS = ["run_id", "rule", "state", "epoch", "log_stream_offset", "value", "threshold"]
+WATCH_KEYS = [
+    "run_id", "rule", "state", "severity", "epoch", "global_step", "log_stream_offset", "value", "reference",
+    "since_epoch", "summary",
+]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -274,31 +277,49 @@ def test_drift_skips_invalid_records_and_says_so(tmp_path, capsys):
 
 
 def test_watch_json_emits_transitions_with_spec_keys(tmp_path, capsys):
-    records = synthetic_run("run-w", 40, seed=1, unstable=True)
+    records = synthetic_run("run-w", 240, seed=1, unstable=True)
     path = write_ndjson(tmp_path / "w.ndjson", records)
     code, out, _ = run_cli(capsys, "watch", str(path), "--json")
     docs = json_lines(out)
     assert code == 0 and docs
     assert all(list(d) == WATCH_KEYS for d in docs)
-    grad = [d for d in docs if d["rule"] == "grad_explosion"]
-    assert [(d["state"], d["epoch"]) for d in grad] == [("firing", 17), ("resolved", 18)]
-    assert grad[0]["threshold"] == 10.0 and grad[0]["value"] == records[17]["grad_norm_max"]
+    entropy = [d for d in docs if d["rule"] == "entropy_collapse"]
+    assert [d["state"] for d in entropy] == ["firing"]
+    fired = entropy[0]
+    source = records[fired["epoch"]]
+    assert (fired["severity"], fired["global_step"], fired["log_stream_offset"]) == (
+        "critical", source["global_step"], source["log_stream_offset"])
+    assert fired["value"] == source["batch_entropy_mean"] < fired["reference"]
+    assert fired["since_epoch"] <= fired["epoch"] and "entropy" in fired["summary"]
+
+
+def test_watch_human_output_is_one_line_per_transition(tmp_path, capsys):
+    path = write_ndjson(tmp_path / "w.ndjson", synthetic_run("run-w", 240, seed=1, unstable=True))
+    _, as_json, _ = run_cli(capsys, "watch", str(path), "--json")
+    code, out, _ = run_cli(capsys, "watch", str(path))
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == len(json_lines(as_json)) >= 2
+    first = json_lines(as_json)[0]
+    assert lines[0].startswith(f"run-w epoch {first['epoch']} step {first['global_step']}: {first['rule']} FIRING [")
+    assert lines[0].endswith(first["summary"])
 
 
 def test_watch_rules_file_overrides_and_disables(tmp_path, capsys):
-    records = synthetic_run("run-w", 40, seed=1, unstable=True)
+    records = synthetic_run("run-w", 240, seed=1, unstable=True)
     path = write_ndjson(tmp_path / "w.ndjson", records)
     rules = tmp_path / "rules.toml"
-    rules.write_text("[grad_explosion]\nenabled = false\n[kl_spike]\nthreshold = 1.0\n")
+    rules.write_text("[entropy_collapse]\nenabled = false\n[gae_sanity]\nthreshold = -0.5\n[kl_spike]\nwarmup = 0\nhold = 1\nfloor = 0.05\nfactor = 2\n")
     code, out, _ = run_cli(capsys, "watch", str(path), "--rules", str(rules), "--json")
     rules_fired = {d["rule"] for d in json_lines(out)}
     assert code == 0
-    assert "grad_explosion" not in rules_fired and "kl_spike" not in rules_fired
-    assert "entropy_collapse" in rules_fired
+    assert "entropy_collapse" not in rules_fired and "gae_sanity" not in rules_fired
+    assert "kl_spike" in rules_fired  # the spikes at epochs 9-10 and 23, no longer hidden by the warm-up
 
 
 @pytest.mark.parametrize(
-    "text", ["[no_such_rule]\nthreshold = 1\n", "[kl_spike]\nlimit = 1\n", "[kl_spike\n"], ids=["rule", "key", "syntax"]
+    "text",
+    ["[no_such_rule]\nhold = 1\n", "[kl_spike]\nlimit = 1\n", "[kl_spike\n", "[kl_spike]\nhold = 0\n"],
+    ids=["rule", "key", "syntax", "range"],
 )
 def test_watch_bad_rules_file_is_usage_error(tmp_path, capsys, text):
     path = write_ndjson(tmp_path / "w.ndjson", synthetic_run("r", 2, seed=0, unstable=False))

@@ -35,8 +35,15 @@ DRIFT_V1_0 = RunDriftSummary(
     "run-b", ("run-a",), 0, dict.fromkeys(DRIFT_FIELDS, FieldVerdict("skipped")),
     dict.fromkeys(DRIFT_FIELDS, "missing_in_baseline"),
 ).to_record_dict("summary")
-FIRING = Transition("run-b", "kl_spike", "firing", 12, 99, 0.081, 0.05).to_json_dict()
-RESOLVED = Transition("run-b", "entropy_collapse", "resolved", 40, None, 0.3, 0.069).to_json_dict()
+FIRING = Transition(
+    "run-b", "kl_spike", "firing", "warning", 12, 3072, 99, 0.081, 0.05, 10, "max KL per update 0.081 is above 0.05"
+).to_avro_dict()
+RESOLVED = Transition(
+    "run-b", "entropy_collapse", "resolved", "critical", 40, 10240, None, 0.3, 0.069, 31, "policy entropy back"
+).to_avro_dict()
+# What a v1.0 writer sent, and what a v1.1 reader makes of it (the new fields' defaults).
+ALERT_V1_0 = {"run_id": "run-a", "rule": "grad_explosion", "state": "firing", "epoch": 7, "log_stream_offset": 3,
+              "value": 12.5, "threshold": 10.0}
 
 CODECS = {"drift_record": drift_record_codec, "alert": alert_codec}
 RECORDS = [
@@ -139,16 +146,43 @@ def test_output_families_have_distinct_fingerprints():
 def test_drift_record_is_read_by_fastavro_and_alert_by_the_compiled_reader():
     # Maps are not flat: the drift codec must fall back to fastavro, not fail to compile.
     assert compile_flat_reader(load_family("drift_record")[0].schema) is None
-    flat = compile_flat_reader(load_family("alert")[0].schema)
+    flat = compile_flat_reader(load_family("alert")[-1].schema)
     assert flat is not None
     data = alert_codec().encode(FIRING)
     assert flat(data, HEADER_SIZE) == (FIRING, len(data))
 
 
+def test_alert_v1_1_keeps_v1_0_s_required_threshold_equal_to_reference():
+    fields = [f["name"] for f in load_family("alert")[-1].schema["fields"]]
+    assert fields[-1] == "threshold" and FIRING["threshold"] == FIRING["reference"]
+
+
+def test_a_v1_0_alert_reads_into_v1_1_with_the_new_fields_defaults():
+    old, new = load_family("alert")
+    data = alert_codec().encode(ALERT_V1_0, writer=old)
+    assert alert_codec().decode(data) == ALERT_V1_0
+    resolved = alert_codec().decode(data, reader=new)
+    assert resolved == dict(ALERT_V1_0, severity="warning", global_step=None, reference=None, since_epoch=None, summary=None)
+
+
+def test_a_v1_1_alert_reads_into_v1_0_with_its_threshold():
+    old, _ = load_family("alert")
+    resolved = alert_codec().decode(alert_codec().encode(FIRING), reader=old)
+    assert resolved == {k: FIRING[k] for k in ("run_id", "rule", "state", "epoch", "log_stream_offset", "value", "threshold")}
+
+
+def test_alert_severity_enum_symbols_are_the_rule_severities():
+    from consumers.telemetry_watch import SEVERITIES
+
+    severity = next(f["type"] for f in load_family("alert")[-1].schema["fields"] if f["name"] == "severity")
+    assert severity["name"] == "AlertSeverity" and tuple(severity["symbols"]) == SEVERITIES
+
+
 def test_alert_threshold_given_as_an_integer_reads_back_as_a_double():
-    record = dict(FIRING, value=12, threshold=10)
+    record = dict(FIRING, value=12, reference=10, threshold=10)
     decoded = alert_codec().decode(alert_codec().encode(record))
     assert decoded["threshold"] == 10.0 and isinstance(decoded["threshold"], float)
+    assert decoded["reference"] == 10.0 and isinstance(decoded["reference"], float)
 
 
 @pytest.mark.parametrize(
@@ -243,7 +277,7 @@ def test_schemas_check_cli_covers_every_shipped_family(capsys):
     for family in ("alert", "drift_record", "epoch_summary"):
         assert f"{family}: versions " in out
     assert "drift_record: versions 1.0, 1.1 are FULL_TRANSITIVE compatible" in out
-    assert "alert: versions 1.0 are FULL_TRANSITIVE compatible" in out
+    assert "alert: versions 1.0, 1.1 are FULL_TRANSITIVE compatible" in out
 
 
 def test_drift_record_evolution_adding_a_field_without_default_is_caught(tmp_path, capsys):
