@@ -6,9 +6,10 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from avro_schemas.codec import alert_codec, drift_record_codec, epoch_summary_codec
 from avro_schemas.models import EpochSummary
@@ -17,12 +18,15 @@ from avro_schemas.topics import (
     ALERTS_TOPIC, DLQ_TOPIC, DRIFT_TOPIC, EPOCHS_TOPIC, SCHEMAS_TOPIC, VERSION_HEADER,
 )
 from kafka_testing import read_topic, wait_for
-from consumers.drift import Baseline
-from consumers.telemetry_watch import Watch
+from consumers.drift import Baseline, DriftTracker
+from consumers.telemetry_watch import Watch, load_rules
 from ppo_telemetry.demo import synthetic_run
 from producer.kafka_sink import KafkaSink, KafkaSinkError, ensure_topics
 
 pytestmark = pytest.mark.integration
+
+# fast alert rules (short warm-ups and holds): transitions within 30-epoch synthetic runs
+WATCH_RULES = Path(__file__).with_name("watch_rules.toml")
 
 
 def publish(config, records):
@@ -165,12 +169,12 @@ def test_validator_dead_letters_bad_records_once_with_the_spec_headers(kafka_boo
 def test_watch_alerts_once_per_transition_and_its_rule_state_survives_a_restart(kafka_config, consumers, unique_run_id):
     run_id = unique_run_id()
     records = synthetic_run(run_id, 30, seed=5, unstable=True)
-    expected_watch = Watch()
-    expected = [t.to_json_dict() for r in records for t in expected_watch.observe(EpochSummary.from_dict(r))]
+    expected_watch = Watch(load_rules(WATCH_RULES))
+    expected = [t.to_avro_dict() for r in records for t in expected_watch.observe(EpochSummary.from_dict(r))]
     assert len(expected) >= 4
 
     publish(kafka_config, records[:15])
-    watch = consumers("watch")
+    watch = consumers("watch", "--rules", str(WATCH_RULES))
     key = run_id.encode()
     decode = alert_codec().decode
     first_half = [t for t in expected if t["epoch"] < 15]
@@ -178,7 +182,7 @@ def test_watch_alerts_once_per_transition_and_its_rule_state_survives_a_restart(
     assert watch.terminate() == 0  # SIGTERM: finishes its batch, commits, leaves
 
     publish(kafka_config, records[10:])  # records 10-14 re-sent: duplicates by log_stream_offset
-    watch = consumers("watch")
+    watch = consumers("watch", "--rules", str(WATCH_RULES))
     wait_for(lambda: len(read_topic(kafka_config, ALERTS_TOPIC, {key})) >= len(expected), 90, "all alerts")
     assert watch.terminate() == 0
     got = [decode(m.value()) for m in read_topic(kafka_config, ALERTS_TOPIC, {key})]
@@ -189,24 +193,41 @@ def test_watch_alerts_once_per_transition_and_its_rule_state_survives_a_restart(
 
 
 @pytest.mark.parametrize("baseline_from", ["topic", "file"])
-def test_drift_emits_one_record_per_compared_epoch(kafka_config, consumers, unique_run_id, tmp_path, baseline_from):
-    baseline_id, current_id = unique_run_id("base"), unique_run_id("cur")
-    baseline = synthetic_run(baseline_id, 10, seed=6, unstable=False)
-    current = synthetic_run(current_id, 14, seed=7, unstable=True)  # epochs 10-13 have no baseline
+def test_drift_emits_verdict_changes_and_a_summary_once_the_run_is_idle(
+    kafka_config, consumers, unique_run_id, tmp_path, baseline_from
+):
+    baseline_ids, current_id = [unique_run_id("base"), unique_run_id("base")], unique_run_id("cur")
+    baseline = [r for seed, run_id in enumerate(baseline_ids) for r in synthetic_run(run_id, 60, seed=6 + seed, unstable=False)]
+    current = synthetic_run(current_id, 70, seed=8, unstable=True)  # steps beyond the baseline's are not compared
     publish(kafka_config, baseline + current)
     if baseline_from == "topic":
-        drift = consumers("drift", "--baseline-run", baseline_id)
+        drift = consumers("drift", "--idle-seconds", "1", *(a for run_id in baseline_ids for a in ("--baseline-run", run_id)))
     else:
         path = tmp_path / "baseline.ndjson"
         path.write_text("".join(json.dumps(r) + "\n" for r in baseline))
-        drift = consumers("drift", "--baseline", str(path))
+        drift = consumers("drift", "--idle-seconds", "1", "--baseline", str(path))
     key = current_id.encode()
-    wait_for(lambda: len(read_topic(kafka_config, DRIFT_TOPIC, {key})) >= 10, 90, "ten drift records")
+    codec = drift_record_codec()
+
+    def outputs() -> list[dict]:
+        return [codec.decode(m.value()) for m in read_topic(kafka_config, DRIFT_TOPIC, {key})]
+
+    def summary_out() -> bool:
+        try:
+            return any(r["kind"] == "summary" for r in outputs())
+        except KafkaException:  # the drift topic, just created by the group, may not have its leaders yet
+            return False
+
+    wait_for(summary_out, 90, "the idle summary")
     assert drift.terminate() == 0
-    got = [drift_record_codec().decode(m.value()) for m in read_topic(kafka_config, DRIFT_TOPIC, {key})]
-    reference = Baseline.from_records(EpochSummary.from_dict(r) for r in baseline)
-    assert got == [reference.compare(EpochSummary.from_dict(r)).to_json_dict() for r in current[:10]]
-    assert read_topic(kafka_config, DRIFT_TOPIC, {baseline_id.encode()}) == []  # not compared with itself
+    tracker = DriftTracker(Baseline.from_records(baseline))
+    changes = [c.to_record_dict() for r in current if (c := tracker.observe(r)) is not None]
+    summary = tracker.summary(current_id).to_record_dict("summary")
+    assert summary["fields"]["batch_entropy_mean"]["verdict"] == "differs"  # the unstable run's collapse
+    assert outputs() == changes + [summary]  # one per verdict change, then one summary: not one per epoch
+    assert len(changes) < len(current) / 10
+    for run_id in baseline_ids:
+        assert read_topic(kafka_config, DRIFT_TOPIC, {run_id.encode()}) == []  # not compared with themselves
 
 
 def test_drift_needs_a_baseline_and_an_absent_baseline_run_is_one_line(kafka_bootstrap, unique_run_id):
@@ -238,9 +259,9 @@ def test_a_consumer_without_the_writer_schema_fetches_it_from_the_schema_topic(k
         producer.produce(EPOCHS_TOPIC, key=run_id.encode(), value=codec.encode(dict(record, host="node-7")))
     producer.flush(30)
 
-    expected_watch = Watch()
-    expected = [t.to_json_dict() for r in records for t in expected_watch.observe(EpochSummary.from_dict(r))]
-    watch = consumers("watch")
+    expected_watch = Watch(load_rules(WATCH_RULES))
+    expected = [t.to_avro_dict() for r in records for t in expected_watch.observe(EpochSummary.from_dict(r))]
+    watch = consumers("watch", "--rules", str(WATCH_RULES))
     key = run_id.encode()
     wait_for(lambda: len(read_topic(kafka_config, ALERTS_TOPIC, {key})) >= len(expected), 90, "the alerts")
     assert watch.terminate() == 0
