@@ -7,9 +7,11 @@ Each rule is a two-state machine per run (`firing`, `resolved`) with hysteresis:
   evaluated on every record; per-cycle rules (their values are computed once per rollout and repeat on
   every epoch of the cycle) on the first record of each cycle, a cycle being the records of one
   `global_step` (it advances once per rollout);
-- it fires when its condition held on `hold` consecutive evaluations, never in the first `warmup`
-  evaluations of the run (its reference is still being learned) nor within `cooldown` evaluations after
-  it resolved; it resolves when the condition was false on `clear` consecutive evaluations.
+- it fires when its condition held on `hold` consecutive evaluations, never in the run's first `warmup`
+  cycles (its reference is still being learned) nor within `cooldown` cycles after it resolved; it
+  resolves when the condition was false on `clear` consecutive evaluations. `hold` and `clear` count
+  evaluations (epochs, or cycles for per-cycle rules); `warmup` and `cooldown` count cycles, so they
+  mean the same amount of history whatever the number of epochs per cycle.
 
 Conditions compare with the run's own history where the scale depends on the environment (KL, gradient
 norm, value loss: a slow exponential moving average of the logarithm, learned only from evaluations where
@@ -103,8 +105,8 @@ class EntropyCollapseRule:
     severity: str = "critical"
     hold: int = _int(10, 1)
     clear: int = _int(40, 1)
-    cooldown: int = _int(200, 0)
-    warmup: int = _int(100, 0)
+    cooldown: int = _int(10, 0)
+    warmup: int = _int(5, 0)
     ratio: float = _float(0.3, 0.0, 1.0, False)
     drop_nats: float = _float(1.5, 0.0, low_inclusive=False)
     rate: float = _float(0.01, 0.0, 1.0, False)
@@ -126,8 +128,8 @@ class KlSpikeRule:
     severity: str = "warning"
     hold: int = _int(3, 1)
     clear: int = _int(40, 1)
-    cooldown: int = _int(200, 0)
-    warmup: int = _int(100, 0)
+    cooldown: int = _int(10, 0)
+    warmup: int = _int(5, 0)
     factor: float = _float(10.0, 1.0, low_inclusive=False)
     floor: float = _float(0.1, 0.0)
     rate: float = _float(0.1, 0.0, 1.0, False)
@@ -149,10 +151,10 @@ class GradExplosionRule:
     severity: str = "critical"
     hold: int = _int(10, 1)
     clear: int = _int(40, 1)
-    cooldown: int = _int(200, 0)
-    warmup: int = _int(100, 0)
+    cooldown: int = _int(10, 0)
+    warmup: int = _int(5, 0)
     factor: float = _float(30.0, 1.0, low_inclusive=False)
-    rate: float = _float(0.01, 0.0, 1.0, False)
+    rate: float = _float(0.1, 0.0, 1.0, False)
 
     per_cycle: ClassVar[bool] = False
     needs_v1_1: ClassVar[bool] = True
@@ -160,10 +162,12 @@ class GradExplosionRule:
 
 @dataclass(frozen=True, slots=True)
 class GaeSanityRule:
-    """Fires when `reward_advantage_corr < threshold` (per cycle; a null correlation is not evaluated).
+    """Fires when `reward_advantage_corr < min(threshold, level − drop)` (per cycle; a null is not evaluated).
 
-    Advantages are built from rewards (A = r + γV(s') − V(s) + ...), so they correlate positively with them;
-    a clearly negative correlation means rewards, values or advantages are wired wrongly.
+    Advantages are built from rewards (A = r + γV(s') − V(s) + ...), so a run's correlation settles at a
+    level of its own (about +0.3 on Acrobot, about 0 on Pendulum, whose rewards are costs); a fall far
+    below that level into negative values means advantages no longer follow rewards: a sign or wiring bug.
+    The level is the moving average (rate `rate` per cycle) of the cycles where the condition did not hold.
     """
 
     enabled: bool = True
@@ -172,7 +176,9 @@ class GaeSanityRule:
     clear: int = _int(3, 1)
     cooldown: int = _int(10, 0)
     warmup: int = _int(5, 0)
-    threshold: float = _float(-0.3, -1.0, 1.0)
+    threshold: float = _float(-0.2, -1.0, 1.0)
+    drop: float = _float(0.6, 0.0, 2.0, False)
+    rate: float = _float(0.2, 0.0, 1.0, False)
 
     per_cycle: ClassVar[bool] = True
     needs_v1_1: ClassVar[bool] = True
@@ -182,10 +188,11 @@ class GaeSanityRule:
 class ValueDivergenceRule:
     """Fires when the value function stops explaining the returns or its loss blows up (per cycle).
 
-    Condition: `explained_variance < min(ev_max, level − ev_drop)`, the level being the moving average (rate
-    `rate` per cycle) of the cycles where the condition was false; or the cycle's first `value_loss` (the
-    loss on fresh data, before any update on it) above `loss_factor` × the larger of its recent geometric
-    level and its level at the end of warm-up.
+    Condition, either half: `explained_variance < min(ev_max, level − max(ev_drop, ev_spread × spread))`
+    while the value loss exceeds `ev_loss_ratio` × its recent level, the level and spread being the moving
+    average and mean absolute deviation (rate `rate` per cycle) of the cycles where the condition was
+    false; or the cycle's first `value_loss` (the loss on fresh data, before any update on it) above
+    `loss_factor` × the larger of its recent geometric level and its level at the end of warm-up.
     """
 
     enabled: bool = True
@@ -197,6 +204,7 @@ class ValueDivergenceRule:
     ev_drop: float = _float(0.3, 0.0, low_inclusive=False)
     ev_spread: float = _float(8.0, 0.0)
     ev_max: float = _float(0.5, -math.inf, 1.0)
+    ev_loss_ratio: float = _float(2.0, 0.0)
     loss_factor: float = _float(3.0, 1.0, low_inclusive=False)
     rate: float = _float(0.1, 0.0, 1.0, False)
 
@@ -216,11 +224,11 @@ class ReturnCollapseRule:
 
     enabled: bool = True
     severity: str = "critical"
-    hold: int = _int(3, 1)
+    hold: int = _int(5, 1)
     clear: int = _int(3, 1)
     cooldown: int = _int(10, 0)
     warmup: int = _int(10, 0)
-    fraction: float = _float(0.6, 0.0, 1.0, False)
+    fraction: float = _float(0.8, 0.0, 1.0, False)
     min_gain: float = _float(3.0, 0.0)
     rate: float = _float(0.2, 0.0, 1.0, False)
 
@@ -240,8 +248,8 @@ class ClipInactiveRule:
     severity: str = "warning"
     hold: int = _int(3, 1)
     clear: int = _int(40, 1)
-    cooldown: int = _int(200, 0)
-    warmup: int = _int(100, 0)
+    cooldown: int = _int(10, 0)
+    warmup: int = _int(5, 0)
     kl_min: float = _float(0.01, 0.0, low_inclusive=False)
 
     per_cycle: ClassVar[bool] = False
@@ -423,33 +431,35 @@ class Transition:
 
 
 class _RuleState:
-    """One rule's machine and references for one run; every attribute is a JSON number (or None/bool)."""
+    """One rule's machine and references for one run; every attribute is a JSON number, bool or None."""
 
     __slots__ = (
-        "firing", "streak", "since", "cooldown", "evaluations",
-        "level", "start", "best", "spread", "loss_level", "loss_start", "ratio_mode",
+        "firing", "streak", "since", "cooldown",
+        "level", "start", "best", "spread", "loss_level", "loss_start", "peak", "peak_step", "dirty", "ratio_mode",
     )
-    _NUMBERS = ("level", "start", "best", "spread", "loss_level", "loss_start")
+    _NUMBERS = ("level", "start", "best", "spread", "loss_level", "loss_start", "peak")
+    _FLAGS = ("dirty", "ratio_mode")
 
     def __init__(self) -> None:
         self.firing = False
-        self.streak = 0  # consecutive evaluations with the condition true (resolved) or false (firing)
+        self.streak = 0  # consecutive evaluations with the condition true (not firing) or false (firing)
         self.since = 0  # the epoch the current streak began
-        self.cooldown = 0  # evaluations left before the rule may fire again
-        self.evaluations = 0
-        self.level: float | None = None  # the run's recent level (log scale where the rule compares ratios)
+        self.cooldown = 0  # cycles left before the rule may fire again
+        self.level: float | None = None  # the run's recent level (of the log where the rule compares ratios)
         self.start: float | None = None  # the level at the end of warm-up
         self.best: float | None = None  # return_collapse: the best smoothed return
-        self.spread: float | None = None  # return_collapse: mean absolute deviation from the level
+        self.spread: float | None = None  # mean absolute deviation from the level
         self.loss_level: float | None = None  # value_divergence: log value_loss, recent
         self.loss_start: float | None = None  # value_divergence: log value_loss at the end of warm-up
+        self.peak: float | None = None  # kl_spike, grad_explosion: the log maximum of the current cycle
+        self.peak_step: int | None = None  # the global_step of that cycle
+        self.dirty: bool | None = None  # whether that cycle tripped the rule (its peak is not learned from)
         self.ratio_mode: bool | None = None  # entropy_collapse: ratios (categorical start) or differences
 
     def to_json(self) -> dict[str, Any]:
         """The state as a JSON object (only what is set)."""
-        out: dict[str, Any] = {"firing": self.firing, "streak": self.streak, "since": self.since,
-                               "cooldown": self.cooldown, "evaluations": self.evaluations}
-        for name in (*self._NUMBERS, "ratio_mode"):
+        out: dict[str, Any] = {"firing": self.firing, "streak": self.streak, "since": self.since, "cooldown": self.cooldown}
+        for name in (*self._NUMBERS, "peak_step", *self._FLAGS):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -460,15 +470,20 @@ class _RuleState:
         """The inverse of `to_json`; `WatchStateError` for anything it could not have made."""
         if not isinstance(entry, Mapping):
             raise WatchStateError(f"{where} is not an object")
+        unknown = set(entry) - set(cls.__slots__)
+        if unknown:
+            raise WatchStateError(f"{where}: unknown keys {sorted(unknown)}")
         state = cls()
-        for name in ("firing", "ratio_mode"):
+        for name in ("firing", *cls._FLAGS):
             value = entry.get(name, False if name == "firing" else None)
             if value is not None and not isinstance(value, bool):
                 raise WatchStateError(f"{where}: {name} is {value!r}")
             setattr(state, name, value)
-        for name in ("streak", "since", "cooldown", "evaluations"):
-            value = entry.get(name, 0)
-            if isinstance(value, bool) or not isinstance(value, int) or (value < 0 and name != "since"):
+        for name in ("streak", "since", "cooldown", "peak_step"):
+            value = entry.get(name, None if name == "peak_step" else 0)
+            if value is None and name == "peak_step":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or (value < 0 and name in ("streak", "cooldown")):
                 raise WatchStateError(f"{where}: {name} is {value!r}")
             setattr(state, name, value)
         for name in cls._NUMBERS:
@@ -478,25 +493,26 @@ class _RuleState:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise WatchStateError(f"{where}: {name} is {value!r}")
             setattr(state, name, float(value))
-        unknown = set(entry) - set(cls.__slots__) - {"firing", "since"}
-        if unknown:
-            raise WatchStateError(f"{where}: unknown keys {sorted(unknown)}")
         return state
 
 
 class _RunState:
-    """One run: the global_step of its current cycle and each rule's state."""
+    """One run: the global_step of its current cycle, the cycles seen, and each rule's state."""
 
-    __slots__ = ("cycle_step", "rules")
+    __slots__ = ("cycle_step", "cycles", "rules")
 
     def __init__(self) -> None:
         self.cycle_step: int | None = None
+        self.cycles = 0
         self.rules: dict[str, _RuleState] = {name: _RuleState() for name in RULE_NAMES}
 
 
 # --- the rules' readings --------------------------------------------------------------------------
-# A reading is (value, reference, condition, summary maker) or None when the record gives the rule nothing
-# to evaluate. Readers also learn: they update the references from values where the condition is false.
+# A reading is (value, reference, condition), or None when the record gives the rule nothing to evaluate.
+# Readers also learn: they update the run's references from values where the condition is false, and from
+# every value while `warming` (the run's first `warmup` cycles, when the rule may not fire yet).
+
+_Reading = tuple[float, float, bool] | None
 
 
 def _ema(level: float | None, value: float, rate: float) -> float:
@@ -507,7 +523,7 @@ def _fmt(number: float) -> str:
     return f"{number:.3g}"
 
 
-def _read_entropy(rule: EntropyCollapseRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+def _read_entropy(rule: EntropyCollapseRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
     value = record.batch_entropy_mean
     if value is None:
         return None
@@ -517,15 +533,14 @@ def _read_entropy(rule: EntropyCollapseRule, record: EpochSummary, st: _RuleStat
         # Differential entropy: the first value only looked like ln k. Start over on the nats scale.
         st.ratio_mode, st.level = False, None
     if st.ratio_mode:
-        log_value = math.log(max(value, _TINY))
-        reference = rule.ratio * math.exp(st.level) if st.level is not None else 0.0
-        condition = st.level is not None and value < reference
-        if not condition or st.evaluations < rule.warmup:
-            st.level = _ema(st.level, log_value, rule.rate)
+        reference = 0.0 if st.level is None else rule.ratio * math.exp(st.level)
+        condition = value < reference
+        if not condition or warming:
+            st.level = _ema(st.level, math.log(max(value, _TINY)), rule.rate)
     else:
-        reference = st.level - rule.drop_nats if st.level is not None else -math.inf
-        condition = st.level is not None and value < reference
-        if not condition or st.evaluations < rule.warmup:
+        reference = -math.inf if st.level is None else st.level - rule.drop_nats
+        condition = value < reference
+        if not condition or warming:
             st.level = _ema(st.level, value, rule.rate)
     return value, reference, condition
 
@@ -538,60 +553,61 @@ def _categorical_start(entropy: float) -> bool:
     return k >= 2 and abs(entropy - math.log(k)) <= 0.01 * entropy
 
 
-def _read_log_level(
-    value: float | None, factor: float, rate: float, warmup: int, st: _RuleState, floor: float = 0.0, with_start: bool = False
-) -> tuple[float, float, bool] | None:
-    """value > max(floor, factor × level) on a geometric moving level (and its start level if asked)."""
+def _read_peak(
+    value: float | None, global_step: int, factor: float, floor: float, rate: float, warming: bool,
+    st: _RuleState, with_start: bool,
+) -> _Reading:
+    """value > max(floor, factor × level), the level being a geometric moving average of the run's
+    per-cycle peaks (KL and gradient norms vary systematically through a cycle's epochs, their peaks
+    do not); a cycle whose values tripped the rule does not join the level. With `with_start`, the
+    level at the end of warm-up stands as a lower bound (a solved task's values shrink by orders of
+    magnitude and a single failed episode brings them back)."""
     if value is None:
         return None
-    log_value = math.log(max(value, _TINY))
+    if st.peak_step != global_step:  # a new cycle: the last one's peak joins the level if it was clean
+        if st.peak is not None and not st.dirty:
+            st.level = _ema(st.level, st.peak, rate)
+        st.peak, st.peak_step, st.dirty = None, global_step, False
+        if with_start and warming:
+            st.start = st.level
     if st.level is None:
-        st.level = log_value
-        return value, math.inf, False
-    level = st.level if not with_start or st.start is None else max(st.level, st.start)
-    reference = max(floor, factor * math.exp(level))
-    condition = value > reference
-    if not condition or st.evaluations < warmup:
-        st.level += rate * (log_value - st.level)
-    if with_start and st.start is None and st.evaluations + 1 >= warmup:
-        st.start = st.level
-    return value, reference, condition
-
-
-def _read_kl(rule: KlSpikeRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
-    value = record.kl_divergence_max
-    if value is None:
-        return None
-    # KL grows through a cycle's epochs as the policy leaves the one that collected the data, so the
-    # level is that of each cycle's largest KL: `best` holds the current cycle's (log) maximum and
-    # `spread` its global_step; it joins the level when the cycle ends without the condition holding.
-    if st.spread != record.global_step:
-        if st.best is not None and not st.ratio_mode:
-            st.level = _ema(st.level, st.best, rule.rate)
-        st.best, st.spread, st.ratio_mode = None, float(record.global_step), False
-    reference = rule.floor if st.level is None else max(rule.floor, rule.factor * math.exp(st.level))
-    condition = value > reference and st.level is not None
+        reference, condition = (floor if floor else math.inf), False
+    else:
+        level = st.level if st.start is None else max(st.level, st.start)
+        reference = max(floor, factor * math.exp(level))
+        condition = value > reference
     if value > 0.0:
         log_value = math.log(value)
-        st.best = log_value if st.best is None else max(st.best, log_value)
-    if condition and st.evaluations >= rule.warmup:
-        st.ratio_mode = True  # this cycle's maximum is not learned from
+        st.peak = log_value if st.peak is None else max(st.peak, log_value)
+    if condition and not warming:
+        st.dirty = True
     return value, reference, condition
 
 
-def _read_grad(rule: GradExplosionRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
-    return _read_log_level(record.grad_norm_max, rule.factor, rule.rate, rule.warmup, st, with_start=True)
+def _read_kl(rule: KlSpikeRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
+    return _read_peak(record.kl_divergence_max, record.global_step, rule.factor, rule.floor, rule.rate, warming, st, False)
 
 
-def _read_gae(rule: GaeSanityRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+def _read_grad(rule: GradExplosionRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
+    return _read_peak(record.grad_norm_max, record.global_step, rule.factor, 0.0, rule.rate, warming, st, True)
+
+
+def _read_gae(rule: GaeSanityRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
     value = record.reward_advantage_corr
-    return None if value is None else (value, rule.threshold, value < rule.threshold)
+    if value is None:
+        return None
+    reference = rule.threshold if st.level is None else min(rule.threshold, st.level - rule.drop)
+    condition = value < reference
+    if not condition or warming:
+        st.level = _ema(st.level, value, rule.rate)
+    return value, reference, condition
 
 
-def _read_value(rule: ValueDivergenceRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+def _read_value(rule: ValueDivergenceRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
     ev = record.explained_variance
     loss = record.value_loss
-    # Two halves, one machine: the explained variance against its level, the loss against its levels.
+    # Two halves, one machine: the explained variance against its level (a drop beyond its usual
+    # swings), the loss on fresh data against its recent and start levels.
     if st.loss_level is None:
         loss_reference = math.inf
     else:
@@ -601,15 +617,18 @@ def _read_value(rule: ValueDivergenceRule, record: EpochSummary, st: _RuleState)
         ev_reference, ev_condition = -math.inf, False
     else:
         ev_reference = min(rule.ev_max, st.level - max(rule.ev_drop, rule.ev_spread * (st.spread or 0.0)))
-        ev_condition = ev < ev_reference
+        # A low explained variance with a loss no higher than usual means the returns barely vary (a
+        # solved CartPole's), not that the value function got worse: the loss must have risen too.
+        loss_risen = st.loss_level is not None and loss > rule.ev_loss_ratio * math.exp(st.loss_level)
+        ev_condition = ev < ev_reference and loss_risen
     condition = ev_condition or loss_condition
-    if not condition or st.evaluations < rule.warmup:
+    if not condition or warming:
         if ev is not None:
             if st.level is not None:
                 st.spread = _ema(st.spread, abs(ev - st.level), rule.rate)
             st.level = _ema(st.level, ev, rule.rate)
         st.loss_level = _ema(st.loss_level, math.log(max(loss, _TINY)), rule.rate)
-        if st.loss_start is None and st.evaluations + 1 >= rule.warmup:
+        if warming:
             st.loss_start = st.loss_level
     if loss_condition and not ev_condition:
         return loss, loss_reference, True
@@ -618,44 +637,43 @@ def _read_value(rule: ValueDivergenceRule, record: EpochSummary, st: _RuleState)
     return ev, ev_reference, condition
 
 
-def _read_return(rule: ReturnCollapseRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+def _read_return(rule: ReturnCollapseRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
     value = record.mean_episode_return
     if value is None:
         return None
     if st.level is None:
         st.level, st.spread = value, 0.0
+        if warming:
+            st.start = st.best = value
         return value, -math.inf, False
-    reference = -math.inf
-    condition = False
+    reference, condition = -math.inf, False
     if st.start is not None and st.best is not None:
         gain = st.best - st.start
-        if gain > rule.min_gain * (st.spread or 0.0) and gain > 0:
+        if gain > 0 and gain > rule.min_gain * (st.spread or 0.0):
             reference = st.best - rule.fraction * gain
             condition = value < reference
-    if not condition or st.evaluations < rule.warmup:
-        deviation = abs(value - st.level)
+    if not condition or warming:
+        st.spread = _ema(st.spread, abs(value - st.level), rule.rate)
         st.level += rule.rate * (value - st.level)
-        st.spread = _ema(st.spread, deviation, rule.rate)
-        if st.start is None:
-            if st.evaluations + 1 >= rule.warmup:
-                st.start = st.best = st.level
+        if warming or st.start is None:
+            st.start = st.best = st.level
         elif st.level > st.best:  # type: ignore[operator]
             st.best = st.level
     return value, reference, condition
 
 
-def _read_clip(rule: ClipInactiveRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+def _read_clip(rule: ClipInactiveRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
     kl = record.kl_divergence_max
     if kl is None:
         return None
-    return record.clip_fraction, kl, record.clip_fraction == 0.0 and kl > rule.kl_min
+    return kl, rule.kl_min, record.clip_fraction == 0.0 and kl > rule.kl_min
 
 
-def _read_lr(rule: LrJumpRule, record: EpochSummary, st: _RuleState) -> tuple[float, float, bool] | None:
+def _read_lr(rule: LrJumpRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
     value = record.learning_rate
     reference = math.inf if st.level is None else rule.factor * st.level
     condition = value > reference
-    if not condition or st.evaluations < rule.warmup:
+    if not condition or warming:
         st.level = _ema(st.level, value, rule.rate)
     return value, reference, condition
 
@@ -702,8 +720,8 @@ def _summary(name: str, firing: bool, value: float, reference: float, since: int
         return f"{what} {_fmt(value)} is back within {_fmt(reference)}, {held}"
     if name == "clip_inactive":
         if firing:
-            return f"no sample was clipped while the policy moved by KL {_fmt(reference)}, {held}: is PPO clipping off or its range too wide?"
-        return f"clipping active again (clip fraction {_fmt(value)}), {held}"
+            return f"no sample was clipped although the policy moved by KL {_fmt(value)} (above {_fmt(reference)}), {held}: is PPO clipping off or its range far too wide?"
+        return f"samples are clipped again or the policy moves less (KL {_fmt(value)}), {held}"
     if name == "lr_jump":
         if firing:
             return f"learning rate jumped to {_fmt(value)}, above {_fmt(reference)} ({_fmt(value / reference * 1)}x the limit), {held}: check the optimizer settings"
@@ -740,17 +758,23 @@ class Watch:
         if run is None:
             run = self._runs[record.run_id] = _RunState()
         new_cycle = record.global_step != run.cycle_step
-        run.cycle_step = record.global_step
+        if new_cycle:
+            run.cycle_step = record.global_step
+            run.cycles += 1
+            for st in run.rules.values():
+                if st.cooldown:
+                    st.cooldown -= 1
         v1_1 = record.telemetry_version == "1.1"
         transitions: list[Transition] = []
         for name, rule, reader in self._enabled:
             if (rule.per_cycle and not new_cycle) or (rule.needs_v1_1 and not v1_1):
                 continue
             st = run.rules[name]
-            reading = reader(rule, record, st)
+            warming = run.cycles <= rule.warmup
+            reading = reader(rule, record, st, warming)
             if reading is None:
                 continue
-            changed = self._step(rule, st, reading[2], record.epoch)
+            changed = self._step(rule, st, reading[2], record.epoch, warming)
             if changed:
                 value, reference = float(reading[0]), float(reading[1])
                 transitions.append(Transition(
@@ -762,9 +786,8 @@ class Watch:
         return transitions
 
     @staticmethod
-    def _step(rule: _Rule, st: _RuleState, condition: bool, epoch: int) -> bool:
+    def _step(rule: _Rule, st: _RuleState, condition: bool, epoch: int, warming: bool) -> bool:
         """Advance one rule's machine by one evaluation; True when its state changed."""
-        st.evaluations += 1
         if st.firing:
             if condition:
                 st.streak = 0
@@ -776,16 +799,13 @@ class Watch:
                 return False
             st.firing, st.streak, st.cooldown = False, 0, rule.cooldown
             return True
-        cooling = st.cooldown > 0  # this evaluation is one of the `cooldown` after the last resolve
-        if cooling:
-            st.cooldown -= 1
         if not condition:
             st.streak = 0
             return False
         if st.streak == 0:
             st.since = epoch
         st.streak += 1
-        if st.streak < rule.hold or cooling or st.evaluations <= rule.warmup:
+        if st.streak < rule.hold or st.cooldown or warming:
             return False
         st.firing, st.streak = True, 0
         return True
@@ -799,7 +819,11 @@ class Watch:
         run = self._runs.get(run_id)
         if run is None:
             return None
-        return {"cycle_step": run.cycle_step, "rules": {name: st.to_json() for name, st in run.rules.items()}}
+        return {
+            "cycle_step": run.cycle_step,
+            "cycles": run.cycles,
+            "rules": {name: st.to_json() for name, st in run.rules.items()},
+        }
 
     def restore_run(self, run_id: str, entry: Mapping[str, Any] | None) -> None:
         """Take back one run's `run_state` (None forgets the run); raises `WatchStateError` if malformed."""
@@ -832,8 +856,11 @@ class Watch:
         unknown = set(entry["rules"]) - set(RULE_NAMES)
         if unknown:
             raise WatchStateError(f"{where}: unknown rules {sorted(unknown)}")
+        cycles = entry.get("cycles", 0)
+        if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 0:
+            raise WatchStateError(f"{where}: cycles is {cycles!r}")
         run = _RunState()
-        run.cycle_step = cycle_step
+        run.cycle_step, run.cycles = cycle_step, cycles
         for name, rule_entry in entry["rules"].items():
             run.rules[name] = _RuleState.from_json(rule_entry, f"{where}, rule {name}")
         return run

@@ -54,63 +54,83 @@ def corr_records(values: list[float | None], start: int = 0) -> list[EpochSummar
     return [epoch_summary(epoch=start + i, reward_advantage_corr=v) for i, v in enumerate(values)]
 
 
-# The machine is shared by every rule; gae_sanity (a fixed threshold, one evaluation per record here)
-# makes its behaviour easy to read: 0.5 is quiet, -0.9 trips the default threshold -0.3.
-Q, T = 0.5, -0.9
+# The machine is shared by every rule; clip_inactive (a fixed condition: the policy moved, nothing was
+# clipped) makes its behaviour easy to read. One record per cycle: T trips it, Q is quiet, None is a null.
+Q, T = "quiet", "tripped"
+
+
+def machine_records(values: list[str | None]) -> list[EpochSummary]:
+    """One record per cycle; T: no sample clipped with KL 0.05, Q: some clipped, None: a null KL."""
+    return [
+        epoch_summary(epoch=i, clip_fraction=0.0 if v == T else 0.1, kl_divergence_max=None if v is None else 0.05)
+        for i, v in enumerate(values)
+    ]
 
 
 def machine(hold: int = 2, clear: int = 2, cooldown: int = 0, warmup: int = 0) -> Watch:
-    return Watch(only("gae_sanity", hold=hold, clear=clear, cooldown=cooldown, warmup=warmup))
+    return Watch(only("clip_inactive", hold=hold, clear=clear, cooldown=cooldown, warmup=warmup))
 
 
 # --- the machine ----------------------------------------------------------------------------------
 
 
 def test_fires_only_after_the_condition_held_hold_consecutive_evaluations() -> None:
-    records = corr_records([T, Q, T, T, Q, T, T, T])
-    assert states(machine(hold=3), records) == [(7, "gae_sanity", "firing")]
+    records = machine_records([T, Q, T, T, Q, T, T, T])
+    assert states(machine(hold=3), records) == [(7, "clip_inactive", "firing")]
 
 
 def test_resolves_only_after_clear_consecutive_false_evaluations() -> None:
-    records = corr_records([T, T, Q, T, Q, Q, Q])
-    assert states(machine(hold=2, clear=3), records) == [(1, "gae_sanity", "firing"), (6, "gae_sanity", "resolved")]
+    records = machine_records([T, T, Q, T, Q, Q, Q])
+    assert states(machine(hold=2, clear=3), records) == [(1, "clip_inactive", "firing"), (6, "clip_inactive", "resolved")]
 
 
 def test_no_new_firing_within_the_cooldown_after_resolving() -> None:
     # resolved at 3; cooldown 4 evaluations (4..7): the condition holding at 4-5 does not fire, at 8-9 it does
-    records = corr_records([T, T, Q, Q, T, T, Q, Q, T, T])
+    records = machine_records([T, T, Q, Q, T, T, Q, Q, T, T])
     assert states(machine(hold=2, clear=2, cooldown=4), records) == [
-        (1, "gae_sanity", "firing"), (3, "gae_sanity", "resolved"), (9, "gae_sanity", "firing"),
+        (1, "clip_inactive", "firing"), (3, "clip_inactive", "resolved"), (9, "clip_inactive", "firing"),
     ]
 
 
 def test_condition_held_through_the_cooldown_fires_as_soon_as_it_ends() -> None:
-    records = corr_records([T, T, Q, Q, T, T, T, T, T])
-    assert states(machine(hold=2, clear=2, cooldown=3), records)[-1] == (7, "gae_sanity", "firing")
+    # one record per cycle; resolved in cycle 3, cooldown 3: cycles 4 and 5 may not fire, cycle 6 may
+    records = machine_records([T, T, Q, Q, T, T, T, T, T])
+    assert states(machine(hold=2, clear=2, cooldown=3), records)[-1] == (6, "clip_inactive", "firing")
+
+
+def test_cooldown_and_warmup_count_cycles_not_epochs(make_record: MakeRecord) -> None:
+    # clip_inactive is evaluated per epoch, 4 epochs a cycle here: a warm-up of 2 cycles is 8 epochs
+    watch = Watch(only("clip_inactive", warmup=2, hold=1, clear=1, cooldown=2))
+    clipped = [0.0] * 12 + [0.1] * 2 + [0.0] * 6
+    records = [make_record(epoch=e, global_step=100 * (e // 4 + 1), clip_fraction=c, kl_divergence_max=0.05)
+               for e, c in enumerate(clipped)]
+    # fires at epoch 8 (cycle 3), resolves at 12 (cycle 4); may fire again from cycle 6 (epoch 20): not here
+    assert states(watch, records) == [(8, "clip_inactive", "firing"), (12, "clip_inactive", "resolved")]
 
 
 def test_a_null_value_leaves_the_state_as_it_is() -> None:
     # nulls neither count towards hold or clear nor break a streak
-    records = corr_records([T, None, None, T, None, Q, None, Q])
-    assert states(machine(hold=2, clear=2), records) == [(3, "gae_sanity", "firing"), (7, "gae_sanity", "resolved")]
+    records = machine_records([T, None, None, T, None, Q, None, Q])
+    assert states(machine(hold=2, clear=2), records) == [(3, "clip_inactive", "firing"), (7, "clip_inactive", "resolved")]
 
 
-def test_no_firing_during_warmup_even_when_the_condition_holds() -> None:
-    records = corr_records([T] * 8)
-    assert states(machine(hold=2, warmup=5), records) == [(5, "gae_sanity", "firing")]
+def test_no_firing_during_warmup_cycles_even_when_the_condition_holds() -> None:
+    records = machine_records([T] * 8)
+    assert states(machine(hold=2, warmup=5), records) == [(5, "clip_inactive", "firing")]
 
 
 def test_since_epoch_is_where_the_condition_started_to_hold_or_stopped() -> None:
     watch = machine(hold=3, clear=2)
-    transitions = [t for r in corr_records([Q, T, T, T, T, Q, Q]) for t in watch.observe(r)]
+    transitions = [t for r in machine_records([Q, T, T, T, T, Q, Q]) for t in watch.observe(r)]
     assert [(t.state, t.epoch, t.since_epoch) for t in transitions] == [("firing", 3, 1), ("resolved", 6, 5)]
 
 
 def test_v1_0_records_are_not_evaluated_by_rules_that_need_v1_1_fields(make_record: MakeRecord) -> None:
     watch = machine(hold=2)
-    records = [make_record(epoch=0, reward_advantage_corr=T), make_record(epoch=1, version="1.0"),
-               make_record(epoch=2, reward_advantage_corr=T)]
-    assert states(watch, records) == [(2, "gae_sanity", "firing")]
+    tripped = {"clip_fraction": 0.0, "kl_divergence_max": 0.05}
+    records = [make_record(epoch=0, **tripped), make_record(epoch=1, version="1.0", clip_fraction=0.0),
+               make_record(epoch=2, **tripped)]
+    assert states(watch, records) == [(2, "clip_inactive", "firing")]
 
 
 def test_v1_0_records_are_evaluated_by_rules_reading_v1_0_fields(make_record: MakeRecord) -> None:
@@ -120,17 +140,18 @@ def test_v1_0_records_are_evaluated_by_rules_reading_v1_0_fields(make_record: Ma
 
 
 def test_per_cycle_rules_are_evaluated_once_per_cycle(make_record: MakeRecord) -> None:
-    # 3 epochs per cycle (same global_step): hold 2 needs two cycles, not two epochs
-    watch = machine(hold=2)
-    records = [make_record(epoch=e, global_step=1000 * (e // 3 + 1), reward_advantage_corr=T) for e in range(6)]
-    assert states(watch, records) == [(3, "gae_sanity", "firing")]
+    # 3 epochs per cycle (same global_step): gae_sanity's hold 2 needs two cycles, not two epochs
+    watch = Watch(only("gae_sanity", warmup=1, hold=2))
+    corr = [0.5] * 3 + [-0.9] * 6
+    records = [make_record(epoch=e, global_step=1000 * (e // 3 + 1), reward_advantage_corr=c) for e, c in enumerate(corr)]
+    assert states(watch, records) == [(6, "gae_sanity", "firing")]
 
 
 def test_rule_state_is_per_run(make_record: MakeRecord) -> None:
     watch = machine(hold=2)
-    records = [make_record(run_id="a", epoch=0, reward_advantage_corr=T),
-               make_record(run_id="b", epoch=0, reward_advantage_corr=T),
-               make_record(run_id="a", epoch=1, reward_advantage_corr=T)]
+    tripped = {"clip_fraction": 0.0, "kl_divergence_max": 0.05}
+    records = [make_record(run_id="a", epoch=0, **tripped), make_record(run_id="b", epoch=0, **tripped),
+               make_record(run_id="a", epoch=1, **tripped)]
     assert [(t.run_id, t.state) for r in records for t in watch.observe(r)] == [("a", "firing")]
 
 
@@ -197,17 +218,37 @@ def test_entropy_collapse_slow_decline_of_a_solved_task_stays_quiet() -> None:
     assert states(watch, records) == []
 
 
-def test_gae_sanity_fires_on_a_clearly_negative_correlation() -> None:
-    watch = Watch(only("gae_sanity", warmup=0, hold=1, threshold=-0.3))
-    assert states(watch, corr_records([0.4, -0.2, -0.31])) == [(2, "gae_sanity", "firing")]
+def gae_states(values: list[float]) -> list[tuple[int, str, str]]:
+    return states(Watch(only("gae_sanity", warmup=3, hold=1, threshold=-0.2, drop=0.6, rate=0.2)), corr_records(values))
+
+
+def test_gae_sanity_fires_when_the_correlation_falls_far_below_its_level_into_negative() -> None:
+    # level 0.35: fires under min(-0.2, 0.35 - 0.6) = -0.25
+    assert gae_states([0.35] * 4 + [-0.24]) == []
+    assert gae_states([0.35] * 4 + [-0.26]) == [(4, "gae_sanity", "firing")]
+
+
+def test_gae_sanity_on_a_run_whose_correlation_hovers_near_zero_needs_a_larger_fall() -> None:
+    # level 0: fires under -0.6 only (Pendulum's healthy correlations swing to -0.4)
+    assert gae_states([0.0] * 4 + [-0.45]) == []
+    assert gae_states([0.0] * 4 + [-0.65]) == [(4, "gae_sanity", "firing")]
 
 
 def test_value_divergence_fires_when_explained_variance_collapses() -> None:
     watch = Watch(only("value_divergence", warmup=5, hold=2))
-    records = steady(10, explained_variance=0.95) + [
-        epoch_summary(epoch=10 + i, explained_variance=v) for i, v in enumerate([0.9, 0.1, 0.05])
+    records = steady(10, explained_variance=0.95, value_loss=1.0) + [
+        epoch_summary(epoch=10 + i, explained_variance=v, value_loss=2.5) for i, v in enumerate([0.9, 0.1, 0.05])
     ]
     assert states(watch, records) == [(12, "value_divergence", "firing")]
+
+
+def test_value_divergence_ignores_a_low_explained_variance_when_the_loss_did_not_rise() -> None:
+    # a solved task's returns barely vary: the explained variance swings while the loss stays tiny
+    watch = Watch(only("value_divergence", warmup=5, hold=2))
+    records = steady(10, explained_variance=0.95, value_loss=1e-5) + [
+        epoch_summary(epoch=10 + i, explained_variance=-2.0, value_loss=1e-5) for i in range(5)
+    ]
+    assert states(watch, records) == []
 
 
 def test_value_divergence_fires_when_the_value_loss_blows_up() -> None:
@@ -248,7 +289,7 @@ def test_lr_jump_fires_when_the_learning_rate_jumps_but_not_as_it_anneals() -> N
 
 
 def test_transitions_of_one_record_come_in_rule_order() -> None:
-    config = rules_from_mapping({name: {"warmup": 0, "hold": 1} for name in ("gae_sanity", "lr_jump")})
+    config = rules_from_mapping({name: {"warmup": 1, "hold": 1} for name in ("gae_sanity", "lr_jump")})
     watch = Watch(config)
     watch.observe(epoch_summary(epoch=0))
     transitions = watch.observe(epoch_summary(epoch=1, reward_advantage_corr=-0.9, learning_rate=1.0))
@@ -259,13 +300,14 @@ def test_transitions_of_one_record_come_in_rule_order() -> None:
 
 
 def test_transition_carries_the_evidence_with_spec_keys_in_order() -> None:
-    watch = machine(hold=1)
+    watch = Watch(only("gae_sanity", warmup=1, hold=1))
+    watch.observe(epoch_summary(epoch=2, global_step=700, reward_advantage_corr=0.5))
     (fired,) = watch.observe(epoch_summary(epoch=3, global_step=777, log_stream_offset=41, reward_advantage_corr=-0.5))
     doc = fired.to_json_dict()
     assert list(doc) == SPEC_KEYS
     assert (doc["state"], doc["severity"], doc["epoch"], doc["global_step"], doc["log_stream_offset"]) == (
         "firing", "warning", 3, 777, 41)
-    assert (doc["value"], doc["reference"], doc["since_epoch"]) == (-0.5, -0.3, 3)
+    assert (doc["value"], doc["reference"], doc["since_epoch"]) == (-0.5, -0.2, 3)
     assert "-0.5" in doc["summary"] and "\n" not in doc["summary"]
     assert json.loads(json.dumps(doc)) == doc
 
@@ -276,8 +318,8 @@ def test_avro_dict_adds_threshold_equal_to_reference() -> None:
 
 
 def test_severity_comes_from_the_rule_and_can_be_overridden() -> None:
-    watch = Watch(rules_from_mapping({"gae_sanity": {"warmup": 0, "hold": 1, "severity": "critical"}}))
-    (fired,) = watch.observe(epoch_summary(reward_advantage_corr=-0.9))
+    watch = Watch(rules_from_mapping({"clip_inactive": {"warmup": 0, "hold": 1, "severity": "critical"}}))
+    (fired,) = watch.observe(epoch_summary(clip_fraction=0.0, kl_divergence_max=0.05))
     assert fired.severity == "critical"
 
 
@@ -348,13 +390,11 @@ def test_snapshot_and_restore_at_any_point_gives_the_uninterrupted_transitions(c
 @settings(max_examples=30, deadline=None)
 @given(values=st.lists(st.one_of(st.none(), st.floats(-1.0, 1.0)), max_size=60), warmup=st.integers(0, 30))
 def test_no_rule_fires_before_its_warmup_whatever_the_values(values: list[float | None], warmup: int) -> None:
-    watch = machine(hold=1, warmup=warmup)
-    evaluated = 0
-    for index, value in enumerate(values):
+    watch = Watch(only("gae_sanity", hold=1, warmup=warmup))
+    for index, value in enumerate(values):  # one record per cycle
         transitions = watch.observe(epoch_summary(epoch=index, reward_advantage_corr=value))
-        evaluated += value is not None
         if any(t.state == "firing" for t in transitions):
-            assert evaluated > warmup
+            assert index + 1 > warmup
 
 
 def test_state_stays_small_and_bounded_per_run() -> None:
@@ -416,8 +456,8 @@ def test_toml_overrides_every_key_and_keeps_other_defaults(tmp_path: Path) -> No
 
 
 def test_toml_disabled_rule_never_fires() -> None:
-    watch = Watch(rules_from_mapping({"gae_sanity": {"enabled": False}}))
-    assert all(t.rule != "gae_sanity" for r in corr_records([T] * 50) for t in watch.observe(r))
+    watch = Watch(rules_from_mapping({"clip_inactive": {"enabled": False}}))
+    assert all(t.rule != "clip_inactive" for r in machine_records([T] * 50) for t in watch.observe(r))
 
 
 def test_empty_toml_is_the_default_config(tmp_path: Path) -> None:
