@@ -509,8 +509,10 @@ class _RunState:
 
 # --- the rules' readings --------------------------------------------------------------------------
 # A reading is (value, reference, condition), or None when the record gives the rule nothing to evaluate.
-# Readers also learn: they update the run's references from values where the condition is false, and from
-# every value while `warming` (the run's first `warmup` cycles, when the rule may not fire yet).
+# Readers also learn: they update the run's references from values where the condition is false and the
+# rule is not firing (a fault never becomes the new normal, and an alert resolves when the values are back
+# where they were before it), and from every value while `warming` (the run's first `warmup` cycles, when
+# the rule may not fire yet).
 
 _Reading = tuple[float, float, bool] | None
 
@@ -535,12 +537,12 @@ def _read_entropy(rule: EntropyCollapseRule, record: EpochSummary, st: _RuleStat
     if st.ratio_mode:
         reference = 0.0 if st.level is None else rule.ratio * math.exp(st.level)
         condition = value < reference
-        if not condition or warming:
+        if (not condition and not st.firing) or warming:
             st.level = _ema(st.level, math.log(max(value, _TINY)), rule.rate)
     else:
         reference = -math.inf if st.level is None else st.level - rule.drop_nats
         condition = value < reference
-        if not condition or warming:
+        if (not condition and not st.firing) or warming:
             st.level = _ema(st.level, value, rule.rate)
     return value, reference, condition
 
@@ -579,7 +581,7 @@ def _read_peak(
     if value > 0.0:
         log_value = math.log(value)
         st.peak = log_value if st.peak is None else max(st.peak, log_value)
-    if condition and not warming:
+    if (condition or st.firing) and not warming:
         st.dirty = True
     return value, reference, condition
 
@@ -598,7 +600,7 @@ def _read_gae(rule: GaeSanityRule, record: EpochSummary, st: _RuleState, warming
         return None
     reference = rule.threshold if st.level is None else min(rule.threshold, st.level - rule.drop)
     condition = value < reference
-    if not condition or warming:
+    if (not condition and not st.firing) or warming:
         st.level = _ema(st.level, value, rule.rate)
     return value, reference, condition
 
@@ -622,7 +624,7 @@ def _read_value(rule: ValueDivergenceRule, record: EpochSummary, st: _RuleState,
         loss_risen = st.loss_level is not None and loss > rule.ev_loss_ratio * math.exp(st.loss_level)
         ev_condition = ev < ev_reference and loss_risen
     condition = ev_condition or loss_condition
-    if not condition or warming:
+    if (not condition and not st.firing) or warming:
         if ev is not None:
             if st.level is not None:
                 st.spread = _ema(st.spread, abs(ev - st.level), rule.rate)
@@ -652,7 +654,7 @@ def _read_return(rule: ReturnCollapseRule, record: EpochSummary, st: _RuleState,
         if gain > 0 and gain > rule.min_gain * (st.spread or 0.0):
             reference = st.best - rule.fraction * gain
             condition = value < reference
-    if not condition or warming:
+    if (not condition and not st.firing) or warming:
         st.spread = _ema(st.spread, abs(value - st.level), rule.rate)
         st.level += rule.rate * (value - st.level)
         if warming or st.start is None:
@@ -673,7 +675,7 @@ def _read_lr(rule: LrJumpRule, record: EpochSummary, st: _RuleState, warming: bo
     value = record.learning_rate
     reference = math.inf if st.level is None else rule.factor * st.level
     condition = value > reference
-    if not condition or warming:
+    if (not condition and not st.firing) or warming:
         st.level = _ema(st.level, value, rule.rate)
     return value, reference, condition
 
@@ -693,42 +695,58 @@ _READERS: dict[str, Any] = {
 # --- summaries: one line a person understands without the docs ------------------------------------
 
 
-def _summary(name: str, firing: bool, value: float, reference: float, since: int, record: EpochSummary) -> str:
+def _level(st: _RuleState, log_scale: bool) -> str:
+    if st.level is None:
+        return "n/a"
+    return _fmt(math.exp(st.level) if log_scale else st.level)
+
+
+def _summary(name: str, rule: _Rule, st: _RuleState, firing: bool, value: float, reference: float, since: int,
+             record: EpochSummary) -> str:
+    """One line a person understands without the docs: what, how far from what, since when, what it means."""
     held = f"since epoch {since}"
+    v, ref = _fmt(value), _fmt(reference)
     if name == "entropy_collapse":
+        usual = f"{_fmt(rule.ratio)}x the run's recent {_level(st, True)}" if st.ratio_mode else f"the run's recent {_level(st, False)} - {_fmt(rule.drop_nats)} nats"
         if firing:
-            return f"policy entropy fell fast to {_fmt(value)} nats, below {_fmt(reference)} (far under the run's recent level), {held}: the policy is turning deterministic"
-        return f"policy entropy {_fmt(value)} nats is back above {_fmt(reference)}, {held}"
+            return f"policy entropy fell fast to {v} nats, under {ref} ({usual}), {held}: the policy is turning deterministic"
+        return f"policy entropy {v} nats is back above {ref}, {held}"
     if name == "kl_spike":
         if firing:
-            return f"max KL per update {_fmt(value)} is above {_fmt(reference)} (many times the run's recent level), {held}: updates move the policy too far"
-        return f"max KL per update {_fmt(value)} is back under {_fmt(reference)}, {held}"
+            return (f"max KL per update {v} is above {ref} (the larger of {_fmt(rule.floor)} and {_fmt(rule.factor)}x the run's "
+                    f"usual per-cycle peak {_level(st, True)}), {held}: updates move the policy too far")
+        return f"max KL per update {v} is back under {ref}, {held}"
     if name == "grad_explosion":
+        start = "" if st.start is None else f", or its start {_fmt(math.exp(st.start))}"
         if firing:
-            return f"gradient norm before clipping {_fmt(value)} is above {_fmt(reference)} (many times the run's usual), {held}"
-        return f"gradient norm before clipping {_fmt(value)} is back under {_fmt(reference)}, {held}"
+            return (f"gradient norm before clipping {v} is above {ref} ({_fmt(rule.factor)}x the run's usual per-cycle peak "
+                    f"{_level(st, True)}{start}), {held}")
+        return f"gradient norm before clipping {v} is back under {ref}, {held}"
     if name == "gae_sanity":
         if firing:
-            return f"rewards and advantages correlate at {_fmt(value)}, under {_fmt(reference)}, {held}: check reward, value and advantage wiring"
-        return f"rewards and advantages correlate at {_fmt(value)} again, above {_fmt(reference)}, {held}"
+            return (f"rewards and advantages correlate at {v}, under {ref} (the run's usual {_level(st, False)}), {held}: "
+                    "advantages no longer follow rewards; check their sign and the reward, value and GAE wiring")
+        return f"rewards and advantages correlate at {v} again, above {ref}, {held}"
     if name == "value_divergence":
-        what = "value loss" if value == record.value_loss and value != record.explained_variance else "explained variance"
-        if firing and what == "value loss":
-            return f"value loss {_fmt(value)} on fresh data is above {_fmt(reference)} (many times the run's usual), {held}"
+        loss_half = value == record.value_loss and value != record.explained_variance
+        if firing and loss_half:
+            return f"value loss on fresh data {v} is above {ref} ({_fmt(rule.loss_factor)}x the run's usual), {held}: the value function diverged or the reward scale changed"
         if firing:
-            return f"explained variance fell to {_fmt(value)}, under {_fmt(reference)}, {held}: the value function no longer predicts returns"
-        return f"{what} {_fmt(value)} is back within {_fmt(reference)}, {held}"
+            return (f"explained variance fell to {v}, under {ref} (the run's usual {_level(st, False)}) while the value loss rose, "
+                    f"{held}: the value function no longer predicts returns")
+        return f"{'value loss' if loss_half else 'explained variance'} {v} is back within {ref}, {held}"
+    if name == "return_collapse":
+        if firing:
+            best = "n/a" if st.best is None else _fmt(st.best)
+            return f"mean episode return {v} fell below {ref}, losing most of the run's gain (best {best}), {held}"
+        return f"mean episode return {v} is back above {ref}, {held}"
     if name == "clip_inactive":
         if firing:
-            return f"no sample was clipped although the policy moved by KL {_fmt(value)} (above {_fmt(reference)}), {held}: is PPO clipping off or its range far too wide?"
-        return f"samples are clipped again or the policy moves less (KL {_fmt(value)}), {held}"
-    if name == "lr_jump":
-        if firing:
-            return f"learning rate jumped to {_fmt(value)}, above {_fmt(reference)} ({_fmt(value / reference * 1)}x the limit), {held}: check the optimizer settings"
-        return f"learning rate {_fmt(value)} is back under {_fmt(reference)}, {held}"
+            return f"no sample was clipped although the policy moved by KL {v} (above {ref}), {held}: is PPO clipping off or its range far too wide?"
+        return f"samples are clipped again or the policy moves less (KL {v}), {held}"
     if firing:
-        return f"mean episode return {_fmt(value)} fell below {_fmt(reference)} (most of the run's gain lost), {held}"
-    return f"mean episode return {_fmt(value)} is back above {_fmt(reference)}, {held}"
+        return f"learning rate jumped to {v}, above {ref} ({_fmt(rule.factor)}x its recent {_level(st, False)}), {held}: check the optimizer settings"
+    return f"learning rate {v} is back under {ref}, {held}"
 
 
 # --- the watch ------------------------------------------------------------------------------------
@@ -781,7 +799,7 @@ class Watch:
                     run_id=record.run_id, rule=name, state="firing" if st.firing else "resolved",
                     severity=rule.severity, epoch=record.epoch, global_step=record.global_step,
                     log_stream_offset=record.log_stream_offset, value=value, reference=reference,
-                    since_epoch=st.since, summary=_summary(name, st.firing, value, reference, st.since, record),
+                    since_epoch=st.since, summary=_summary(name, rule, st, st.firing, value, reference, st.since, record),
                 ))
         return transitions
 
