@@ -1,13 +1,21 @@
-"""`ppo-telemetry demo`: the whole pipeline end to end on a real Kafka broker.
+"""`ppo-telemetry demo`: the whole pipeline end to end on a real Kafka broker, telling a true story.
 
 It uses the broker the settings name when one is configured (`KAFKA_BOOTSTRAP_SERVERS` or
 `PPO_TELEMETRY_KAFKA_BOOTSTRAP_SERVERS`), else starts the local KRaft broker (and stops it at the end
-if it started it). Then it trains two PPO runs on Conflict-v0 with `ppo-telemetry train --kafka` — a
-baseline, and a candidate with a 3x learning rate — injects what a real topic suffers (garbage bytes,
-a truncated message, an unknown writer schema, a NaN, a re-sent record), runs the three consumer
-groups (validator, drift against the baseline run on the topic, watch) until they have consumed
-everything, and prints what happened: records published, validated, dead-lettered with reasons,
-drift highlights and alerts.
+if it started it). Then it trains four PPO runs on Conflict-v0 with `ppo-telemetry train --kafka`:
+
+- a healthy **baseline** of two seeds (0 and 1, the defaults);
+- a **candidate** with one real change a user would make, an entropy bonus (`--ent-coef 0.1`, the
+  default is 0), on seed 2: its policy stays more random, which drift should flag in
+  `batch_entropy_mean` without mistaking seed 2 for a change anywhere else;
+- a **fault run** on seed 3 with an injected reward-scale bug (`--fault reward_scale@STEP`, rewards
+  x1000 from 40 % of the run on), which the alert rules should catch.
+
+It injects what a real topic suffers (garbage bytes, a truncated message, an unknown writer schema, a
+NaN, a re-sent record), runs the three consumer groups (validator; drift against a baseline of both
+seeds read from the topic; watch) until they have consumed everything, and prints what happened:
+records published, validated, dead-lettered with reasons, the drift verdicts of the candidate and the
+fault run, and every alert per run, saying whether the healthy baseline runs raised any.
 
 `synthetic_run` and `write_segments` make hand-shaped streams (healthy or failing on purpose, with
 arbitrary lines) for tests and dashboards.
@@ -22,13 +30,17 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from avro_schemas.errors import TelemetryError
 from avro_schemas.ndjson import segment_name
 
-__all__ = ["synthetic_run", "write_segments", "run_demo"]
+__all__ = [
+    "synthetic_run", "write_segments", "DemoError", "DemoRun", "CANDIDATE_CHANGE", "FAULT", "FAULT_AT",
+    "demo_runs", "format_verdicts", "format_alert", "run_demo",
+]
 
 
 def synthetic_run(run_id: str, epochs: int, seed: int, unstable: bool, start_offset: int = 0) -> list[dict[str, Any]]:
@@ -105,6 +117,42 @@ class DemoError(TelemetryError):
     """A stage of the demo failed (the message says which)."""
 
 
+@dataclass(frozen=True, slots=True)
+class DemoRun:
+    """One training run of the demo: its role in the story and what `train` is given."""
+
+    role: str
+    """baseline, candidate or fault: how the output names it."""
+    run_id: str
+    seed: int
+    change: tuple[str, ...] = ()
+    """`train` arguments beyond the defaults (none for a healthy baseline run)."""
+
+    @property
+    def label(self) -> str:
+        """The run as the output names it, e.g. `candidate (seed 2, --ent-coef 0.1)`."""
+        return f"{self.role} (seed {self.seed}{', ' + ' '.join(self.change) if self.change else ''})"
+
+
+CANDIDATE_CHANGE = ("--ent-coef", "0.1")
+"""The candidate's real change: an entropy bonus (Conflict-v0 trains without one)."""
+FAULT = "reward_scale"
+"""The fault run's injected fault: rewards x1000 (a unit or normalisation bug), from `FAULT_AT` of the run on."""
+FAULT_AT = 0.4
+"""Where the fault starts, as a fraction of the run (as in `bench/signal_quality.py`)."""
+
+
+def demo_runs(tag: str, steps: int) -> list[DemoRun]:
+    """The demo's four runs: baseline seeds 0 and 1, the candidate on seed 2, the fault run on seed 3."""
+    fault_step = int(steps * FAULT_AT)
+    return [
+        DemoRun("baseline", f"demo-{tag}-baseline-s0", 0),
+        DemoRun("baseline", f"demo-{tag}-baseline-s1", 1),
+        DemoRun("candidate", f"demo-{tag}-candidate-ent{CANDIDATE_CHANGE[1]}-s2", 2, CANDIDATE_CHANGE),
+        DemoRun("fault", f"demo-{tag}-fault-{FAULT}-s3", 3, ("--fault", f"{FAULT}@{fault_step}")),
+    ]
+
+
 def _configured_bootstrap() -> str | None:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or os.environ.get("PPO_TELEMETRY_KAFKA_BOOTSTRAP_SERVERS"):
         from ppo_telemetry.kafka_settings import KafkaSettings
@@ -113,17 +161,28 @@ def _configured_bootstrap() -> str | None:
     return None
 
 
-def _train(bootstrap: str, run_id: str, seed: int, learning_rate: float, steps: int, out: TextIO) -> None:
-    """One Conflict-v0 run published to Kafka by the real command line."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", bootstrap, "--env", "Conflict-v0",
-         "--seed", str(seed), "--learning-rate", str(learning_rate), "--total-steps", str(steps), "--run-id", run_id],
-        capture_output=True, text=True,
-    )
-    summary = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
-    if proc.returncode != 0:
-        raise DemoError(f"training {run_id} failed: {summary}")
-    out.write(f"  {summary.removeprefix('train: ')}\n")
+def _train_all(bootstrap: str, runs: list[DemoRun], steps: int, out: TextIO) -> None:
+    """Train every run on Conflict-v0 with the real command line, two at a time (the runs are independent
+    and deterministic, so running them side by side changes nothing but the wall time)."""
+    width = max(len(run.label) for run in runs) + 1
+    for first in range(0, len(runs), 2):
+        pair = runs[first:first + 2]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", bootstrap, "--env", "Conflict-v0",
+                 "--seed", str(run.seed), "--total-steps", str(steps), "--run-id", run.run_id, *run.change],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+            for run in pair
+        ]
+        for run, proc in zip(pair, procs):
+            _, stderr = proc.communicate()
+            lines = stderr.strip().splitlines()
+            # the line that says what was published; the last line when training failed
+            summary = next((l for l in reversed(lines) if " records, " in l), lines[-1] if lines else "")
+            if proc.returncode != 0:
+                raise DemoError(f"training {run.run_id} failed: {summary or f'exit code {proc.returncode}'}")
+            out.write(f"  {run.label + ':':<{width}} {summary.removeprefix('train: ')}\n")
 
 
 def _inject(config: dict[str, Any], run_id: str) -> int:
@@ -165,18 +224,33 @@ def _end_offsets(config: dict[str, Any]) -> dict[int, int]:
         consumer.close()
 
 
-def _run_groups(config: dict[str, Any], cores: list[Any], ends: dict[int, int], log: TextIO) -> list[Any]:
-    """Run each group in a thread until its committed position reaches `ends`; returns the runners.
+def _summaries_out(core: Any) -> bool:
+    """True unless `core` is the drift group and some run it compares still waits for its idle summary."""
+    from consumers.groups import DriftGroup
 
-    A group that fails stops the others and its error is raised here."""
+    if not isinstance(core, DriftGroup):
+        return True
+    return all((core.run_state(run_id) or {}).get("summarised") for run_id in core.tracker.runs)
+
+
+def _run_groups(config: dict[str, Any], cores: list[Any], ends: dict[int, int], log: TextIO) -> list[Any]:
+    """Run each group in a thread until its committed position reaches `ends` (the drift group also until
+    its runs' idle summaries are out); returns the runners. A group that fails stops the others and its
+    error is raised here."""
     from consumers.runner import TransactionalRunner
 
     runners = [TransactionalRunner(config, core, instance_id="demo", err=log) for core in cores]
     failures: list[BaseException] = []
 
+    def stop_when_done(runner: TransactionalRunner) -> None:
+        # the runner asks the drift group for summaries right after this callback, so the check that
+        # sees them out comes one idle poll later: nothing is cut short
+        if _summaries_out(runner.core):
+            runner.stop_when_caught_up(ends)
+
     def run(runner: TransactionalRunner) -> None:
         try:
-            runner.run(install_signals=False, idle_callback=lambda: runner.stop_when_caught_up(ends))
+            runner.run(install_signals=False, idle_callback=lambda: stop_when_done(runner))
         except BaseException as exc:  # handed to the main thread
             failures.append(exc)
             for other in runners:
@@ -201,82 +275,144 @@ def _read(config: dict[str, Any], topic: str, keys: set[bytes]) -> list[Any]:
     return [m for m in read_to_end(config, [TopicPartition(topic, p) for p in range(count)]) if m.key() in keys]
 
 
-def run_demo(out: TextIO, bootstrap: str | None = None, steps: int = 20_000) -> int:
+def format_verdicts(record: dict[str, Any]) -> list[str]:
+    """The lines of one DriftRecord (v1.1): each field that differs, or that no field differs."""
+    lines = []
+    for name, verdict in record.get("fields", {}).items():
+        if verdict["verdict"] != "differs":
+            continue
+        line = (f"{name:<22} differs: {verdict['direction']} from step {verdict['first_step']:,}, "
+                f"effect {verdict['effect']:+.1f}")
+        if verdict["relative_change"] is not None:
+            line += f", relative change {verdict['relative_change']:+.1%}"
+        lines.append(line)
+    if not lines:
+        same = sum(1 for v in record.get("fields", {}).values() if v["verdict"] == "same")
+        lines.append(f"no field differs ({same} compared fields the same)")
+    return lines
+
+
+def format_alert(alert: dict[str, Any]) -> str:
+    """One alert transition as a line; a v1.0 alert (no severity, no summary) shows value and threshold."""
+    summary = alert.get("summary") or f"value {alert['value']:.4g} (threshold {alert['threshold']:.4g})"
+    step = f" step {alert['global_step']:>7,}" if alert.get("global_step") is not None else ""
+    return (f"epoch {alert['epoch']:>5}{step}  {alert['rule']:<17} {alert['state']:<8} "
+            f"{alert.get('severity') or '-':<8}  {summary}")
+
+
+def _print_drift(config: dict[str, Any], runs: list[DemoRun], window_steps: int, out: TextIO) -> None:
+    """Each compared run's verdicts, from its last DriftRecord on the drift topic (its idle summary)."""
+    from avro_schemas.codec import drift_record_codec
+    from avro_schemas.topics import DRIFT_TOPIC
+
+    codec = drift_record_codec()
+    compared = [run for run in runs if run.role != "baseline"]
+    seeds = " and ".join(str(run.seed) for run in runs if run.role == "baseline")
+    records = [codec.decode(m.value()) for m in _read(config, DRIFT_TOPIC, {run.run_id.encode() for run in compared})]
+    changes = sum(1 for r in records if r.get("kind") == "verdict_change")
+    out.write(f"drift on {DRIFT_TOPIC} against the baseline of seeds {seeds} (windows of {window_steps:,} steps): "
+              f"{len(records)} DriftRecords, {changes} verdict changes and "
+              f"{sum(1 for r in records if r.get('kind') == 'summary')} idle summaries\n")
+    for run in compared:
+        own = [r for r in records if r["run_id"] == run.run_id]
+        if not own:
+            out.write(f"  {run.label}: no DriftRecord\n")
+            continue
+        last = own[-1]
+        out.write(f"  {run.label} {run.run_id}: {last.get('windows_compared')} windows compared\n")
+        for line in format_verdicts(last):
+            out.write(f"    {line}\n")
+
+
+def _print_alerts(config: dict[str, Any], runs: list[DemoRun], out: TextIO, limit: int = 12) -> None:
+    """Every run's alert transitions (at most `limit` per run, saying how many more), baseline runs first."""
+    from avro_schemas.codec import alert_codec
+    from avro_schemas.topics import ALERTS_TOPIC
+
+    codec = alert_codec()
+    alerts = [codec.decode(m.value()) for m in _read(config, ALERTS_TOPIC, {run.run_id.encode() for run in runs})]
+    out.write(f"alerts on {ALERTS_TOPIC}: {len(alerts)} transitions\n")
+    for run in runs:
+        own = [a for a in alerts if a["run_id"] == run.run_id]
+        out.write(f"  {run.label} {run.run_id}: {len(own) or 'no'} alert transition{'' if len(own) == 1 else 's'}\n")
+        for alert in own[:limit]:
+            out.write(f"    {format_alert(alert)}\n")
+        if len(own) > limit:
+            out.write(f"    ... and {len(own) - limit} more\n")
+    healthy = [a for a in alerts if a["run_id"] in {run.run_id for run in runs if run.role == "baseline"}]
+    if healthy:
+        out.write(f"the healthy baseline runs raised {len(healthy)} alert transitions (listed above)\n")
+    else:
+        out.write("the healthy baseline runs raised no alert\n")
+
+
+def _start_broker(bootstrap: str | None, out: TextIO) -> tuple[str, Any]:
+    """The broker to use and the `LocalBroker` this demo started (None when it started none)."""
+    from ppo_telemetry.broker import LocalBroker
+
+    bootstrap = bootstrap or _configured_bootstrap()
+    if bootstrap is not None:
+        out.write(f"using the Kafka broker at {bootstrap}\n")
+        return bootstrap, None
+    broker = LocalBroker()
+    if broker.pid() is not None:  # running already: use it, leave it running
+        bootstrap = broker.start()
+        out.write(f"using the local Kafka broker at {bootstrap}\n")
+        return bootstrap, None
+    out.write("starting the local Kafka broker (first time: Maven fetches the jars) ...\n")
+    bootstrap = broker.start()
+    out.write(f"  running at {bootstrap}\n")
+    return bootstrap, broker
+
+
+def run_demo(out: TextIO, bootstrap: str | None = None, steps: int = 30_000) -> int:
     """Run the demo, printing what happened to `out`; returns the exit code."""
-    from avro_schemas.codec import alert_codec, drift_record_codec
-    from avro_schemas.topics import ALERTS_TOPIC, DLQ_TOPIC, DRIFT_TOPIC
+    from avro_schemas.topics import DLQ_TOPIC
     from consumers.drift import Baseline
     from consumers.groups import DriftGroup, ValidatorGroup, WatchGroup
     from consumers.runner import baseline_records
-    from ppo_telemetry.broker import LocalBroker
-
-    started = time.monotonic()
-    broker = None
-    bootstrap = bootstrap or _configured_bootstrap()
-    if bootstrap is None:
-        broker = LocalBroker()
-        if broker.pid() is not None:
-            broker = None  # running already: use it, leave it running
-            bootstrap = LocalBroker().start()
-            out.write(f"using the local Kafka broker at {bootstrap}\n")
-        else:
-            out.write("starting the local Kafka broker (first time: Maven fetches the jars) ...\n")
-            bootstrap = broker.start()
-            out.write(f"  running at {bootstrap}\n")
-    else:
-        out.write(f"using the Kafka broker at {bootstrap}\n")
     from ppo_telemetry.kafka_settings import KafkaSettings
 
+    started = time.monotonic()
+    bootstrap, broker = _start_broker(bootstrap, out)
     # the same settings `train` reads (security included), so the demo's own clients match its producers
     config = KafkaSettings(bootstrap_servers=bootstrap).librdkafka_config()
     try:
-        tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        baseline_id, candidate_id = f"demo-{tag}-baseline-lr1e-3", f"demo-{tag}-candidate-lr3e-3"
-        out.write(f"training two PPO runs on Conflict-v0, {steps:,} ticks each, publishing to Kafka:\n")
-        _train(bootstrap, baseline_id, 0, 1e-3, steps, out)
-        _train(bootstrap, candidate_id, 1, 3e-3, steps, out)
-        injected = _inject(config, candidate_id)
+        runs = demo_runs(time.strftime("%Y%m%dT%H%M%S", time.gmtime()), steps)
+        baseline_runs = [run for run in runs if run.role == "baseline"]
+        candidate = next(run for run in runs if run.role == "candidate")
+        out.write(f"training four PPO runs on Conflict-v0, {steps:,} ticks each, publishing to Kafka: a healthy "
+                  f"baseline of two seeds, a candidate with an entropy bonus ({' '.join(CANDIDATE_CHANGE)}; the "
+                  f"default is 0), and a run with an injected fault ({FAULT}: rewards x1000 from step "
+                  f"{int(steps * FAULT_AT):,} on)\n")
+        _train_all(bootstrap, runs, steps, out)
+        injected = _inject(config, candidate.run_id)
         out.write(f"injected {injected} bad messages into ppo.telemetry.epochs: garbage, a truncated body, "
                   f"an unknown writer schema, a NaN, a re-sent record\n")
 
         ends = _end_offsets(config)
-        baseline = Baseline.from_records(baseline_records(config, baseline_id), baseline_id)
-        watch = WatchGroup()
-        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ppo-telemetry-demo-{tag}.log"
+        records = [r.to_dict() for run in baseline_runs for r in baseline_records(config, run.run_id)]
+        baseline = Baseline.from_records(records, [run.run_id for run in baseline_runs])
+        # a run's summary goes out once its records stop for a second: here, once the backlog is consumed
+        drift = DriftGroup(baseline, idle_seconds=1.0)
+        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ppo-telemetry-demo-{runs[0].run_id}.log"
         with open(log_path, "w") as log:
-            runners = _run_groups(config, [ValidatorGroup(), DriftGroup(baseline), watch], ends, log)
+            runners = _run_groups(config, [ValidatorGroup(), drift, WatchGroup()], ends, log)
         out.write(f"ran the three consumer groups until they had committed everything (their log: {log_path}):\n")
         for runner in runners:
             c = runner.counts
             out.write(f"  {runner.core.group:<26} {c.consumed:>6} consumed, {c.processed:>6} valid, {c.rejected} rejected, "
                       f"{c.duplicates} duplicate dropped; {c.outputs} outputs in {c.batches} transactions\n")
 
-        keys = {baseline_id.encode(), candidate_id.encode()}
-        dead = _read(config, DLQ_TOPIC, keys)
+        dead = _read(config, DLQ_TOPIC, {run.run_id.encode() for run in runs})
         out.write(f"dead-lettered to {DLQ_TOPIC}: {len(dead)}\n")
         for message in dead:
             headers = {k: v.decode("utf-8", "replace") for k, v in message.headers() or []}
             out.write(f"  offset {headers['source.offset']:>6}  {headers['error.stage']}/{headers['error.rule']}: "
                       f"{headers['error.message'][:90]}\n")
 
-        drifts = [drift_record_codec().decode(m.value()) for m in _read(config, DRIFT_TOPIC, {candidate_id.encode()})]
-        out.write(f"drift of {candidate_id} vs {baseline_id}: {len(drifts)} DriftRecords; largest mean drifts:\n")
-        sums: dict[str, list[float]] = {}
-        for record in drifts:
-            for name, value in record["drifts"].items():
-                sums.setdefault(name, []).append(value)
-        top = sorted(sums.items(), key=lambda kv: -abs(sum(kv[1]) / len(kv[1])))[:5]
-        for name, values in top:
-            out.write(f"  {name:<22} mean {sum(values) / len(values):+9.1%}   max |drift| {max(map(abs, values)):9.1%}\n")
-
-        alerts = [alert_codec().decode(m.value()) for m in _read(config, ALERTS_TOPIC, keys)]
-        label = {baseline_id: "baseline", candidate_id: "candidate"}
-        out.write(f"alerts on {ALERTS_TOPIC}: {len(alerts)} transitions\n")
-        for a in alerts[:12]:
-            out.write(f"  {label[a['run_id']]:<9} epoch {a['epoch']:>5}  {a['rule']:<17} {a['state']:<8} "
-                      f"value {a['value']:.4g} (threshold {a['threshold']:.4g})\n")
-        if len(alerts) > 12:
-            out.write(f"  ... and {len(alerts) - 12} more\n")
+        _print_drift(config, runs, baseline.window_steps, out)
+        _print_alerts(config, runs, out)
         out.write(f"demo finished in {time.monotonic() - started:.0f} s\n")
         return 0
     finally:
