@@ -179,7 +179,7 @@ def _train_all(bootstrap: str, runs: list[DemoRun], steps: int, out: TextIO) -> 
             _, stderr = proc.communicate()
             lines = stderr.strip().splitlines()
             # the line that says what was published; the last line when training failed
-            summary = next((l for l in reversed(lines) if " records, " in l), lines[-1] if lines else "")
+            summary = next((line for line in reversed(lines) if " records, " in line), lines[-1] if lines else "")
             if proc.returncode != 0:
                 raise DemoError(f"training {run.run_id} failed: {summary or f'exit code {proc.returncode}'}")
             out.write(f"  {run.label + ':':<{width}} {summary.removeprefix('train: ')}\n")
@@ -308,13 +308,16 @@ def _print_drift(config: dict[str, Any], runs: list[DemoRun], window_steps: int,
     codec = drift_record_codec()
     compared = [run for run in runs if run.role != "baseline"]
     seeds = " and ".join(str(run.seed) for run in runs if run.role == "baseline")
-    records = [codec.decode(m.value()) for m in _read(config, DRIFT_TOPIC, {run.run_id.encode() for run in compared})]
-    changes = sum(1 for r in records if r.get("kind") == "verdict_change")
+    keys = {run.run_id.encode() for run in compared}
+    records = [codec.decode(message.value()) for message in _read(config, DRIFT_TOPIC, keys)]
+    changes = sum(1 for record in records if record.get("kind") == "verdict_change")
+    summaries = sum(1 for record in records if record.get("kind") == "summary")
     out.write(f"drift on {DRIFT_TOPIC} against the baseline of seeds {seeds} (windows of {window_steps:,} steps): "
               f"{len(records)} DriftRecords, {changes} verdict changes and "
-              f"{sum(1 for r in records if r.get('kind') == 'summary')} idle summaries\n")
+              f"{summaries} idle summaries; a verdict's first step is "
+              f"where its first differing window begins\n")
     for run in compared:
-        own = [r for r in records if r["run_id"] == run.run_id]
+        own = [record for record in records if record["run_id"] == run.run_id]
         if not own:
             out.write(f"  {run.label}: no DriftRecord\n")
             continue
@@ -330,16 +333,16 @@ def _print_alerts(config: dict[str, Any], runs: list[DemoRun], out: TextIO, limi
     from avro_schemas.topics import ALERTS_TOPIC
 
     codec = alert_codec()
-    alerts = [codec.decode(m.value()) for m in _read(config, ALERTS_TOPIC, {run.run_id.encode() for run in runs})]
+    alerts = [codec.decode(message.value()) for message in _read(config, ALERTS_TOPIC, {run.run_id.encode() for run in runs})]
     out.write(f"alerts on {ALERTS_TOPIC}: {len(alerts)} transitions\n")
     for run in runs:
-        own = [a for a in alerts if a["run_id"] == run.run_id]
+        own = [alert for alert in alerts if alert["run_id"] == run.run_id]
         out.write(f"  {run.label} {run.run_id}: {len(own) or 'no'} alert transition{'' if len(own) == 1 else 's'}\n")
         for alert in own[:limit]:
             out.write(f"    {format_alert(alert)}\n")
         if len(own) > limit:
             out.write(f"    ... and {len(own) - limit} more\n")
-    healthy = [a for a in alerts if a["run_id"] in {run.run_id for run in runs if run.role == "baseline"}]
+    healthy = [alert for alert in alerts if alert["run_id"] in {run.run_id for run in runs if run.role == "baseline"}]
     if healthy:
         out.write(f"the healthy baseline runs raised {len(healthy)} alert transitions (listed above)\n")
     else:
@@ -378,7 +381,8 @@ def run_demo(out: TextIO, bootstrap: str | None = None, steps: int = 30_000) -> 
     # the same settings `train` reads (security included), so the demo's own clients match its producers
     config = KafkaSettings(bootstrap_servers=bootstrap).librdkafka_config()
     try:
-        runs = demo_runs(time.strftime("%Y%m%dT%H%M%S", time.gmtime()), steps)
+        tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        runs = demo_runs(tag, steps)
         baseline_runs = [run for run in runs if run.role == "baseline"]
         candidate = next(run for run in runs if run.role == "candidate")
         out.write(f"training four PPO runs on Conflict-v0, {steps:,} ticks each, publishing to Kafka: a healthy "
@@ -391,18 +395,19 @@ def run_demo(out: TextIO, bootstrap: str | None = None, steps: int = 30_000) -> 
                   f"an unknown writer schema, a NaN, a re-sent record\n")
 
         ends = _end_offsets(config)
-        records = [r.to_dict() for run in baseline_runs for r in baseline_records(config, run.run_id)]
+        records = [record.to_dict() for run in baseline_runs for record in baseline_records(config, run.run_id)]
         baseline = Baseline.from_records(records, [run.run_id for run in baseline_runs])
         # a run's summary goes out once its records stop for a second: here, once the backlog is consumed
         drift = DriftGroup(baseline, idle_seconds=1.0)
-        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ppo-telemetry-demo-{runs[0].run_id}.log"
+        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ppo-telemetry-demo-{tag}.log"
         with open(log_path, "w") as log:
             runners = _run_groups(config, [ValidatorGroup(), drift, WatchGroup()], ends, log)
         out.write(f"ran the three consumer groups until they had committed everything (their log: {log_path}):\n")
         for runner in runners:
-            c = runner.counts
-            out.write(f"  {runner.core.group:<26} {c.consumed:>6} consumed, {c.processed:>6} valid, {c.rejected} rejected, "
-                      f"{c.duplicates} duplicate dropped; {c.outputs} outputs in {c.batches} transactions\n")
+            counts = runner.counts
+            out.write(f"  {runner.core.group:<26} {counts.consumed:>6} consumed, {counts.processed:>6} valid, "
+                      f"{counts.rejected} rejected, {counts.duplicates} duplicate dropped; {counts.outputs} outputs "
+                      f"in {counts.batches} transactions\n")
 
         dead = _read(config, DLQ_TOPIC, {run.run_id.encode() for run in runs})
         out.write(f"dead-lettered to {DLQ_TOPIC}: {len(dead)}\n")
