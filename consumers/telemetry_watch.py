@@ -51,6 +51,7 @@ __all__ = [
     "ReturnCollapseRule",
     "ClipInactiveRule",
     "LrJumpRule",
+    "ValueLossSpikeRule",
     "RulesConfig",
     "load_rules",
     "rules_from_mapping",
@@ -60,7 +61,7 @@ __all__ = [
 
 RULE_NAMES: tuple[str, ...] = (
     "entropy_collapse", "kl_spike", "grad_explosion", "gae_sanity", "value_divergence", "return_collapse",
-    "clip_inactive", "lr_jump",
+    "clip_inactive", "lr_jump", "value_loss_spike",
 )
 SEVERITIES: tuple[str, ...] = ("warning", "critical")
 
@@ -162,12 +163,13 @@ class GradExplosionRule:
 
 @dataclass(frozen=True, slots=True)
 class GaeSanityRule:
-    """Fires when `reward_advantage_corr < min(threshold, level − drop)` (per cycle; a null is not evaluated).
+    """Fires when `reward_advantage_corr < min(threshold, level − max(drop, drop_spread × spread))` (per cycle).
 
     Advantages are built from rewards (A = r + γV(s') − V(s) + ...), so a run's correlation settles at a
     level of its own (about +0.3 on Acrobot, about 0 on Pendulum, whose rewards are costs); a fall far
     below that level into negative values means advantages no longer follow rewards: a sign or wiring bug.
-    The level is the moving average (rate `rate` per cycle) of the cycles where the condition did not hold.
+    The level and spread are the moving average and mean absolute deviation (rate `rate` per cycle) of the
+    cycles where the condition did not hold; a null correlation (constant rewards) is not evaluated.
     """
 
     enabled: bool = True
@@ -176,8 +178,9 @@ class GaeSanityRule:
     clear: int = _int(3, 1)
     cooldown: int = _int(10, 0)
     warmup: int = _int(5, 0)
-    threshold: float = _float(-0.2, -1.0, 1.0)
-    drop: float = _float(0.6, 0.0, 2.0, False)
+    threshold: float = _float(-0.1, -1.0, 1.0)
+    drop: float = _float(0.4, 0.0, 2.0, False)
+    drop_spread: float = _float(4.0, 0.0)
     rate: float = _float(0.2, 0.0, 1.0, False)
 
     per_cycle: ClassVar[bool] = True
@@ -200,7 +203,7 @@ class ValueDivergenceRule:
     hold: int = _int(2, 1)
     clear: int = _int(3, 1)
     cooldown: int = _int(10, 0)
-    warmup: int = _int(10, 0)
+    warmup: int = _int(5, 0)
     ev_drop: float = _float(0.3, 0.0, low_inclusive=False)
     ev_spread: float = _float(8.0, 0.0)
     ev_max: float = _float(0.5, -math.inf, 1.0)
@@ -227,7 +230,7 @@ class ReturnCollapseRule:
     hold: int = _int(5, 1)
     clear: int = _int(3, 1)
     cooldown: int = _int(10, 0)
-    warmup: int = _int(10, 0)
+    warmup: int = _int(5, 0)
     fraction: float = _float(0.8, 0.0, 1.0, False)
     min_gain: float = _float(3.0, 0.0)
     rate: float = _float(0.2, 0.0, 1.0, False)
@@ -278,9 +281,34 @@ class LrJumpRule:
     needs_v1_1: ClassVar[bool] = False
 
 
+@dataclass(frozen=True, slots=True)
+class ValueLossSpikeRule:
+    """Fires at once when a cycle's first `value_loss` (the loss on fresh data, before any update on it)
+    jumps above `factor` × the larger of its recent geometric level and its level at the end of warm-up
+    (per cycle).
+
+    `value_divergence` waits for the value function to stay wrong; a critic re-initialised or corrupted
+    once may relearn within a cycle or two, so a single large jump is worth saying at once. The start level
+    keeps a solved task quiet: its loss falls by orders of magnitude and one failed episode brings it back
+    to about where it started.
+    """
+
+    enabled: bool = True
+    severity: str = "warning"
+    hold: int = _int(1, 1)
+    clear: int = _int(2, 1)
+    cooldown: int = _int(10, 0)
+    warmup: int = _int(5, 0)
+    factor: float = _float(5.0, 1.0, low_inclusive=False)
+    rate: float = _float(0.1, 0.0, 1.0, False)
+
+    per_cycle: ClassVar[bool] = True
+    needs_v1_1: ClassVar[bool] = False
+
+
 _Rule = (
     EntropyCollapseRule | KlSpikeRule | GradExplosionRule | GaeSanityRule | ValueDivergenceRule | ReturnCollapseRule
-    | ClipInactiveRule | LrJumpRule
+    | ClipInactiveRule | LrJumpRule | ValueLossSpikeRule
 )
 
 
@@ -296,6 +324,7 @@ class RulesConfig:
     return_collapse: ReturnCollapseRule = field(default_factory=ReturnCollapseRule)
     clip_inactive: ClipInactiveRule = field(default_factory=ClipInactiveRule)
     lr_jump: LrJumpRule = field(default_factory=LrJumpRule)
+    value_loss_spike: ValueLossSpikeRule = field(default_factory=ValueLossSpikeRule)
 
     @classmethod
     def default(cls) -> RulesConfig:
@@ -598,9 +627,14 @@ def _read_gae(rule: GaeSanityRule, record: EpochSummary, st: _RuleState, warming
     value = record.reward_advantage_corr
     if value is None:
         return None
-    reference = rule.threshold if st.level is None else min(rule.threshold, st.level - rule.drop)
+    if st.level is None:
+        reference = rule.threshold
+    else:
+        reference = min(rule.threshold, st.level - max(rule.drop, rule.drop_spread * (st.spread or 0.0)))
     condition = value < reference
     if (not condition and not st.firing) or warming:
+        if st.level is not None:
+            st.spread = _ema(st.spread, abs(value - st.level), rule.rate)
         st.level = _ema(st.level, value, rule.rate)
     return value, reference, condition
 
@@ -680,7 +714,22 @@ def _read_lr(rule: LrJumpRule, record: EpochSummary, st: _RuleState, warming: bo
     return value, reference, condition
 
 
+def _read_loss_spike(rule: ValueLossSpikeRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
+    value = record.value_loss
+    if st.level is None:
+        reference = math.inf
+    else:
+        reference = rule.factor * math.exp(st.level if st.start is None else max(st.level, st.start))
+    condition = value > reference
+    if (not condition and not st.firing) or warming:
+        st.level = _ema(st.level, math.log(max(value, _TINY)), rule.rate)
+        if warming:
+            st.start = st.level
+    return value, reference, condition
+
+
 _READERS: dict[str, Any] = {
+    "value_loss_spike": _read_loss_spike,
     "clip_inactive": _read_clip,
     "lr_jump": _read_lr,
     "entropy_collapse": _read_entropy,
@@ -744,6 +793,12 @@ def _summary(name: str, rule: _Rule, st: _RuleState, firing: bool, value: float,
         if firing:
             return f"no sample was clipped although the policy moved by KL {v} (above {ref}), {held}: is PPO clipping off or its range far too wide?"
         return f"samples are clipped again or the policy moves less (KL {v}), {held}"
+    if name == "value_loss_spike":
+        if firing:
+            start = "" if st.start is None else f", or its start {_fmt(math.exp(st.start))}"
+            return (f"value loss on fresh data jumped to {v}, above {ref} ({_fmt(rule.factor)}x the run's usual "
+                    f"{_level(st, True)}{start}), {held}: the value network was reset or corrupted, or the reward scale changed")
+        return f"value loss on fresh data {v} is back under {ref}, {held}"
     if firing:
         return f"learning rate jumped to {v}, above {ref} ({_fmt(rule.factor)}x its recent {_level(st, False)}), {held}: check the optimizer settings"
     return f"learning rate {v} is back under {ref}, {held}"

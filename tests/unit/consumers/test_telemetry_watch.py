@@ -260,6 +260,15 @@ def test_value_divergence_fires_when_the_value_loss_blows_up() -> None:
     assert 200.0 < transitions[0].reference < 500.0
 
 
+def test_value_loss_spike_fires_at_once_above_the_larger_of_recent_and_start_levels() -> None:
+    watch = Watch(only("value_loss_spike", warmup=3, factor=5.0, rate=0.5))
+    # start level 10; the loss then settles at 0.01: 30 (3x start) is quiet, 80 (8x start) fires at once
+    records = steady(3, value_loss=10.0) + [epoch_summary(epoch=3 + i, value_loss=0.01) for i in range(20)]
+    records += [epoch_summary(epoch=23, value_loss=30.0), epoch_summary(epoch=24, value_loss=0.01),
+                epoch_summary(epoch=25, value_loss=80.0)]
+    assert states(watch, records) == [(25, "value_loss_spike", "firing")]
+
+
 def test_return_collapse_needs_most_of_the_gain_lost_and_held() -> None:
     watch = Watch(only("return_collapse", warmup=3, hold=3, fraction=0.6, rate=0.5))
     rising = [epoch_summary(epoch=i, mean_episode_return=r) for i, r in enumerate([10, 10, 10, 50, 100, 100, 100, 100])]
@@ -307,7 +316,7 @@ def test_transition_carries_the_evidence_with_spec_keys_in_order() -> None:
     assert list(doc) == SPEC_KEYS
     assert (doc["state"], doc["severity"], doc["epoch"], doc["global_step"], doc["log_stream_offset"]) == (
         "firing", "warning", 3, 777, 41)
-    assert (doc["value"], doc["reference"], doc["since_epoch"]) == (-0.5, -0.2, 3)
+    assert (doc["value"], doc["reference"], doc["since_epoch"]) == (-0.5, -0.1, 3)
     assert "-0.5" in doc["summary"] and "\n" not in doc["summary"]
     assert json.loads(json.dumps(doc)) == doc
 
