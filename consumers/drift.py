@@ -4,18 +4,21 @@ The pure core, no Kafka, no I/O, no clock. docs/signals.md ("## Drift") explains
 this docstring says how it is computed.
 
 **Windows.** Runs are aligned by training progress: a record belongs to window `global_step // W`.
-`W` (`DriftSettings.window_steps`, or by default the baseline's length / `DriftSettings.windows`,
-never less than one collection cycle) is fixed by the baseline, so runs with other epoch counts per
+`W` (`DriftSettings.window_steps`, or by default the baseline's length / `DriftSettings.windows`
+rounded up to whole collection cycles) is fixed by the baseline, so runs with other epoch counts per
 cycle or other lengths still compare window by window. A window of the current run is *closed* when a
 record of a later window arrives; verdict changes are decided on closed windows only, so they depend
 on the records alone, never on timing.
 
-**Levels and noise.** Per window and field the level is the mean of the window's non-null values;
-heavy-tailed positive fields (`FieldSpec.log`) are compared as `log(mean + offset)`. The baseline's
-level is the mean of its runs' levels. The noise scale of a window:
+**Levels and noise.** Per window and field the level is the mean of the window's non-null values.
+Heavy-tailed positive fields (`FieldSpec.log`) are compared on a log scale: the level is the mean of
+`log(value + offset)` (a geometric mean, so one seed's rare spike does not swamp a window). The
+baseline's level is the mean of its runs' levels. The noise scale of a window:
 - two or more baseline runs: the sample variance of the runs' levels, pooled over the neighbouring
   windows (`DriftSettings.pool_windows` either side: one window of two seeds has one degree of
-  freedom, far too noisy alone), times `sqrt(1 + 1/k)` (a new run against the mean of k runs);
+  freedom) and never below the variance pooled over the whole run (`whole_run_weight`: seeds differ
+  for long stretches, so neighbouring windows add little information), times `sqrt(1 + 1/k)` (a new
+  run against the mean of k runs);
 - one baseline run: the spread of the run's record values within the window (pooled the same way)
   stands in;
 both times `DriftSettings.inflation` and never below the field's floor
@@ -26,9 +29,10 @@ both times `DriftSettings.inflation` and never below the field's floor
 `DriftSettings.consecutive` compared windows in a row; `first_step` is the first step of that streak's
 first window and `direction` its sign. The verdict then stays `differs` (the run did differ from that
 step on). `effect` is the largest effect in the verdict's direction (any direction for `same`);
-`relative_change` is current / baseline - 1 of the raw levels summed over the differing windows (the
-streak and every later window beyond the threshold in the same direction), null for `same` and where
-the baseline's level there is within `FieldSpec.zero_level`.
+`relative_change` is current / baseline - 1 over the differing windows (the streak and every later
+window beyond the threshold in the same direction): of the mean levels, or for a log-scale field of
+the geometric means; null for `same` and where the baseline's level there is within
+`FieldSpec.zero_level` of zero.
 
 **Skipped fields.** `missing_in_baseline`: no window the current run has holds a baseline value of the
 field; `missing_in_current`: the baseline has values there but the current run never does;
@@ -44,10 +48,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from avro_schemas.errors import TelemetryError
+
+log = math.log
+_LOG_OF_NOTHING = math.log(1e-12)
 
 __all__ = [
     "DRIFT_FIELDS",
@@ -78,7 +85,9 @@ class FieldSpec:
     otherwise swamp the mean). `floor` and `relative_floor`: the least noise scale, on the compared
     scale, `floor + relative_floor * |baseline level|`. `zero_level`: a raw baseline level within this of
     zero makes `relative_change` null (a ratio to ~0 means nothing). `lowest`: levels below it are
-    compared as `lowest` (a number there no longer measures anything).
+    compared as `lowest` (a number there no longer measures anything). `log_if_nonnegative`: on the
+    log scale when no baseline value is negative (entropy: a discrete policy's is ≥ 0 and collapses toward
+    0 by factors, a continuous policy's differential entropy may be negative and is compared as is).
     """
 
     name: str
@@ -88,20 +97,23 @@ class FieldSpec:
     relative_floor: float = 0.0
     zero_level: float = 0.0
     lowest: float | None = None
+    log_if_nonnegative: bool = False
 
 
 FIELD_SPECS: tuple[FieldSpec, ...] = (
     FieldSpec("policy_loss", floor=0.005, zero_level=1e-3),
     FieldSpec("value_loss", log=True, offset=1e-6, floor=0.25, zero_level=1e-6),
     FieldSpec("kl_divergence", log=True, offset=1e-6, floor=0.25, zero_level=1e-6),
-    FieldSpec("clip_fraction", floor=0.02, zero_level=1e-3),
+    # in [0, 1]; an unclipped update takes it to exactly 0: compared by factors, 1e-3 the resolution
+    FieldSpec("clip_fraction", log=True, offset=1e-3, floor=0.25, zero_level=1e-3),
     # Below 0 the value function explains nothing, and once returns barely vary (a solved task) the
     # number swings to -1 and below between healthy seeds: compared clipped at 0.
     FieldSpec("explained_variance", floor=0.1, zero_level=0.05, lowest=0.0),
     # Identical between seeds: the floor alone decides (5 % on the log scale).
     FieldSpec("learning_rate", log=True, floor=0.05, zero_level=0.0),
     FieldSpec("mean_episode_return", floor=1.0, relative_floor=0.05, zero_level=1e-3),
-    FieldSpec("batch_entropy_mean", floor=0.02, relative_floor=0.02, zero_level=1e-3),
+    FieldSpec("batch_entropy_mean", offset=1e-3, floor=0.02, relative_floor=0.02, zero_level=1e-3,
+              log_if_nonnegative=True),
     FieldSpec("batch_entropy_std", floor=0.005, zero_level=1e-4),
     FieldSpec("grad_norm_max", log=True, offset=1e-6, floor=0.2, zero_level=1e-6),
     FieldSpec("kl_divergence_max", log=True, offset=1e-6, floor=0.25, zero_level=1e-6),
@@ -137,6 +149,9 @@ class DriftSettings:
     """Noise scale multiplier: seeds differ in more ways than a few windows' spread shows."""
     pool_windows: int = 2
     """Windows either side whose spread is pooled into a window's noise scale."""
+    whole_run_weight: float = 1.0
+    """With two or more baseline runs, the weight of their spread pooled over every window as a lower
+    bound of each window's noise scale."""
     within_weight: float = 0.0
     """With two or more baseline runs, the weight of the within-window record spread as a lower bound of
     the noise scale (with one run it is the noise scale, times `inflation`)."""
@@ -152,11 +167,17 @@ _SPEC_COUNT = len(FIELD_SPECS)
 _LOG_INDEXES = tuple(i for i, spec in enumerate(FIELD_SPECS) if spec.log)
 
 
-def _transform(spec: FieldSpec, level: float) -> float:
-    """A raw level on the compared scale."""
-    if spec.log:
-        return math.log(max(level + spec.offset, 1e-300))
-    return level if spec.lowest is None or level > spec.lowest else spec.lowest
+def _value(spec: FieldSpec, value: float) -> float:
+    """A record's value on the compared scale (a window's level is their mean)."""
+    if not spec.log:
+        return value
+    shifted = value + spec.offset
+    return log(shifted) if shifted > 0 else _LOG_OF_NOTHING
+
+
+def _level(spec: FieldSpec, mean: float) -> float:
+    """A window's mean of compared values as compared (clipped at `lowest`)."""
+    return mean if spec.lowest is None or mean > spec.lowest else spec.lowest
 
 
 def _pooled(variances: Sequence[float | None], index: int, half_width: int) -> float | None:
@@ -179,6 +200,7 @@ class Baseline:
 
     run_ids: tuple[str, ...]
     settings: DriftSettings
+    specs: tuple[FieldSpec, ...]
     window_steps: int
     level: tuple[tuple[float | None, ...], ...]
     raw_level: tuple[tuple[float | None, ...], ...]
@@ -252,7 +274,8 @@ def _window_steps(by_run: Mapping[str, list[Mapping[str, Any]]], settings: Drift
     for records in by_run.values():
         steps = sorted({r["global_step"] for r in records})
         cycle = max([cycle, *(b - a for a, b in zip(steps, steps[1:]))])
-    return max(cycle, math.ceil(last / settings.windows), 1)
+    # whole cycles per window, so each window holds the same share of every cycle's epochs
+    return cycle * max(1, math.ceil(last / settings.windows / cycle))
 
 
 def _build_baseline(by_run: dict[str, list[Mapping[str, Any]]], settings: DriftSettings) -> Baseline:
@@ -273,34 +296,41 @@ def _build_baseline(by_run: dict[str, list[Mapping[str, Any]]], settings: DriftS
                     constant[i].add(float(value))
         values.append(run)
     k = len(values)
+    specs = tuple(_effective(spec, values, i) for i, spec in enumerate(FIELD_SPECS))
     level, raw_level, noise = [], [], []
     between_scale = settings.inflation * math.sqrt(1 + 1 / k)
     # one run: its within-window spread stands in for the seed-to-seed spread, at full weight
     within_scale = settings.inflation if k == 1 else settings.within_weight
-    for i, spec in enumerate(FIELD_SPECS):
+    for i, spec in enumerate(specs):
         field_level: list[float | None] = []
         field_raw: list[float | None] = []
         between: list[float | None] = []
         within: list[float | None] = []
         for window in range(count):
-            raws = [math.fsum(run[i][window]) / len(run[i][window]) for run in values if run[i][window]]
+            raws = [math.fsum(_value(spec, x) for x in run[i][window]) / len(run[i][window])
+                    for run in values if run[i][window]]
             if not raws:
                 field_level.append(None)
                 field_raw.append(None)
                 between.append(None)
                 within.append(None)
                 continue
-            compared = [_transform(spec, raw) for raw in raws]
+            compared = [_level(spec, raw) for raw in raws]
             field_level.append(math.fsum(compared) / len(compared))
             field_raw.append(math.fsum(raws) / len(raws))
             between.append(_variance(compared))
             within.append(_within_variance(spec, [run[i][window] for run in values]))
+        known = [v for v in between if v is not None]
+        whole_run = math.sqrt(math.fsum(known) / len(known)) if known and k >= 2 else 0.0
         field_noise: list[float | None] = []
         for window in range(count):
             if field_level[window] is None:
                 field_noise.append(None)
                 continue
-            scales = [spec.floor + spec.relative_floor * abs(field_level[window]), 1e-12]
+            floor = spec.floor + spec.relative_floor * abs(field_level[window])
+            # the spread pooled over the whole run bounds a window's from below: two seeds that happen
+            # to agree for a few windows say little about how far a third may stray
+            scales = [floor, 1e-12, settings.whole_run_weight * between_scale * whole_run]
             pooled_between = _pooled(between, window, settings.pool_windows)
             if pooled_between is not None and k >= 2:
                 scales.append(between_scale * math.sqrt(pooled_between))
@@ -315,6 +345,7 @@ def _build_baseline(by_run: dict[str, list[Mapping[str, Any]]], settings: DriftS
     return Baseline(
         run_ids=tuple(by_run),
         settings=settings,
+        specs=specs,
         window_steps=width,
         level=tuple(level),
         raw_level=tuple(raw_level),
@@ -322,6 +353,14 @@ def _build_baseline(by_run: dict[str, list[Mapping[str, Any]]], settings: DriftS
         has_window=has_window,
         constant=tuple(next(iter(seen)) if len(seen) == 1 else None for seen in constant),
     )
+
+
+def _effective(spec: FieldSpec, values: list[list[list[list[float]]]], i: int) -> FieldSpec:
+    """The spec as this baseline compares the field (`log_if_nonnegative` decided on its values)."""
+    if not spec.log_if_nonnegative:
+        return spec
+    nonnegative = all(x >= 0 for run in values for window in run[i] for x in window)
+    return replace(spec, log=nonnegative, log_if_nonnegative=False)
 
 
 def _variance(points: Sequence[float]) -> float | None:
@@ -334,7 +373,7 @@ def _variance(points: Sequence[float]) -> float | None:
 
 def _within_variance(spec: FieldSpec, runs: Sequence[Sequence[float]]) -> float | None:
     """The record-to-record variance of a window on the compared scale, pooled over the baseline runs."""
-    variances = [v for v in (_variance([_transform(spec, x) for x in values]) for values in runs) if v is not None]
+    variances = [v for v in (_variance([_value(spec, x) for x in values]) for values in runs) if v is not None]
     return math.fsum(variances) / len(variances) if variances else None
 
 
@@ -477,7 +516,7 @@ class RunDrift:
     __slots__ = (
         "run_id", "baseline", "open_window", "sums", "counts", "fields", "windows_compared",
         "epoch", "global_step", "log_stream_offset", "verdicts", "late_records", "closed_summary",
-        "_constant_checks", "_width",
+        "_constant_checks", "_width", "_linear", "_logged",
     )
 
     def __init__(self, run_id: str, baseline: Baseline) -> None:
@@ -497,6 +536,8 @@ class RunDrift:
         self.closed_summary: RunDriftSummary | None = None  # made by the last close that changed verdicts
         self._constant_checks = tuple((i, c) for i, c in enumerate(baseline.constant) if c is not None)
         self._width = baseline.window_steps
+        self._linear = tuple((i, s.name, s.offset) for i, s in enumerate(baseline.specs) if not s.log)
+        self._logged = tuple((i, s.name, s.offset) for i, s in enumerate(baseline.specs) if s.log)
 
     # ------------------------------------------------------------------------------ records
 
@@ -513,10 +554,18 @@ class RunDrift:
             self.open_window = window
         sums, counts = self.sums, self.counts
         get = record.get
-        for i, name in enumerate(DRIFT_FIELDS):
+        for i, name, offset in self._linear:
             value = get(name)
             if value is not None:
                 sums[i] += value
+                counts[i] += 1
+        for i, name, offset in self._logged:
+            value = get(name)
+            if value is not None:
+                shifted = value + offset
+                # a log-scale field can go below 0 only where the baseline never did (an entropy
+                # log-compared because the baseline's was ≥ 0): as low as the scale goes
+                sums[i] += log(shifted) if shifted > 0 else _LOG_OF_NOTHING
                 counts[i] += 1
         for i, value in self._constant_checks:
             current = get(DRIFT_FIELDS[i])
@@ -628,7 +677,7 @@ def _fold_window(
     settings = baseline.settings
     threshold, needed = settings.threshold, settings.consecutive
     start_step = window * baseline.window_steps
-    for i, spec in enumerate(FIELD_SPECS):
+    for i, spec in enumerate(baseline.specs):
         base_level = baseline.level[i][window]
         if base_level is None:
             continue
@@ -637,7 +686,7 @@ def _fold_window(
         if not counts[i]:
             continue
         raw = sums[i] / counts[i]
-        effect = (_transform(spec, raw) - base_level) / baseline.noise[i][window]
+        effect = (_level(spec, raw) - base_level) / baseline.noise[i][window]
         base_raw = baseline.raw_level[i][window]
         state.compared += 1
         if effect > state.max_up:
@@ -686,14 +735,12 @@ def _reason(state: _FieldState) -> str:
 def _verdicts(baseline: Baseline, fields: list[_FieldState]) -> dict[str, FieldVerdict]:
     """Each field's verdict from its state (closed windows only, or copies with the open window folded in)."""
     out: dict[str, FieldVerdict] = {}
-    for spec, state, constant in zip(FIELD_SPECS, fields, baseline.constant):
+    for spec, state, constant in zip(baseline.specs, fields, baseline.constant):
         if not state.compared or (constant is not None and not state.varied):
             out[spec.name] = FieldVerdict("skipped")
         elif state.direction:
             up = state.direction > 0
-            relative = None
-            if abs(state.diff_base) > spec.zero_level * state.diff_windows:
-                relative = state.diff_current / state.diff_base - 1.0
+            relative = _relative_change(spec, state)
             out[spec.name] = FieldVerdict(
                 "differs",
                 first_step=state.first_step,
@@ -705,6 +752,22 @@ def _verdicts(baseline: Baseline, fields: list[_FieldState]) -> dict[str, FieldV
             effect = state.max_up if state.max_up >= -state.max_down else state.max_down
             out[spec.name] = FieldVerdict("same", effect=effect)
     return out
+
+
+def _relative_change(spec: FieldSpec, state: _FieldState) -> float | None:
+    """current / baseline - 1 over the differing windows: of the mean levels, or for a log-scale field of
+    the geometric means (exp of the mean log difference); None where the baseline level is within
+    `zero_level` of zero."""
+    windows = state.diff_windows
+    if not windows:
+        return None
+    if spec.log:
+        if math.exp(state.diff_base / windows) - spec.offset <= spec.zero_level:
+            return None
+        return math.expm1((state.diff_current - state.diff_base) / windows)
+    if abs(state.diff_base) <= spec.zero_level * windows:
+        return None
+    return state.diff_current / state.diff_base - 1.0
 
 
 # ------------------------------------------------------------------------------------------ tracker

@@ -95,7 +95,25 @@ def test_drift_fields_are_the_training_metrics_without_epoch_duration():
     )  # fmt: skip
     assert {name for name, spec in SPEC.items() if spec.log} == {
         "value_loss", "kl_divergence", "kl_divergence_max", "grad_norm_max", "learning_rate", "rollout_ticks",
+        "clip_fraction",
     }
+    assert {name for name, spec in SPEC.items() if spec.log_if_nonnegative} == {"batch_entropy_mean"}
+
+
+@pytest.mark.parametrize(("entropy", "log_scale"), [(0.5, True), (-0.5, False)])
+def test_entropy_is_compared_by_factors_only_where_the_baseline_s_is_never_negative(make_record, entropy, log_scale):
+    records = run(make_record, "b", values=lambda step, epoch: {"batch_entropy_mean": entropy})
+    baseline = Baseline.from_records(records, settings=SETTINGS)
+    i = DRIFT_FIELDS.index("batch_entropy_mean")
+    assert baseline.specs[i].log is log_scale
+    assert baseline.level[i][3] == pytest.approx(math.log(entropy + 1e-3) if log_scale else entropy)
+    # a discrete policy's entropy collapsing to 0 (500 times lower), a continuous one's falling by a nat
+    low = 0.0 if log_scale else entropy - 1.0
+    collapsed = run(make_record, "c", values=lambda step, epoch: {"batch_entropy_mean": low if step >= 3000 else entropy})
+    field = track(baseline, collapsed)[0].summary("c").fields["batch_entropy_mean"]
+    assert field.verdict == "differs" and field.direction == "lower" and field.first_step == 3000
+    if log_scale:
+        assert field.relative_change == pytest.approx(1e-3 / 0.501 - 1)
 
 
 # ------------------------------------------------------------------------------------------ windows
@@ -175,12 +193,31 @@ def test_two_baseline_runs_take_the_pooled_spread_between_them_as_noise(make_rec
     assert far.relative_change == pytest.approx(220 / 100 - 1)
 
 
+def test_the_spread_pooled_over_the_whole_run_bounds_a_quiet_window_s_noise_from_below(make_record):
+    def late_split(offset: float) -> Callable[[int, int], dict[str, Any]]:
+        return lambda step, epoch: {"mean_episode_return": 100.0 + (offset if step >= 6_000 else 0.0)}
+
+    baseline = Baseline.from_records(
+        run(make_record, "b1", values=late_split(-10)) + run(make_record, "b2", values=late_split(10)), settings=SETTINGS
+    )
+    i = DRIFT_FIELDS.index("mean_episode_return")
+    # windows 6-10 have variance 200 between the runs, windows 0-5 none: 1000 / 11 over the run
+    whole_run = 1.5 * math.sqrt(1.5) * math.sqrt(5 * 200 / 11)
+    assert baseline.noise[i][0] == pytest.approx(whole_run)
+    assert baseline.noise[i][8] == pytest.approx(1.5 * math.sqrt(1.5) * math.sqrt(200))
+    floor_only = Baseline.from_records(
+        run(make_record, "b1", values=late_split(-10)) + run(make_record, "b2", values=late_split(10)),
+        settings=DriftSettings(window_steps=1000, whole_run_weight=0.0),
+    )
+    assert floor_only.noise[i][0] == pytest.approx(SPEC["mean_episode_return"].floor + 0.05 * 100)
+
+
 def test_one_baseline_run_takes_its_within_window_spread_as_noise(make_record):
     def alternating(step: int, epoch: int) -> dict[str, Any]:
-        return {"clip_fraction": 0.1 if epoch % 2 else 0.3}
+        return {"policy_loss": 0.1 if epoch % 2 else 0.3}
 
     baseline = Baseline.from_records(run(make_record, "b", values=alternating), settings=SETTINGS)
-    i = DRIFT_FIELDS.index("clip_fraction")
+    i = DRIFT_FIELDS.index("policy_loss")
     # 16 records per window, half 0.1 and half 0.3: sample variance 0.01 * 16/15
     assert baseline.noise[i][5] == pytest.approx(1.5 * math.sqrt(0.01 * 16 / 15))
 
