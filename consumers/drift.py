@@ -81,8 +81,8 @@ Verdict = Literal["same", "differs", "skipped"]
 class FieldSpec:
     """How one field is compared.
 
-    `log`: compared as `log(level + offset)` (heavy-tailed positive fields: a seed's spikes would
-    otherwise swamp the mean). `floor` and `relative_floor`: the least noise scale, on the compared
+    `log`: a window's level is the mean of `log(value + offset)` (heavy-tailed positive fields: a
+    seed's rare spikes would otherwise swamp the mean). `floor` and `relative_floor`: the least noise scale, on the compared
     scale, `floor + relative_floor * |baseline level|`. `zero_level`: a raw baseline level within this of
     zero makes `relative_change` null (a ratio to ~0 means nothing). `lowest`: levels below it are
     compared as `lowest` (a number there no longer measures anything). `log_if_nonnegative`: on the
@@ -140,7 +140,7 @@ class DriftSettings:
     windows: int = 20
     """The baseline's length is cut into this many windows (unless `window_steps` is given)."""
     window_steps: int | None = None
-    """Fixed window size in environment steps; None: baseline length / `windows`."""
+    """Fixed window size in environment steps; None: baseline length / `windows`, in whole cycles."""
     threshold: float = 3.0
     """|effect| beyond which a window counts as different."""
     consecutive: int = 3
@@ -164,7 +164,6 @@ class DriftSettings:
 
 
 _SPEC_COUNT = len(FIELD_SPECS)
-_LOG_INDEXES = tuple(i for i, spec in enumerate(FIELD_SPECS) if spec.log)
 
 
 def _value(spec: FieldSpec, value: float) -> float:
@@ -193,8 +192,9 @@ def _pooled(variances: Sequence[float | None], index: int, half_width: int) -> f
 class Baseline:
     """The baseline runs reduced to what a comparison needs, per window and field (build with `from_records`).
 
-    `level[i][w]` (compared scale), `raw_level[i][w]` and `noise[i][w]` are None where no baseline run
-    holds field `i` in window `w`. `constant[i]` is the one value field `i` ever takes in the baseline,
+    `level[i][w]` (the compared level), `raw_level[i][w]` (the same before `FieldSpec.lowest` clips it,
+    for `relative_change`) and `noise[i][w]` are None where no baseline run holds field `i` in window
+    `w`. `specs` are `FIELD_SPECS` as this baseline compares them (`log_if_nonnegative` decided). `constant[i]` is the one value field `i` ever takes in the baseline,
     or None.
     """
 
@@ -298,49 +298,11 @@ def _build_baseline(by_run: dict[str, list[Mapping[str, Any]]], settings: DriftS
     k = len(values)
     specs = tuple(_effective(spec, values, i) for i, spec in enumerate(FIELD_SPECS))
     level, raw_level, noise = [], [], []
-    between_scale = settings.inflation * math.sqrt(1 + 1 / k)
-    # one run: its within-window spread stands in for the seed-to-seed spread, at full weight
-    within_scale = settings.inflation if k == 1 else settings.within_weight
     for i, spec in enumerate(specs):
-        field_level: list[float | None] = []
-        field_raw: list[float | None] = []
-        between: list[float | None] = []
-        within: list[float | None] = []
-        for window in range(count):
-            raws = [math.fsum(_value(spec, x) for x in run[i][window]) / len(run[i][window])
-                    for run in values if run[i][window]]
-            if not raws:
-                field_level.append(None)
-                field_raw.append(None)
-                between.append(None)
-                within.append(None)
-                continue
-            compared = [_level(spec, raw) for raw in raws]
-            field_level.append(math.fsum(compared) / len(compared))
-            field_raw.append(math.fsum(raws) / len(raws))
-            between.append(_variance(compared))
-            within.append(_within_variance(spec, [run[i][window] for run in values]))
-        known = [v for v in between if v is not None]
-        whole_run = math.sqrt(math.fsum(known) / len(known)) if known and k >= 2 else 0.0
-        field_noise: list[float | None] = []
-        for window in range(count):
-            if field_level[window] is None:
-                field_noise.append(None)
-                continue
-            floor = spec.floor + spec.relative_floor * abs(field_level[window])
-            # the spread pooled over the whole run bounds a window's from below: two seeds that happen
-            # to agree for a few windows say little about how far a third may stray
-            scales = [floor, 1e-12, settings.whole_run_weight * between_scale * whole_run]
-            pooled_between = _pooled(between, window, settings.pool_windows)
-            if pooled_between is not None and k >= 2:
-                scales.append(between_scale * math.sqrt(pooled_between))
-            pooled_within = _pooled(within, window, settings.pool_windows)
-            if pooled_within is not None and within_scale > 0:
-                scales.append(within_scale * math.sqrt(pooled_within))
-            field_noise.append(max(scales))
+        field_level, field_raw, between, within = _field_levels(spec, [run[i] for run in values])
         level.append(tuple(field_level))
         raw_level.append(tuple(field_raw))
-        noise.append(tuple(field_noise))
+        noise.append(tuple(_field_noise(spec, settings, k, field_level, between, within)))
     has_window = tuple(any(any(run[i][w] for i in range(len(names))) for run in values) for w in range(count))
     return Baseline(
         run_ids=tuple(by_run),
@@ -353,6 +315,62 @@ def _build_baseline(by_run: dict[str, list[Mapping[str, Any]]], settings: DriftS
         has_window=has_window,
         constant=tuple(next(iter(seen)) if len(seen) == 1 else None for seen in constant),
     )
+
+
+def _field_levels(spec: FieldSpec, runs: list[list[list[float]]]) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """Per window of one field: the baseline's level, its unclipped level, the variance between the runs'
+    levels and the record-to-record variance within the window (each None where unknown)."""
+    level: list[float | None] = []
+    raw: list[float | None] = []
+    between: list[float | None] = []
+    within: list[float | None] = []
+    for window in range(len(runs[0])):
+        means = [math.fsum(_value(spec, x) for x in run[window]) / len(run[window]) for run in runs if run[window]]
+        if not means:
+            level.append(None)
+            raw.append(None)
+            between.append(None)
+            within.append(None)
+            continue
+        compared = [_level(spec, mean) for mean in means]
+        level.append(math.fsum(compared) / len(compared))
+        raw.append(math.fsum(means) / len(means))
+        between.append(_variance(compared))
+        within.append(_within_variance(spec, [run[window] for run in runs]))
+    return level, raw, between, within
+
+
+def _field_noise(
+    spec: FieldSpec,
+    settings: DriftSettings,
+    k: int,
+    level: list[float | None],
+    between: list[float | None],
+    within: list[float | None],
+) -> list[float | None]:
+    """Per window of one field, the noise scale an effect is measured in (see the module docstring)."""
+    between_scale = settings.inflation * math.sqrt(1 + 1 / k)
+    # one run: its within-window spread stands in for the seed-to-seed spread, at full weight
+    within_scale = settings.inflation if k == 1 else settings.within_weight
+    known = [v for v in between if v is not None]
+    whole_run = math.sqrt(math.fsum(known) / len(known)) if known and k >= 2 else 0.0
+    noise: list[float | None] = []
+    for window, window_level in enumerate(level):
+        if window_level is None:
+            noise.append(None)
+            continue
+        # the spread pooled over the whole run bounds a window's from below: two seeds that happen to
+        # agree for a few windows say little about how far a third may stray
+        scales = [spec.floor + spec.relative_floor * abs(window_level), 1e-12,
+                  settings.whole_run_weight * between_scale * whole_run]
+        pooled_between = _pooled(between, window, settings.pool_windows)
+        if pooled_between is not None and k >= 2:
+            scales.append(between_scale * math.sqrt(pooled_between))
+        pooled_within = _pooled(within, window, settings.pool_windows)
+        if pooled_within is not None and within_scale > 0:
+            scales.append(within_scale * math.sqrt(pooled_within))
+        noise.append(max(scales))
+    return noise
 
 
 def _effective(spec: FieldSpec, values: list[list[list[list[float]]]], i: int) -> FieldSpec:
