@@ -219,7 +219,7 @@ def test_one_baseline_run_takes_its_within_window_spread_as_noise(make_record):
     baseline = Baseline.from_records(run(make_record, "b", values=alternating), settings=SETTINGS)
     i = DRIFT_FIELDS.index("policy_loss")
     # 16 records per window, half 0.1 and half 0.3: sample variance 0.01 * 16/15
-    assert baseline.noise[i][5] == pytest.approx(1.5 * math.sqrt(0.01 * 16 / 15))
+    assert baseline.noise[i][5] == pytest.approx(SETTINGS.single_run_inflation * math.sqrt(0.01 * 16 / 15))
 
 
 def test_the_floor_keeps_a_constant_baseline_from_dividing_by_zero(make_record):
