@@ -1,10 +1,12 @@
 """Publish -> alert latency of the watch group at 100 records/s, beside plain produce -> consume latency.
 
 A `KafkaSink` publishes v1.1 records at `--rate` (100) records/s for `--seconds` (60) to a topic of its
-own, round-robin over `--runs` (10) runs; every record flips `kl_divergence_max` across the kl_spike
-threshold (0.05), so every record but each run's first causes one `kl_spike` transition (firing, then
-resolved, ...) and nothing else alerts. The watch group (`WatchGroup` in a `TransactionalRunner`,
-configured as `ppo-telemetry consume watch` configures it) runs in a child process. Two read_committed
+own, round-robin over `--runs` (10) runs; every record flips `kl_divergence_max` across 0.05 with no
+sample clipped, and the watch group runs one rule, `clip_inactive` with `kl_min = 0.05` and no warm-up,
+hold, clear or cooldown (`LATENCY_RULES`; the default rules wait for history and hysteresis, which is
+what they are for, not what this measures), so every record but each run's first causes one transition
+(firing, then resolved, ...). The watch group (`WatchGroup` in a `TransactionalRunner`, configured as
+`ppo-telemetry consume watch --rules` configures it) runs in a child process. Two read_committed
 readers in this process (librdkafka's default fetch settings, `poll` per message):
 
 - alerts: `ppo.telemetry.alerts`; latency = when the alert of (run, epoch) is read here minus when
@@ -43,7 +45,8 @@ from ppo_telemetry.demo import synthetic_run  # noqa: E402
 from producer.kafka_sink import KafkaSink  # noqa: E402
 
 TARGET_P99_MS = 250.0
-KL_ABOVE, KL_BELOW = 0.08, 0.02  # either side of kl_spike's default threshold, 0.05
+KL_ABOVE, KL_BELOW = 0.08, 0.02  # either side of LATENCY_RULES' clip_inactive kl_min, 0.05
+LATENCY_RULE = "clip_inactive"
 
 
 def bench_records(run_ids: list[str], count: int) -> list[dict]:
@@ -57,6 +60,7 @@ def bench_records(run_ids: list[str], count: int) -> list[dict]:
             record["grad_norm_max"] = 1.0
             record["reward_advantage_corr"] = 0.5
             record["kl_divergence_max"] = KL_ABOVE if record["epoch"] % 2 else KL_BELOW
+            record["clip_fraction"] = 0.0
         runs.append(records)
     return [runs[i % len(run_ids)][i // len(run_ids)] for i in range(count)]
 
@@ -93,12 +97,21 @@ class Reader(threading.Thread):
         self.consumer.close()
 
 
+def latency_rules():
+    """Only `clip_inactive`, as a plain threshold on kl_divergence_max: one transition per record."""
+    from consumers.telemetry_watch import RULE_NAMES, rules_from_mapping
+
+    tables = {name: {"enabled": False} for name in RULE_NAMES if name != LATENCY_RULE}
+    tables[LATENCY_RULE] = {"warmup": 0, "hold": 1, "clear": 1, "cooldown": 0, "kl_min": 0.05}
+    return rules_from_mapping(tables)
+
+
 def watch_child(bootstrap: str, topic: str, group: str) -> None:
     """The watch group in this (child) process until SIGTERM, as `ppo-telemetry consume watch` runs it."""
     from consumers.groups import WatchGroup
     from consumers.runner import TransactionalRunner
 
-    core = WatchGroup()
+    core = WatchGroup(latency_rules())
     core.group = group
     runner = TransactionalRunner({"bootstrap.servers": bootstrap}, core, instance_id="bench", input_topic=topic,
                                  batch_size=1000)  # the CLI's default --batch-size
@@ -190,7 +203,7 @@ def main() -> None:
             published_in = time.perf_counter() - started
             sink.flush()
 
-            expected = {(r["run_id"], r["epoch"], "kl_spike") for r in records if r["epoch"] > 0}
+            expected = {(r["run_id"], r["epoch"], LATENCY_RULE) for r in records if r["epoch"] > 0}
             deadline = time.monotonic() + 30
             while not expected <= alert_reader.seen.keys() or len(baseline.seen) < count + 1:
                 if time.monotonic() > deadline:
@@ -209,7 +222,7 @@ def main() -> None:
     alert_latencies = [alert_reader.seen[k] - produced_at[k[:2]] for k in expected if k in alert_reader.seen]
     unexpected = sorted(set(alert_reader.seen) - expected)
     print(f"published {count:,} records at {count / published_in:,.1f} records/s over {published_in:.1f} s, "
-          f"{args.runs} runs; {len(expected):,} kl_spike transitions expected")
+          f"{args.runs} runs; {len(expected):,} {LATENCY_RULE} transitions expected")
     print(summary("baseline produce -> read_committed read of the input ", base_latencies))
     print(summary("publish -> alert read_committed (watch group between)", alert_latencies))
     missing = len(expected) - len(alert_latencies)
