@@ -208,7 +208,7 @@ class ValueDivergenceRule:
     ev_spread: float = _float(8.0, 0.0)
     ev_max: float = _float(0.5, -math.inf, 1.0)
     ev_loss_ratio: float = _float(2.0, 0.0)
-    loss_factor: float = _float(3.0, 1.0, low_inclusive=False)
+    loss_factor: float = _float(5.0, 1.0, low_inclusive=False)
     rate: float = _float(0.1, 0.0, 1.0, False)
 
     per_cycle: ClassVar[bool] = True
@@ -299,7 +299,7 @@ class ValueLossSpikeRule:
     clear: int = _int(2, 1)
     cooldown: int = _int(10, 0)
     warmup: int = _int(5, 0)
-    factor: float = _float(5.0, 1.0, low_inclusive=False)
+    factor: float = _float(8.0, 1.0, low_inclusive=False)
     rate: float = _float(0.1, 0.0, 1.0, False)
 
     per_cycle: ClassVar[bool] = True
@@ -546,8 +546,17 @@ class _RunState:
 _Reading = tuple[float, float, bool] | None
 
 
+_WARMUP_RATE = 0.5  # while warming, levels follow the run closely: its first cycles are not its normal
+
+
 def _ema(level: float | None, value: float, rate: float) -> float:
     return value if level is None else level + rate * (value - level)
+
+
+def _rate(rate: float, warming: bool) -> float:
+    """The moving averages' rate: the rule's own, or faster during warm-up so the untrained first cycles
+    (explained variance near 0, losses many times their later level) weigh little once it ends."""
+    return max(rate, _WARMUP_RATE) if warming else rate
 
 
 def _fmt(number: float) -> str:
@@ -567,12 +576,12 @@ def _read_entropy(rule: EntropyCollapseRule, record: EpochSummary, st: _RuleStat
         reference = 0.0 if st.level is None else rule.ratio * math.exp(st.level)
         condition = value < reference
         if (not condition and not st.firing) or warming:
-            st.level = _ema(st.level, math.log(max(value, _TINY)), rule.rate)
+            st.level = _ema(st.level, math.log(max(value, _TINY)), _rate(rule.rate, warming))
     else:
         reference = -math.inf if st.level is None else st.level - rule.drop_nats
         condition = value < reference
         if (not condition and not st.firing) or warming:
-            st.level = _ema(st.level, value, rule.rate)
+            st.level = _ema(st.level, value, _rate(rule.rate, warming))
     return value, reference, condition
 
 
@@ -597,7 +606,7 @@ def _read_peak(
         return None
     if st.peak_step != global_step:  # a new cycle: the last one's peak joins the level if it was clean
         if st.peak is not None and not st.dirty:
-            st.level = _ema(st.level, st.peak, rate)
+            st.level = _ema(st.level, st.peak, _rate(rate, warming))
         st.peak, st.peak_step, st.dirty = None, global_step, False
         if with_start and warming:
             st.start = st.level
@@ -634,8 +643,8 @@ def _read_gae(rule: GaeSanityRule, record: EpochSummary, st: _RuleState, warming
     condition = value < reference
     if (not condition and not st.firing) or warming:
         if st.level is not None:
-            st.spread = _ema(st.spread, abs(value - st.level), rule.rate)
-        st.level = _ema(st.level, value, rule.rate)
+            st.spread = _ema(st.spread, abs(value - st.level), _rate(rule.rate, warming))
+        st.level = _ema(st.level, value, _rate(rule.rate, warming))
     return value, reference, condition
 
 
@@ -661,9 +670,9 @@ def _read_value(rule: ValueDivergenceRule, record: EpochSummary, st: _RuleState,
     if (not condition and not st.firing) or warming:
         if ev is not None:
             if st.level is not None:
-                st.spread = _ema(st.spread, abs(ev - st.level), rule.rate)
-            st.level = _ema(st.level, ev, rule.rate)
-        st.loss_level = _ema(st.loss_level, math.log(max(loss, _TINY)), rule.rate)
+                st.spread = _ema(st.spread, abs(ev - st.level), _rate(rule.rate, warming))
+            st.level = _ema(st.level, ev, _rate(rule.rate, warming))
+        st.loss_level = _ema(st.loss_level, math.log(max(loss, _TINY)), _rate(rule.rate, warming))
         if warming:
             st.loss_start = st.loss_level
     if loss_condition and not ev_condition:
@@ -689,8 +698,8 @@ def _read_return(rule: ReturnCollapseRule, record: EpochSummary, st: _RuleState,
             reference = st.best - rule.fraction * gain
             condition = value < reference
     if (not condition and not st.firing) or warming:
-        st.spread = _ema(st.spread, abs(value - st.level), rule.rate)
-        st.level += rule.rate * (value - st.level)
+        st.spread = _ema(st.spread, abs(value - st.level), _rate(rule.rate, warming))
+        st.level += _rate(rule.rate, warming) * (value - st.level)
         if warming or st.start is None:
             st.start = st.best = st.level
         elif st.level > st.best:  # type: ignore[operator]
@@ -710,7 +719,7 @@ def _read_lr(rule: LrJumpRule, record: EpochSummary, st: _RuleState, warming: bo
     reference = math.inf if st.level is None else rule.factor * st.level
     condition = value > reference
     if (not condition and not st.firing) or warming:
-        st.level = _ema(st.level, value, rule.rate)
+        st.level = _ema(st.level, value, _rate(rule.rate, warming))
     return value, reference, condition
 
 
@@ -722,7 +731,7 @@ def _read_loss_spike(rule: ValueLossSpikeRule, record: EpochSummary, st: _RuleSt
         reference = rule.factor * math.exp(st.level if st.start is None else max(st.level, st.start))
     condition = value > reference
     if (not condition and not st.firing) or warming:
-        st.level = _ema(st.level, math.log(max(value, _TINY)), rule.rate)
+        st.level = _ema(st.level, math.log(max(value, _TINY)), _rate(rule.rate, warming))
         if warming:
             st.start = st.level
     return value, reference, condition
