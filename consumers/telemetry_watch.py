@@ -200,7 +200,7 @@ class ValueDivergenceRule:
 
     enabled: bool = True
     severity: str = "warning"
-    hold: int = _int(2, 1)
+    hold: int = _int(3, 1)
     clear: int = _int(3, 1)
     cooldown: int = _int(10, 0)
     warmup: int = _int(5, 0)
