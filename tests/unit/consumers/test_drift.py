@@ -143,6 +143,35 @@ def test_runs_align_by_global_step_whatever_their_epochs_per_cycle(make_record):
         assert summary.fields[name].effect == pytest.approx(0.0, abs=1e-9)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cycle=st.sampled_from([100, 250, 500, 1000]),
+    base_epochs=st.integers(min_value=1, max_value=6),
+    current_epochs=st.integers(min_value=1, max_value=6),
+    current_steps=st.integers(min_value=1_000, max_value=12_000),
+)
+def test_a_run_like_its_baseline_is_same_whatever_its_epochs_per_cycle_and_length(
+    make_record, cycle, base_epochs, current_epochs, current_steps
+):
+    def by_window(step: int, epoch: int) -> dict[str, Any]:
+        level = step // 1000  # one level per window: a run sampling other steps of it has the same mean
+        return {"value_loss": 1.0 + level, "mean_episode_return": 10.0 * level, "batch_entropy_mean": 0.9 - 0.05 * level}
+
+    baseline = Baseline.from_records(
+        run(make_record, "b1", cycle=cycle, epochs_per_cycle=base_epochs, values=by_window)
+        + run(make_record, "b2", cycle=cycle, epochs_per_cycle=base_epochs, values=by_window),
+        settings=SETTINGS,
+    )
+    current = run(make_record, "c", steps=current_steps, cycle=cycle, epochs_per_cycle=current_epochs, values=by_window)
+    tracker, changes = track(baseline, current)
+    summary = tracker.summary("c")
+    assert summary.windows_compared == len({r["global_step"] // 1000 for r in current if r["global_step"] <= 10_000})
+    for name in ("value_loss", "mean_episode_return", "batch_entropy_mean"):
+        assert summary.fields[name].verdict == "same"
+        assert summary.fields[name].effect == pytest.approx(0.0, abs=1e-9)
+    assert all(c.summary.fields["value_loss"].verdict == "same" for c in changes)
+
+
 def test_a_shorter_run_compares_its_windows_and_a_longer_one_stops_at_the_baseline_s_end(make_record):
     baseline = Baseline.from_records(run(make_record, "b", steps=10_000), settings=SETTINGS)
     short, _ = track(baseline, run(make_record, "short", steps=4_000))
