@@ -5,7 +5,7 @@ It uses the broker the settings name when one is configured (`KAFKA_BOOTSTRAP_SE
 if it started it). Then it trains four PPO runs on Conflict-v0 with `ppo-telemetry train --kafka`:
 
 - a healthy **baseline** of two seeds (0 and 1, the defaults);
-- a **candidate** with one real change a user would make, an entropy bonus (`--ent-coef 0.1`, the
+- a **candidate** with one real change a user would make, an entropy bonus (`--ent-coef 0.2`, the
   default is 0), on seed 2: its policy stays more random, which drift should flag in
   `batch_entropy_mean` without mistaking seed 2 for a change anywhere else;
 - a **fault run** on seed 3 with an injected reward-scale bug (`--fault reward_scale@STEP`, rewards
@@ -130,11 +130,11 @@ class DemoRun:
 
     @property
     def label(self) -> str:
-        """The run as the output names it, e.g. `candidate (seed 2, --ent-coef 0.1)`."""
+        """The run as the output names it, e.g. `candidate (seed 2, --ent-coef 0.2)`."""
         return f"{self.role} (seed {self.seed}{', ' + ' '.join(self.change) if self.change else ''})"
 
 
-CANDIDATE_CHANGE = ("--ent-coef", "0.1")
+CANDIDATE_CHANGE = ("--ent-coef", "0.2")
 """The candidate's real change: an entropy bonus (Conflict-v0 trains without one)."""
 FAULT = "reward_scale"
 """The fault run's injected fault: rewards x1000 (a unit or normalisation bug), from `FAULT_AT` of the run on."""

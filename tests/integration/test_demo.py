@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from ppo_telemetry.demo import run_demo
+from ppo_telemetry.demo import CANDIDATE_CHANGE, run_demo
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_demo_publishes_validates_and_dead_letters(demo_output):
 def test_demo_drift_flags_the_candidate(demo_output):
     drift = _block(demo_output, "drift on ppo.telemetry.drift")
     candidate = _run_block(drift, "candidate (")
-    assert "--ent-coef 0.1" in candidate[0]
+    assert " ".join(CANDIDATE_CHANGE) in candidate[0]
     differing = [line.split()[0] for line in candidate[1:] if " differs: " in line]
     # an entropy bonus keeps the policy more random: the candidate's entropy is higher than the baseline's
     assert "batch_entropy_mean" in differing, candidate
