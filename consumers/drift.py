@@ -82,12 +82,14 @@ class FieldSpec:
     """How one field is compared.
 
     `log`: a window's level is the mean of `log(value + offset)` (heavy-tailed positive fields: a
-    seed's rare spikes would otherwise swamp the mean). `floor` and `relative_floor`: the least noise scale, on the compared
-    scale, `floor + relative_floor * |baseline level|`. `zero_level`: a raw baseline level within this of
-    zero makes `relative_change` null (a ratio to ~0 means nothing). `lowest`: levels below it are
-    compared as `lowest` (a number there no longer measures anything). `log_if_nonnegative`: on the
-    log scale when no baseline value is negative (entropy: a discrete policy's is ≥ 0 and collapses toward
-    0 by factors, a continuous policy's differential entropy may be negative and is compared as is).
+    seed's rare spikes would otherwise swamp the mean). `floor` and `relative_floor`: the least noise
+    scale, on the compared scale, `floor + relative_floor * |baseline level|`. `zero_level`: a baseline
+    level (geometric for a log-scale field) within this of zero makes `relative_change` null (a ratio to
+    ~0 means nothing); for a linear field it is the floor: "within the field's floor" (SPEC §5).
+    `lowest`: levels below it are compared as `lowest` (a number there no longer measures anything).
+    `log_if_nonnegative`: on the log scale when no baseline value is negative (entropy: a discrete
+    policy's is ≥ 0 and collapses toward 0 by factors, a continuous policy's differential entropy may be
+    negative and is compared as is).
     """
 
     name: str
@@ -101,23 +103,23 @@ class FieldSpec:
 
 
 FIELD_SPECS: tuple[FieldSpec, ...] = (
-    FieldSpec("policy_loss", floor=0.005, zero_level=1e-3),
+    FieldSpec("policy_loss", floor=0.005, zero_level=0.005),
     FieldSpec("value_loss", log=True, offset=1e-6, floor=0.25, zero_level=1e-6),
     FieldSpec("kl_divergence", log=True, offset=1e-6, floor=0.25, zero_level=1e-6),
     # in [0, 1]; an unclipped update takes it to exactly 0: compared by factors, 1e-3 the resolution
     FieldSpec("clip_fraction", log=True, offset=1e-3, floor=0.25, zero_level=1e-3),
     # Below 0 the value function explains nothing, and once returns barely vary (a solved task) the
     # number swings to -1 and below between healthy seeds: compared clipped at 0.
-    FieldSpec("explained_variance", floor=0.1, zero_level=0.05, lowest=0.0),
+    FieldSpec("explained_variance", floor=0.1, zero_level=0.1, lowest=0.0),
     # Identical between seeds: the floor alone decides (5 % on the log scale).
     FieldSpec("learning_rate", log=True, floor=0.05, zero_level=0.0),
-    FieldSpec("mean_episode_return", floor=1.0, relative_floor=0.05, zero_level=1e-3),
-    FieldSpec("batch_entropy_mean", offset=1e-3, floor=0.02, relative_floor=0.02, zero_level=1e-3,
+    FieldSpec("mean_episode_return", floor=1.0, relative_floor=0.05, zero_level=1.0),
+    FieldSpec("batch_entropy_mean", offset=1e-3, floor=0.02, relative_floor=0.02, zero_level=0.02,
               log_if_nonnegative=True),
-    FieldSpec("batch_entropy_std", floor=0.005, zero_level=1e-4),
+    FieldSpec("batch_entropy_std", floor=0.005, zero_level=0.005),
     FieldSpec("grad_norm_max", log=True, offset=1e-6, floor=0.2, zero_level=1e-6),
     FieldSpec("kl_divergence_max", log=True, offset=1e-6, floor=0.25, zero_level=1e-6),
-    FieldSpec("reward_advantage_corr", floor=0.05, zero_level=0.02),
+    FieldSpec("reward_advantage_corr", floor=0.05, zero_level=0.05),
     FieldSpec("rollout_ticks", log=True, offset=1.0, floor=0.05, zero_level=0.5),
 )
 
@@ -198,8 +200,8 @@ class Baseline:
 
     `level[i][w]` (the compared level), `raw_level[i][w]` (the same before `FieldSpec.lowest` clips it,
     for `relative_change`) and `noise[i][w]` are None where no baseline run holds field `i` in window
-    `w`. `specs` are `FIELD_SPECS` as this baseline compares them (`log_if_nonnegative` decided). `constant[i]` is the one value field `i` ever takes in the baseline,
-    or None.
+    `w`. `specs` are `FIELD_SPECS` as this baseline compares them (`log_if_nonnegative` decided).
+    `constant[i]` is the one value field `i` ever takes in the baseline, or None.
     """
 
     run_ids: tuple[str, ...]

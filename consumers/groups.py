@@ -90,7 +90,9 @@ class DriftGroup:
     output_topics = (DRIFT_TOPIC,)
     needs_model = False  # the core reads the validated record dict
 
-    def __init__(self, baseline: Baseline, idle_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, baseline: Baseline, idle_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.tracker = DriftTracker(baseline)
         self.codec = drift_record_codec()
         self.idle_seconds = idle_seconds
