@@ -416,6 +416,17 @@ def test_state_stays_small_and_bounded_per_run() -> None:
     assert sizes[1] <= sizes[0] + 64 and sizes[1] < 2000
 
 
+def test_restore_mid_hold_fires_exactly_where_the_uninterrupted_run_fires() -> None:
+    records = machine_records([Q, T, T, T, T, Q])
+    whole = states(machine(hold=4), records)
+    assert whole == [(4, "clip_inactive", "firing")]
+    first = machine(hold=4)
+    states(first, records[:3])  # two of the four evaluations held
+    assert first.run_state("run")["rules"]["clip_inactive"]["streak"] == 2
+    second = Watch(first.config, state=json.loads(json.dumps(first.state_snapshot())))
+    assert states(second, records[3:]) == whole
+
+
 def test_run_state_round_trips_one_run_at_a_time() -> None:
     records = lively_run("a", 200, 4)
     whole = Watch(FAST)
