@@ -30,7 +30,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from avro_schemas.errors import TelemetryError
@@ -43,6 +43,8 @@ __all__ = [
     "Severity",
     "RulesError",
     "WatchStateError",
+    "RuleSettings",
+    "EpochRuleSettings",
     "EntropyCollapseRule",
     "KlSpikeRule",
     "GradExplosionRule",
@@ -93,7 +95,36 @@ def _float(default: float, low: float, high: float = math.inf, low_inclusive: bo
 
 
 @dataclass(frozen=True, slots=True)
-class EntropyCollapseRule:
+class RuleSettings:
+    """The keys every rule has. `hold`/`clear`: consecutive evaluations with the condition true to fire,
+    false to resolve (epochs for per-epoch rules, cycles for per-cycle ones); `warmup`: the run's first
+    cycles, in which the rule learns the run's levels and may not fire; `cooldown`: cycles after
+    resolving before it may fire again; `severity`: `warning` or `critical`."""
+
+    enabled: bool = True
+    severity: str = "warning"
+    hold: int = _int(1, 1)
+    clear: int = _int(3, 1)
+    cooldown: int = _int(10, 0)
+    warmup: int = _int(5, 0)
+
+    per_cycle: ClassVar[bool] = True  # evaluated on the first record of each cycle (else on every record)
+    needs_v1_1: ClassVar[bool] = False  # reads v1.1 fields: v1.0 records are not evaluated
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRuleSettings(RuleSettings):
+    """A rule evaluated on every epoch's record, from v1.1 fields."""
+
+    hold: int = _int(3, 1)
+    clear: int = _int(40, 1)
+
+    per_cycle: ClassVar[bool] = False
+    needs_v1_1: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class EntropyCollapseRule(EpochRuleSettings):
     """Fires when `batch_entropy_mean` falls fast, far below the run's own recent level (per epoch).
 
     A run whose first entropy is ln k (a k-action categorical policy starts near uniform) compares ratios:
@@ -102,22 +133,15 @@ class EntropyCollapseRule:
     epoch; of log entropy for ratios) of the epochs where the condition was false.
     """
 
-    enabled: bool = True
     severity: str = "critical"
     hold: int = _int(10, 1)
-    clear: int = _int(40, 1)
-    cooldown: int = _int(10, 0)
-    warmup: int = _int(5, 0)
     ratio: float = _float(0.3, 0.0, 1.0, False)
     drop_nats: float = _float(1.5, 0.0, low_inclusive=False)
     rate: float = _float(0.01, 0.0, 1.0, False)
 
-    per_cycle: ClassVar[bool] = False
-    needs_v1_1: ClassVar[bool] = True
-
 
 @dataclass(frozen=True, slots=True)
-class KlSpikeRule:
+class KlSpikeRule(EpochRuleSettings):
     """Fires when `kl_divergence_max > max(floor, factor × the run's recent level)` (per epoch).
 
     The level is the geometric moving average (rate `rate` per cycle) of each cycle's largest
@@ -125,44 +149,28 @@ class KlSpikeRule:
     quiet on moves too small to matter, whatever the run's level.
     """
 
-    enabled: bool = True
-    severity: str = "warning"
-    hold: int = _int(3, 1)
-    clear: int = _int(40, 1)
-    cooldown: int = _int(10, 0)
-    warmup: int = _int(5, 0)
     factor: float = _float(10.0, 1.0, low_inclusive=False)
     floor: float = _float(0.1, 0.0)
     rate: float = _float(0.1, 0.0, 1.0, False)
 
-    per_cycle: ClassVar[bool] = False
-    needs_v1_1: ClassVar[bool] = True
-
 
 @dataclass(frozen=True, slots=True)
-class GradExplosionRule:
+class GradExplosionRule(EpochRuleSettings):
     """Fires when `grad_norm_max > factor × max(the run's recent level, its level at the end of warm-up)`.
 
-    Per epoch. The level is the geometric moving average (rate `rate` per epoch) of the epochs where the
-    condition was false. The start level stands beside the recent one because a solved task's gradients
+    Per epoch. The level is the geometric moving average (rate `rate` per cycle) of each cycle's largest
+    `grad_norm_max`, over the cycles where the condition did not hold. The start level stands beside the recent one because a solved task's gradients
     shrink by orders of magnitude and grow back on a single failed episode.
     """
 
-    enabled: bool = True
     severity: str = "critical"
     hold: int = _int(10, 1)
-    clear: int = _int(40, 1)
-    cooldown: int = _int(10, 0)
-    warmup: int = _int(5, 0)
     factor: float = _float(30.0, 1.0, low_inclusive=False)
     rate: float = _float(0.1, 0.0, 1.0, False)
 
-    per_cycle: ClassVar[bool] = False
-    needs_v1_1: ClassVar[bool] = True
-
 
 @dataclass(frozen=True, slots=True)
-class GaeSanityRule:
+class GaeSanityRule(RuleSettings):
     """Fires when `reward_advantage_corr < min(threshold, level − max(drop, drop_spread × spread))` (per cycle).
 
     Advantages are built from rewards (A = r + γV(s') − V(s) + ...), so a run's correlation settles at a
@@ -172,23 +180,17 @@ class GaeSanityRule:
     cycles where the condition did not hold; a null correlation (constant rewards) is not evaluated.
     """
 
-    enabled: bool = True
-    severity: str = "warning"
     hold: int = _int(2, 1)
-    clear: int = _int(3, 1)
-    cooldown: int = _int(10, 0)
-    warmup: int = _int(5, 0)
     threshold: float = _float(-0.1, -1.0, 1.0)
     drop: float = _float(0.4, 0.0, 2.0, False)
     drop_spread: float = _float(4.0, 0.0)
     rate: float = _float(0.2, 0.0, 1.0, False)
 
-    per_cycle: ClassVar[bool] = True
     needs_v1_1: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
-class ValueDivergenceRule:
+class ValueDivergenceRule(RuleSettings):
     """Fires when the value function stops explaining the returns or its loss blows up (per cycle).
 
     Condition, either half: `explained_variance < min(ev_max, level − max(ev_drop, ev_spread × spread))`
@@ -198,12 +200,7 @@ class ValueDivergenceRule:
     `loss_factor` × the larger of its recent geometric level and its level at the end of warm-up.
     """
 
-    enabled: bool = True
-    severity: str = "warning"
     hold: int = _int(3, 1)
-    clear: int = _int(3, 1)
-    cooldown: int = _int(10, 0)
-    warmup: int = _int(5, 0)
     ev_drop: float = _float(0.3, 0.0, low_inclusive=False)
     ev_spread: float = _float(8.0, 0.0)
     ev_max: float = _float(0.5, -math.inf, 1.0)
@@ -211,12 +208,9 @@ class ValueDivergenceRule:
     loss_factor: float = _float(5.0, 1.0, low_inclusive=False)
     rate: float = _float(0.1, 0.0, 1.0, False)
 
-    per_cycle: ClassVar[bool] = True
-    needs_v1_1: ClassVar[bool] = False
-
 
 @dataclass(frozen=True, slots=True)
-class ReturnCollapseRule:
+class ReturnCollapseRule(RuleSettings):
     """Fires when the mean episode return lost `fraction` of what the run had gained (per cycle).
 
     Condition: `mean_episode_return < best − fraction × (best − start)`, where `start` is the smoothed
@@ -225,42 +219,26 @@ class ReturnCollapseRule:
     `min_gain` × the return's own typical deviation (a run that never learned cannot collapse).
     """
 
-    enabled: bool = True
     severity: str = "critical"
     hold: int = _int(5, 1)
-    clear: int = _int(3, 1)
-    cooldown: int = _int(10, 0)
-    warmup: int = _int(5, 0)
     fraction: float = _float(0.8, 0.0, 1.0, False)
     min_gain: float = _float(3.0, 0.0)
     rate: float = _float(0.2, 0.0, 1.0, False)
 
-    per_cycle: ClassVar[bool] = True
-    needs_v1_1: ClassVar[bool] = False
-
 
 @dataclass(frozen=True, slots=True)
-class ClipInactiveRule:
+class ClipInactiveRule(EpochRuleSettings):
     """Fires when the policy moved (`kl_divergence_max > kl_min`) yet `clip_fraction` is exactly 0 (per epoch).
 
     A k3 KL of 0.01 means ratios typically 0.14 away from 1: beyond any usual clip range (0.1-0.3) for some
     samples. None clipped means clipping is off or its range is far too wide.
     """
 
-    enabled: bool = True
-    severity: str = "warning"
-    hold: int = _int(3, 1)
-    clear: int = _int(40, 1)
-    cooldown: int = _int(10, 0)
-    warmup: int = _int(5, 0)
     kl_min: float = _float(0.01, 0.0, low_inclusive=False)
-
-    per_cycle: ClassVar[bool] = False
-    needs_v1_1: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
-class LrJumpRule:
+class LrJumpRule(RuleSettings):
     """Fires when `learning_rate > factor × its recent level` (per cycle).
 
     Schedules lower the learning rate or keep it; a jump by several times after warm-up is a
@@ -268,21 +246,12 @@ class LrJumpRule:
     of the cycles where the condition did not hold.
     """
 
-    enabled: bool = True
-    severity: str = "warning"
-    hold: int = _int(1, 1)
-    clear: int = _int(3, 1)
-    cooldown: int = _int(10, 0)
-    warmup: int = _int(5, 0)
     factor: float = _float(3.0, 1.0, low_inclusive=False)
     rate: float = _float(0.1, 0.0, 1.0, False)
 
-    per_cycle: ClassVar[bool] = True
-    needs_v1_1: ClassVar[bool] = False
-
 
 @dataclass(frozen=True, slots=True)
-class ValueLossSpikeRule:
+class ValueLossSpikeRule(RuleSettings):
     """Fires at once when a cycle's first `value_loss` (the loss on fresh data, before any update on it)
     jumps above `factor` × the larger of its recent geometric level and its level at the end of warm-up
     (per cycle).
@@ -293,23 +262,12 @@ class ValueLossSpikeRule:
     to about where it started.
     """
 
-    enabled: bool = True
-    severity: str = "warning"
-    hold: int = _int(1, 1)
     clear: int = _int(2, 1)
-    cooldown: int = _int(10, 0)
-    warmup: int = _int(5, 0)
     factor: float = _float(8.0, 1.0, low_inclusive=False)
     rate: float = _float(0.1, 0.0, 1.0, False)
 
-    per_cycle: ClassVar[bool] = True
-    needs_v1_1: ClassVar[bool] = False
 
-
-_Rule = (
-    EntropyCollapseRule | KlSpikeRule | GradExplosionRule | GaeSanityRule | ValueDivergenceRule | ReturnCollapseRule
-    | ClipInactiveRule | LrJumpRule | ValueLossSpikeRule
-)
+_Rule = RuleSettings
 
 
 @dataclass(frozen=True, slots=True)
