@@ -22,9 +22,12 @@ runs; ≥ 90 % of fault runs detected, every fault kind in at least 3 of the 4 e
 an environment when all its runs there are detected); ≤ 5 % of seed-vs-seed comparisons flag any field;
 ≥ 90 % of fault runs flagged by drift. Exits 1 when a target is missed.
 
-    .venv/bin/python bench/signal_quality.py [--runs-dir .signal-runs] [--jobs 2] [--envs ...] [--markdown]
+    .venv/bin/python bench/signal_quality.py [--runs-dir .signal-runs] [--jobs 2] [--envs ...]
+        [--rules rules.toml] [--drift threshold=3.5 --drift consecutive=4 ...]
 
-Runs missing from `--runs-dir` are trained first (about 15 s each, `--jobs` at a time).
+Runs missing from `--runs-dir` are trained first (15-45 s each, `--jobs` at a time). `--rules` and `--drift`
+try other alert rules (a rules file, SPEC §6) and drift settings (`consumers.drift.DriftSettings` fields) on
+the same runs: the tuning loop behind the defaults.
 """
 
 from __future__ import annotations
@@ -39,14 +42,14 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from avro_schemas.models import EpochSummary
 from avro_schemas.ndjson import iter_segment_lines
-from consumers.drift import Baseline, DriftTracker
-from consumers.telemetry_watch import Watch
+from consumers.drift import Baseline, DriftSettings, DriftTracker
+from consumers.telemetry_watch import RulesConfig, RulesError, Watch, load_rules
 from consumers.validator import Validator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,10 +185,12 @@ class AlertOutcome:
     delay_cycles: int | None = None
 
 
-def evaluate_alerts(spec: RunSpec, records: list[Record], onset: FaultOnset | None) -> AlertOutcome:
-    """Run the default rules over one run; count false firings and, for a fault run, its detection."""
+def evaluate_alerts(
+    spec: RunSpec, records: list[Record], onset: FaultOnset | None, rules: RulesConfig | None = None
+) -> AlertOutcome:
+    """Run the rules over one run; count false firings and, for a fault run, its detection."""
     outcome = AlertOutcome(spec)
-    watch = Watch()
+    watch = Watch(rules)
     for record in map(EpochSummary.from_dict, records):
         for transition in watch.observe(record):
             if transition.state != "firing":
@@ -210,9 +215,9 @@ def drift_fields(baseline: Baseline, current: list[Record]) -> dict[str, dict[st
     return summary.to_json_dict()["fields"]
 
 
-def baseline_of(runs: Iterable[list[Record]]) -> Baseline:
-    """The drift baseline made of several runs' records (default settings)."""
-    return Baseline.from_records(record for run in runs for record in run)
+def baseline_of(runs: Iterable[list[Record]], settings: DriftSettings | None = None) -> Baseline:
+    """The drift baseline made of several runs' records."""
+    return Baseline.from_records((record for run in runs for record in run), settings=settings)
 
 
 def differing(fields: dict[str, dict[str, Any]], from_step: int = 0) -> dict[str, int]:
@@ -229,7 +234,7 @@ class SeedComparison:
     """One seed-vs-seed drift comparison: two baseline seeds, a third compared."""
 
     env_id: str
-    baseline_seeds: tuple[int, int]
+    baseline_seeds: tuple[int, ...]
     seed: int
     flagged: tuple[str, ...]
 
@@ -238,10 +243,13 @@ class SeedComparison:
         return not {*self.baseline_seeds, self.seed} <= TUNING_SEEDS
 
 
-def seed_comparisons(env_id: str, runs: dict[int, list[Record]]) -> Iterator[SeedComparison]:
-    """Every (pair of baseline seeds, third seed) comparison among the healthy runs of one environment."""
-    for pair in itertools.combinations(sorted(runs), 2):
-        baseline = baseline_of(runs[s] for s in pair)
+def seed_comparisons(
+    env_id: str, runs: dict[int, list[Record]], settings: DriftSettings | None = None, baseline_size: int = 2
+) -> Iterator[SeedComparison]:
+    """Every (set of `baseline_size` baseline seeds, another seed) comparison among the healthy runs of one
+    environment."""
+    for pair in itertools.combinations(sorted(runs), baseline_size):
+        baseline = baseline_of((runs[s] for s in pair), settings)
         for seed in sorted(set(runs) - set(pair)):
             fields = drift_fields(baseline, runs[seed])
             yield SeedComparison(env_id, pair, seed, tuple(sorted(differing(fields))))
@@ -260,6 +268,7 @@ class Report:
 
     alerts: list[AlertOutcome] = field(default_factory=list)
     seed_flags: list[SeedComparison] = field(default_factory=list)
+    one_seed_flags: list[SeedComparison] = field(default_factory=list)  # a baseline of one run: not a target
     fault_drift: dict[RunSpec, dict[str, int]] = field(default_factory=dict)  # fault run -> field -> first_step
 
     def healthy(self, held_out: bool | None = None) -> list[AlertOutcome]:
@@ -274,6 +283,10 @@ class Report:
             out += [f"## {label}", ""]
             out += self._alert_lines(held_out) + [""] + self._drift_lines(held_out) + [""]
         out += ["## all runs: per fault", ""] + self._fault_lines() + [""]
+        flagged = [c for c in self.one_seed_flags if c.flagged]
+        fields = Counter(name for c in flagged for name in c.flagged)
+        out += [f"With a baseline of one healthy run (no target; two or more are recommended), seed-vs-seed "
+                f"comparisons flagging a field: {share(len(flagged), len(self.one_seed_flags))} ({_counts(fields)})", ""]
         return out
 
     def _alert_lines(self, held_out: bool) -> list[str]:
@@ -358,7 +371,9 @@ def _counts(counter: Counter, most: int | None = None) -> str:
     return ", ".join(f"{name} {count}" for name, count in items)
 
 
-def evaluate(specs: list[RunSpec], runs_dir: Path) -> Report:
+def evaluate(
+    specs: list[RunSpec], runs_dir: Path, rules: RulesConfig | None = None, drift: DriftSettings | None = None
+) -> Report:
     """Load every run once and evaluate the alert rules and drift on them."""
     report = Report()
     healthy: dict[str, dict[int, list[Record]]] = defaultdict(dict)
@@ -367,19 +382,38 @@ def evaluate(specs: list[RunSpec], runs_dir: Path) -> Report:
         directory = spec.directory(runs_dir)
         records = load_records(directory)
         onset = fault_onset(directory, records) if spec.fault is not None else None
-        report.alerts.append(evaluate_alerts(spec, records, onset))
+        report.alerts.append(evaluate_alerts(spec, records, onset, rules))
         if spec.fault is None:
             healthy[spec.env_id][spec.seed] = records
         else:
             if spec.env_id not in baselines:
-                baselines[spec.env_id] = baseline_of(healthy[spec.env_id][s] for s in DRIFT_BASELINE_SEEDS)
+                baselines[spec.env_id] = baseline_of((healthy[spec.env_id][s] for s in DRIFT_BASELINE_SEEDS), drift)
             fields = drift_fields(baselines[spec.env_id], records)
             # a streak's first_step is the start of its first window, which may begin before the onset
             window_start = onset.first_step - onset.first_step % baselines[spec.env_id].window_steps
             report.fault_drift[spec] = differing(fields, window_start)
     for env_id, runs in healthy.items():
-        report.seed_flags += seed_comparisons(env_id, runs)
+        report.seed_flags += seed_comparisons(env_id, runs, drift)
+        report.one_seed_flags += seed_comparisons(env_id, runs, drift, baseline_size=1)
     return report
+
+
+def drift_settings(assignments: list[str]) -> DriftSettings:
+    """`DriftSettings` with `NAME=VALUE` overrides; a bad name or value is a one-line exit."""
+    kinds = {f.name: f.type for f in fields(DriftSettings)}
+    given: dict[str, Any] = {}
+    for assignment in assignments:
+        name, _, text = assignment.partition("=")
+        if name not in kinds:
+            raise SystemExit(f"signal_quality: --drift {assignment}: not a DriftSettings field ({', '.join(kinds)})")
+        try:
+            given[name] = int(text) if "int" in str(kinds[name]) else float(text)
+        except ValueError:
+            raise SystemExit(f"signal_quality: --drift {assignment}: not a number") from None
+    try:
+        return DriftSettings(**given)
+    except ValueError as exc:
+        raise SystemExit(f"signal_quality: --drift: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,11 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / ".signal-runs", help="cache of trained runs")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs trained at a time")
     parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=ENVS)
+    parser.add_argument("--rules", type=Path, help="alert rules file (TOML, SPEC §6) instead of the defaults")
+    parser.add_argument("--drift", action="append", default=[], metavar="NAME=VALUE", help="a drift setting")
     args = parser.parse_args(argv)
+    try:
+        rules = load_rules(args.rules) if args.rules else None
+    except RulesError as exc:
+        raise SystemExit(f"signal_quality: {exc}") from None
+    settings = drift_settings(args.drift)
     specs = all_specs(args.envs)
     train_missing(specs, args.runs_dir, args.jobs)
     started = time.perf_counter()
-    report = evaluate(specs, args.runs_dir)
+    report = evaluate(specs, args.runs_dir, rules, settings)
     print("\n".join(report.lines()))
     print(f"(evaluated {len(specs)} runs in {time.perf_counter() - started:.1f} s)")
     missed = 0
