@@ -22,10 +22,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/codec_validate.py
+	$(PY) bench/watch_drift_cores.py
 	$(PY) bench/learning.py
 	$(PY) bench/telemetry_overhead.py
 	$(PY) bench/kafka_validator.py
 	$(PY) bench/alert_latency.py
+	$(PY) bench/signal_quality.py
 
 endurance: $(STAMP)
 	$(PY) bench/endurance.py
