@@ -54,6 +54,7 @@ __all__ = [
     "ClipInactiveRule",
     "LrJumpRule",
     "ValueLossSpikeRule",
+    "EntropyPushdownRule",
     "RulesConfig",
     "load_rules",
     "rules_from_mapping",
@@ -63,7 +64,7 @@ __all__ = [
 
 RULE_NAMES: tuple[str, ...] = (
     "entropy_collapse", "kl_spike", "grad_explosion", "gae_sanity", "value_divergence", "return_collapse",
-    "clip_inactive", "lr_jump", "value_loss_spike",
+    "clip_inactive", "lr_jump", "value_loss_spike", "entropy_pushdown",
 )
 SEVERITIES: tuple[str, ...] = ("warning", "critical")
 
@@ -267,6 +268,21 @@ class ValueLossSpikeRule(RuleSettings):
     rate: float = _float(0.1, 0.0, 1.0, False)
 
 
+@dataclass(frozen=True, slots=True)
+class EntropyPushdownRule(EpochRuleSettings):
+    """Fires when an update lowers the policy's entropy at the expense of its own objective (per epoch).
+
+    Condition: since the cycle's first epoch, `policy_loss` rose by more than `loss_rise` while
+    `batch_entropy_mean` fell by more than `drop` (the log of the ratio for a run whose first entropy is
+    ln k, as `entropy_collapse` decides; nats otherwise). With advantages normalised, the clipped
+    surrogate only falls during a cycle's epochs unless another term of the loss outweighs it; one
+    that also drives the entropy down is a negative entropy bonus (or a loss wired to reward certainty).
+    """
+
+    loss_rise: float = _float(0.005, 0.0, low_inclusive=False)
+    drop: float = _float(0.1, 0.0, low_inclusive=False)
+
+
 _Rule = RuleSettings
 
 
@@ -283,6 +299,7 @@ class RulesConfig:
     clip_inactive: ClipInactiveRule = field(default_factory=ClipInactiveRule)
     lr_jump: LrJumpRule = field(default_factory=LrJumpRule)
     value_loss_spike: ValueLossSpikeRule = field(default_factory=ValueLossSpikeRule)
+    entropy_pushdown: EntropyPushdownRule = field(default_factory=EntropyPushdownRule)
 
     @classmethod
     def default(cls) -> RulesConfig:
@@ -423,8 +440,9 @@ class _RuleState:
     __slots__ = (
         "firing", "streak", "since", "cooldown",
         "level", "start", "best", "spread", "loss_level", "loss_start", "peak", "peak_step", "dirty", "ratio_mode",
+        "cycle_loss", "cycle_entropy",
     )
-    _NUMBERS = ("level", "start", "best", "spread", "loss_level", "loss_start", "peak")
+    _NUMBERS = ("level", "start", "best", "spread", "loss_level", "loss_start", "peak", "cycle_loss", "cycle_entropy")
     _FLAGS = ("dirty", "ratio_mode")
 
     def __init__(self) -> None:
@@ -441,7 +459,9 @@ class _RuleState:
         self.peak: float | None = None  # kl_spike, grad_explosion: the log maximum of the current cycle
         self.peak_step: int | None = None  # the global_step of that cycle
         self.dirty: bool | None = None  # whether that cycle tripped the rule (its peak is not learned from)
-        self.ratio_mode: bool | None = None  # entropy_collapse: ratios (categorical start) or differences
+        self.ratio_mode: bool | None = None  # entropy_collapse, entropy_pushdown: ratios (categorical start) or differences
+        self.cycle_loss: float | None = None  # entropy_pushdown: policy_loss at the first epoch of cycle `peak_step`
+        self.cycle_entropy: float | None = None  # entropy_pushdown: batch_entropy_mean at that epoch
 
     def to_json(self) -> dict[str, Any]:
         """The state as a JSON object (only what is set)."""
@@ -695,6 +715,26 @@ def _read_loss_spike(rule: ValueLossSpikeRule, record: EpochSummary, st: _RuleSt
     return value, reference, condition
 
 
+def _read_pushdown(rule: EntropyPushdownRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
+    loss, entropy = record.policy_loss, record.batch_entropy_mean
+    if entropy is None:
+        return None
+    if st.ratio_mode is None:
+        st.ratio_mode = _categorical_start(entropy)
+    if st.ratio_mode and entropy <= 0:
+        st.ratio_mode = False  # differential entropy after all: compare in nats
+    if st.peak_step != record.global_step or st.cycle_loss is None or st.cycle_entropy is None:
+        # The cycle's first epoch: what the later epochs' updates are measured from.
+        st.peak_step, st.cycle_loss, st.cycle_entropy = record.global_step, loss, entropy
+        return 0.0, rule.loss_rise, False
+    rise = loss - st.cycle_loss
+    if st.ratio_mode and st.cycle_entropy > 0:
+        drop = math.log(st.cycle_entropy) - math.log(max(entropy, _TINY))
+    else:
+        drop = st.cycle_entropy - entropy
+    return rise, rule.loss_rise, rise > rule.loss_rise and drop > rule.drop
+
+
 _READERS: dict[str, Any] = {
     "value_loss_spike": _read_loss_spike,
     "clip_inactive": _read_clip,
@@ -705,6 +745,7 @@ _READERS: dict[str, Any] = {
     "gae_sanity": _read_gae,
     "value_divergence": _read_value,
     "return_collapse": _read_return,
+    "entropy_pushdown": _read_pushdown,
 }
 
 
@@ -766,6 +807,11 @@ def _summary(name: str, rule: _Rule, st: _RuleState, firing: bool, value: float,
             return (f"value loss on fresh data jumped to {v}, above {ref} ({_fmt(rule.factor)}x the run's usual "
                     f"{_level(st, True)}{start}), {held}: the value network was reset or corrupted, or the reward scale changed")
         return f"value loss on fresh data {v} is back under {ref}, {held}"
+    if name == "entropy_pushdown":
+        if firing:
+            return (f"this cycle's updates raised the policy loss by {v} (more than {ref}) while lowering the entropy, {held}: "
+                    "a loss term is pushing the policy toward determinism; check the entropy coefficient's sign")
+        return f"the updates no longer trade the policy loss for lower entropy (rise {v}), {held}"
     if firing:
         return f"learning rate jumped to {v}, above {ref} ({_fmt(rule.factor)}x its recent {_level(st, False)}), {held}: check the optimizer settings"
     return f"learning rate {v} is back under {ref}, {held}"

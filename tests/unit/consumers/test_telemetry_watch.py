@@ -297,6 +297,62 @@ def test_lr_jump_fires_when_the_learning_rate_jumps_but_not_as_it_anneals() -> N
     assert states(watch, records) == [(4, "lr_jump", "firing")]
 
 
+def cycle_records(cycle: int, epochs_per_cycle: int, losses: list[float], entropies: list[float | None]) -> list[EpochSummary]:
+    """One cycle's records (one global_step), epoch by epoch, with `policy_loss` and `batch_entropy_mean`."""
+    return [
+        epoch_summary(epoch=cycle * epochs_per_cycle + i, global_step=100 * (cycle + 1), policy_loss=loss, batch_entropy_mean=entropy)
+        for i, (loss, entropy) in enumerate(zip(losses, entropies))
+    ]
+
+
+def pushdown_run(last: list[EpochSummary], first_entropy: float = math.log(2)) -> list[EpochSummary]:
+    """Two quiet warm-up cycles (surrogate falling, entropy steady), then `last`."""
+    quiet = [cycle_records(c, 5, [0.0, -0.002, -0.004, -0.006, -0.008], [first_entropy] * 5) for c in range(2)]
+    return [r for cycle in quiet for r in cycle] + last
+
+
+def pushdown() -> Watch:
+    return Watch(only("entropy_pushdown", warmup=2, hold=2, loss_rise=0.005, drop=0.1))
+
+
+def test_entropy_pushdown_fires_when_updates_raise_the_policy_loss_and_lower_the_entropy() -> None:
+    # ratios for a categorical start: log(0.6 / 0.5) = 0.18 > 0.1 from the third epoch on, loss up 0.006 from the third
+    last = cycle_records(2, 5, [0.0, 0.003, 0.006, 0.008, 0.01], [0.6, 0.58, 0.5, 0.45, 0.4])
+    assert states(pushdown(), pushdown_run(last)) == [(13, "entropy_pushdown", "firing")]
+
+
+def test_entropy_pushdown_stays_quiet_when_only_one_of_the_two_moves() -> None:
+    # the loss rising with the entropy steady (a healthy cycle can do that), and the entropy falling while the
+    # surrogate improves (a policy sharpening on its advantages): neither is a loss term pushing entropy down
+    loss_only = cycle_records(2, 5, [0.0, 0.006, 0.01, 0.011, 0.012], [0.6, 0.6, 0.59, 0.59, 0.58])
+    entropy_only = cycle_records(3, 5, [0.0, -0.01, -0.02, -0.03, -0.04], [0.6, 0.5, 0.4, 0.3, 0.2])
+    assert states(pushdown(), pushdown_run(loss_only + entropy_only)) == []
+
+
+def test_entropy_pushdown_compares_nats_for_a_differential_entropy() -> None:
+    # a Gaussian policy's entropy 1.4189 (not ln k): -0.2 -> -0.31 is 0.11 nats (a ratio would be meaningless)
+    last = cycle_records(2, 5, [0.0, 0.01, 0.02, 0.03, 0.04], [-0.2, -0.25, -0.31, -0.35, -0.4])
+    assert states(pushdown(), pushdown_run(last, 1.4189)) == [(13, "entropy_pushdown", "firing")]
+
+
+def test_entropy_pushdown_measures_from_each_cycle_s_first_epoch_and_skips_nulls() -> None:
+    # the second cycle starts lower: its own first epoch is the reference, so no drop; a null entropy is skipped
+    first = cycle_records(2, 5, [0.0, 0.01, 0.02, 0.02, 0.02], [0.6, 0.55, None, None, None])
+    second = cycle_records(3, 5, [0.02, 0.03, 0.04, 0.04, 0.04], [0.4, 0.39, 0.385, 0.38, 0.375])
+    assert states(pushdown(), pushdown_run(first + second)) == []
+    falling = cycle_records(3, 5, [0.02, 0.03, 0.04, 0.04, 0.04], [0.4, 0.3, 0.2, 0.2, 0.2])
+    assert states(pushdown(), pushdown_run(first + falling)) == [(17, "entropy_pushdown", "firing")]
+
+
+def test_entropy_pushdown_restored_mid_cycle_keeps_the_cycle_s_reference() -> None:
+    last = cycle_records(2, 5, [0.0, 0.003, 0.006, 0.008, 0.01], [0.6, 0.58, 0.5, 0.45, 0.4])
+    records = pushdown_run(last)
+    first = pushdown()
+    states(first, records[:11])  # the cycle's first epoch seen, its reference stored
+    second = Watch(first.config, state=json.loads(json.dumps(first.state_snapshot())))
+    assert states(second, records[11:]) == [(13, "entropy_pushdown", "firing")]
+
+
 def test_transitions_of_one_record_come_in_rule_order() -> None:
     config = rules_from_mapping({name: {"warmup": 1, "hold": 1} for name in ("gae_sanity", "lr_jump")})
     watch = Watch(config)
@@ -369,6 +425,7 @@ def lively_run(run_id: str, count: int, seed: int) -> list[EpochSummary]:
             explained_variance=None if rng.random() < 0.1 else (rng.uniform(-1, 0) if bad else rng.uniform(0.8, 0.95)),
             mean_episode_return=None if rng.random() < 0.3 else (rng.uniform(0, 10) if bad else 100 + epoch),
             clip_fraction=0.0 if bad else rng.uniform(0.05, 0.1),
+            policy_loss=0.01 * (epoch % 4) if bad else -0.001 * (epoch % 4),  # bad: the surrogate rises through a cycle
         ))
     return records
 
@@ -379,7 +436,7 @@ FAST = rules_from_mapping({name: {"warmup": 8, "hold": 2, "clear": 3, "cooldown"
 def test_lively_run_exercises_every_rule_s_machine() -> None:
     watch = Watch(FAST)
     fired = {t.rule for r in lively_run("a", 400, 1) for t in watch.observe(r) if t.state == "resolved"}
-    assert fired >= {"kl_spike", "grad_explosion", "entropy_collapse", "gae_sanity", "clip_inactive"}
+    assert fired >= {"kl_spike", "grad_explosion", "entropy_collapse", "gae_sanity", "clip_inactive", "entropy_pushdown"}
 
 
 @settings(max_examples=40, deadline=None)
