@@ -333,7 +333,8 @@ def _print_alerts(config: dict[str, Any], runs: list[DemoRun], out: TextIO, limi
     from avro_schemas.topics import ALERTS_TOPIC
 
     codec = alert_codec()
-    alerts = [codec.decode(message.value()) for message in _read(config, ALERTS_TOPIC, {run.run_id.encode() for run in runs})]
+    keys = {run.run_id.encode() for run in runs}
+    alerts = [codec.decode(message.value()) for message in _read(config, ALERTS_TOPIC, keys)]
     out.write(f"alerts on {ALERTS_TOPIC}: {len(alerts)} transitions\n")
     for run in runs:
         own = [alert for alert in alerts if alert["run_id"] == run.run_id]

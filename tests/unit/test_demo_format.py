@@ -6,7 +6,8 @@ from ppo_telemetry.demo import CANDIDATE_CHANGE, FAULT, demo_runs, format_alert,
 
 
 def _verdict(verdict: str, **fields) -> dict:
-    return {"verdict": verdict, "first_step": None, "direction": None, "effect": None, "relative_change": None, **fields}
+    empty = {"first_step": None, "direction": None, "effect": None, "relative_change": None}
+    return {"verdict": verdict, **empty, **fields}
 
 
 def test_demo_runs_are_two_baseline_seeds_a_candidate_and_a_fault_run():
@@ -22,7 +23,9 @@ def test_demo_runs_are_two_baseline_seeds_a_candidate_and_a_fault_run():
 def test_verdicts_name_each_differing_field_with_its_evidence():
     record = {"fields": {
         "policy_loss": _verdict("same", effect=0.4),
-        "batch_entropy_mean": _verdict("differs", first_step=21_504, direction="higher", effect=5.2, relative_change=9.498),
+        "batch_entropy_mean": _verdict(
+            "differs", first_step=21_504, direction="higher", effect=5.2, relative_change=9.498
+        ),
         "kl_divergence": _verdict("differs", first_step=12_288, direction="lower", effect=-6.6, relative_change=None),
         "rollout_ticks": _verdict("skipped"),
     }}
