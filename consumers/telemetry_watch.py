@@ -55,6 +55,7 @@ __all__ = [
     "LrJumpRule",
     "ValueLossSpikeRule",
     "EntropyPushdownRule",
+    "EntropyDrainRule",
     "RulesConfig",
     "load_rules",
     "rules_from_mapping",
@@ -65,6 +66,7 @@ __all__ = [
 RULE_NAMES: tuple[str, ...] = (
     "entropy_collapse", "kl_spike", "grad_explosion", "gae_sanity", "value_divergence", "return_collapse",
     "clip_inactive", "lr_jump", "value_loss_spike", "entropy_pushdown",
+    "entropy_drain",
 )
 SEVERITIES: tuple[str, ...] = ("warning", "critical")
 
@@ -283,6 +285,27 @@ class EntropyPushdownRule(EpochRuleSettings):
     drop: float = _float(0.1, 0.0, low_inclusive=False)
 
 
+@dataclass(frozen=True, slots=True)
+class EntropyDrainRule(EpochRuleSettings):
+    """Fires when the updates kept lowering the entropy in nearly every epoch of the last `window` cycles and
+    it fell under `ratio` × its level (per epoch).
+
+    A cycle's sustained drop is its epochs' count × the second smallest per-epoch fall of entropy (a drop
+    every epoch but one shared; a single large step does not make it); condition: the sum of the sustained
+    drops of the last `window` cycles (the current one so far) exceeds `drop`, and the entropy is under
+    `ratio` × the level. Entropies compare as logarithms for a run whose first entropy is ln k, in nats
+    otherwise (a Gaussian's entropy − ln 2 nats is its volume halved). The level is a moving average (rate
+    `rate` per cycle) of each cycle's first entropy, from the cycles where the condition was false. A
+    healthy policy's entropy falls within a cycle and comes back with the next rollout, or falls in a few
+    large steps; an entropy term of the wrong sign lowers it epoch after epoch, cycle after cycle.
+    """
+
+    window: int = _int(4, 1)
+    drop: float = _float(0.5, 0.0, low_inclusive=False)
+    ratio: float = _float(0.5, 0.0, 1.0, False)
+    rate: float = _float(0.1, 0.0, 1.0, False)
+
+
 _Rule = RuleSettings
 
 
@@ -300,6 +323,7 @@ class RulesConfig:
     lr_jump: LrJumpRule = field(default_factory=LrJumpRule)
     value_loss_spike: ValueLossSpikeRule = field(default_factory=ValueLossSpikeRule)
     entropy_pushdown: EntropyPushdownRule = field(default_factory=EntropyPushdownRule)
+    entropy_drain: EntropyDrainRule = field(default_factory=EntropyDrainRule)
 
     @classmethod
     def default(cls) -> RulesConfig:
@@ -440,9 +464,13 @@ class _RuleState:
     __slots__ = (
         "firing", "streak", "since", "cooldown",
         "level", "start", "best", "spread", "loss_level", "loss_start", "peak", "peak_step", "dirty", "ratio_mode",
-        "cycle_loss", "cycle_entropy",
+        "cycle_loss", "cycle_entropy", "last_entropy", "min_step", "min_step2", "steps", "window",
     )
-    _NUMBERS = ("level", "start", "best", "spread", "loss_level", "loss_start", "peak", "cycle_loss", "cycle_entropy")
+    _NUMBERS = (
+        "level", "start", "best", "spread", "loss_level", "loss_start", "peak", "cycle_loss", "cycle_entropy",
+        "last_entropy", "min_step", "min_step2",
+    )
+    _MAX_WINDOW = 64  # entropy_drain's window of past cycles, whatever the rules file says
     _FLAGS = ("dirty", "ratio_mode")
 
     def __init__(self) -> None:
@@ -461,7 +489,12 @@ class _RuleState:
         self.dirty: bool | None = None  # whether that cycle tripped the rule (its peak is not learned from)
         self.ratio_mode: bool | None = None  # entropy_collapse, entropy_pushdown: ratios (categorical start) or differences
         self.cycle_loss: float | None = None  # entropy_pushdown: policy_loss at the first epoch of cycle `peak_step`
-        self.cycle_entropy: float | None = None  # entropy_pushdown: batch_entropy_mean at that epoch
+        self.cycle_entropy: float | None = None  # entropy_pushdown, entropy_drain: batch_entropy_mean at that epoch
+        self.last_entropy: float | None = None  # entropy_drain: the previous epoch's (log) entropy in this cycle
+        self.min_step: float | None = None  # entropy_drain: this cycle's smallest per-epoch fall of entropy
+        self.min_step2: float | None = None  # entropy_drain: and its second smallest
+        self.steps = 0  # entropy_drain: this cycle's per-epoch steps so far
+        self.window: list[float] | None = None  # entropy_drain: the sustained drops of the last cycles, oldest first
 
     def to_json(self) -> dict[str, Any]:
         """The state as a JSON object (only what is set)."""
@@ -470,6 +503,10 @@ class _RuleState:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        if self.steps:
+            out["steps"] = self.steps
+        if self.window is not None:
+            out["window"] = list(self.window)
         return out
 
     @classmethod
@@ -486,11 +523,11 @@ class _RuleState:
             if value is not None and not isinstance(value, bool):
                 raise WatchStateError(f"{where}: {name} is {value!r}")
             setattr(state, name, value)
-        for name in ("streak", "since", "cooldown", "peak_step"):
+        for name in ("streak", "since", "cooldown", "peak_step", "steps"):
             value = entry.get(name, None if name == "peak_step" else 0)
             if value is None and name == "peak_step":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or (value < 0 and name in ("streak", "cooldown")):
+            if isinstance(value, bool) or not isinstance(value, int) or (value < 0 and name in ("streak", "cooldown", "steps")):
                 raise WatchStateError(f"{where}: {name} is {value!r}")
             setattr(state, name, value)
         for name in cls._NUMBERS:
@@ -500,6 +537,12 @@ class _RuleState:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise WatchStateError(f"{where}: {name} is {value!r}")
             setattr(state, name, float(value))
+        window = entry.get("window")
+        if window is not None:
+            if not isinstance(window, list) or len(window) > cls._MAX_WINDOW or any(
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in window):
+                raise WatchStateError(f"{where}: window is {window!r}")
+            state.window = [float(v) for v in window]
         return state
 
 
@@ -735,6 +778,51 @@ def _read_pushdown(rule: EntropyPushdownRule, record: EpochSummary, st: _RuleSta
     return rise, rule.loss_rise, rise > rule.loss_rise and drop > rule.drop
 
 
+def _read_drain(rule: EntropyDrainRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
+    entropy = record.batch_entropy_mean
+    if entropy is None:
+        return None
+    if st.ratio_mode is None:
+        st.ratio_mode = _categorical_start(entropy)
+    if st.ratio_mode and entropy <= 0:
+        # Differential entropy after all: start over in nats.
+        st.ratio_mode, st.level, st.window, st.peak_step = False, None, None, None
+    value = math.log(max(entropy, _TINY)) if st.ratio_mode else entropy
+    first = st.peak_step != record.global_step or st.last_entropy is None
+    if first:
+        if st.peak_step is not None and st.steps:  # the last cycle ended: its sustained drop joins the window
+            keep = min(rule.window, _RuleState._MAX_WINDOW) - 1
+            st.window = ([*(st.window or []), _sustained_drop(st)])[-keep:] if keep else []
+        st.peak_step, st.cycle_entropy, st.last_entropy = record.global_step, value, value
+        st.min_step = st.min_step2 = None
+        st.steps = 0
+    else:
+        step = st.last_entropy - value  # positive: this epoch lowered the entropy
+        st.last_entropy = value
+        st.steps += 1
+        if st.min_step is None or step < st.min_step:
+            st.min_step, st.min_step2 = step, st.min_step
+        elif st.min_step2 is None or step < st.min_step2:
+            st.min_step2 = step
+    fall = math.log(1.0 / rule.ratio)
+    sustained = sum(st.window or ()) + _sustained_drop(st)
+    condition = st.level is not None and sustained > rule.drop and st.level - value > fall
+    if first and ((not condition and not st.firing) or warming):
+        st.level = _ema(st.level, value, _rate(rule.rate, warming))
+    if st.level is None:
+        reference = -math.inf
+    else:
+        reference = math.exp(st.level - fall) if st.ratio_mode else st.level - fall
+    return entropy, reference, condition
+
+
+def _sustained_drop(st: _RuleState) -> float:
+    """The current cycle's steps × its second smallest per-epoch fall (0 before two steps)."""
+    if st.steps < 2 or st.min_step2 is None:
+        return 0.0
+    return st.steps * st.min_step2
+
+
 _READERS: dict[str, Any] = {
     "value_loss_spike": _read_loss_spike,
     "clip_inactive": _read_clip,
@@ -746,6 +834,7 @@ _READERS: dict[str, Any] = {
     "value_divergence": _read_value,
     "return_collapse": _read_return,
     "entropy_pushdown": _read_pushdown,
+    "entropy_drain": _read_drain,
 }
 
 
@@ -807,6 +896,11 @@ def _summary(name: str, rule: _Rule, st: _RuleState, firing: bool, value: float,
             return (f"value loss on fresh data jumped to {v}, above {ref} ({_fmt(rule.factor)}x the run's usual "
                     f"{_level(st, True)}{start}), {held}: the value network was reset or corrupted, or the reward scale changed")
         return f"value loss on fresh data {v} is back under {ref}, {held}"
+    if name == "entropy_drain":
+        if firing:
+            return (f"policy entropy {v} is under {ref} ({_fmt(rule.ratio)}x the run's usual) after the updates lowered it in nearly every "
+                    f"epoch of the last {rule.window} cycles, {held}: a loss term is draining it; check the entropy coefficient's sign")
+        return f"policy entropy {v} is back above {ref} or no longer falls epoch after epoch, {held}"
     if name == "entropy_pushdown":
         if firing:
             return (f"this cycle's updates raised the policy loss by {v} (more than {ref}) while lowering the entropy, {held}: "

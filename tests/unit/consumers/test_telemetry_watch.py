@@ -353,6 +353,54 @@ def test_entropy_pushdown_restored_mid_cycle_keeps_the_cycle_s_reference() -> No
     assert states(second, records[11:]) == [(13, "entropy_pushdown", "firing")]
 
 
+def drain() -> Watch:
+    return Watch(only("entropy_drain", warmup=2, hold=1, window=2, drop=0.3, ratio=0.5, rate=0.1))
+
+
+def log_entropy_cycles(first_cycle: int, logs: list[list[float]]) -> list[EpochSummary]:
+    """Cycles of 5 epochs from `first_cycle`, each epoch's entropy given as its logarithm."""
+    return [r for offset, cycle in enumerate(logs)
+            for r in cycle_records(first_cycle + offset, 5, [0.0] * 5, [math.exp(v) for v in cycle])]
+
+
+def test_entropy_drain_fires_when_every_epoch_lowers_the_entropy_cycle_after_cycle() -> None:
+    # log entropy falls 0.1 every epoch from the level L = log(ln 2) on. At the third cycle's first epoch the
+    # level learns its L - 0.5 (the entropy is not yet under half), to L - 0.05; from its fourth epoch the
+    # entropy is L - 0.8, 0.75 under the level (> ln 2) and the sustained drops sum to 0.4 + 0.3 (> 0.3)
+    level = math.log(math.log(2))
+    falling = [[level - 0.1 * (5 * c + k) for k in range(5)] for c in range(2)]
+    records = pushdown_run(log_entropy_cycles(2, falling))
+    assert states(drain(), records) == [(18, "entropy_drain", "firing")]
+
+
+def test_entropy_drain_ignores_falls_made_in_one_large_step_or_recovered_by_the_next_rollout() -> None:
+    level = math.log(math.log(2))
+    one_step = [[level - 0.5 * c] * 4 + [level - 0.5 * (c + 1)] for c in range(3)]  # 0.5 per cycle, all at its last epoch
+    recovering = [[level - 0.1 * k for k in range(5)] for _ in range(3)]  # sharpens on each batch, back at each rollout
+    assert states(drain(), pushdown_run(log_entropy_cycles(2, one_step))) == []
+    assert states(drain(), pushdown_run(log_entropy_cycles(2, recovering))) == []
+
+
+def test_entropy_drain_compares_nats_for_a_differential_entropy() -> None:
+    # a Gaussian policy: entropy 1.4189 falling 0.1 nats an epoch (values cross zero: ratios would be meaningless)
+    falling = [[1.4189 - 0.1 * (5 * c + k) for k in range(5)] for c in range(2)]
+    records = pushdown_run([r for offset, cycle in enumerate(falling)
+                            for r in cycle_records(2 + offset, 5, [0.0] * 5, cycle)], 1.4189)
+    assert states(drain(), records) == [(18, "entropy_drain", "firing")]
+
+
+def test_entropy_drain_restored_mid_cycle_fires_where_the_uninterrupted_run_fires() -> None:
+    level = math.log(math.log(2))
+    falling = [[level - 0.1 * (5 * c + k) for k in range(5)] for c in range(2)]
+    records = pushdown_run(log_entropy_cycles(2, falling))
+    first = drain()
+    states(first, records[:17])  # mid-cycle: the window of past cycles and this cycle's steps are in the state
+    snapshot = json.loads(json.dumps(first.state_snapshot()))
+    assert snapshot["runs"]["run"]["rules"]["entropy_drain"]["window"] == [pytest.approx(0.4)]
+    second = Watch(first.config, state=snapshot)
+    assert states(second, records[17:]) == [(18, "entropy_drain", "firing")]
+
+
 def test_transitions_of_one_record_come_in_rule_order() -> None:
     config = rules_from_mapping({name: {"warmup": 1, "hold": 1} for name in ("gae_sanity", "lr_jump")})
     watch = Watch(config)
@@ -436,7 +484,8 @@ FAST = rules_from_mapping({name: {"warmup": 8, "hold": 2, "clear": 3, "cooldown"
 def test_lively_run_exercises_every_rule_s_machine() -> None:
     watch = Watch(FAST)
     fired = {t.rule for r in lively_run("a", 400, 1) for t in watch.observe(r) if t.state == "resolved"}
-    assert fired >= {"kl_spike", "grad_explosion", "entropy_collapse", "gae_sanity", "clip_inactive", "entropy_pushdown"}
+    assert fired >= {"kl_spike", "grad_explosion", "entropy_collapse", "gae_sanity", "clip_inactive", "entropy_pushdown",
+                     "entropy_drain"}
 
 
 @settings(max_examples=40, deadline=None)
@@ -466,11 +515,12 @@ def test_no_rule_fires_before_its_warmup_whatever_the_values(values: list[float 
 def test_state_stays_small_and_bounded_per_run() -> None:
     watch = Watch(FAST)
     sizes = []
-    for index, record in enumerate(lively_run("a", 2000, 3)):
+    for index, record in enumerate(lively_run("a", 4000, 3)):
         watch.observe(record)
-        if index in (200, 1999):
+        if index in (2003, 3999):  # both at a cycle's last epoch: the same fields are set
             sizes.append(len(json.dumps(watch.run_state("a"))))
-    assert sizes[1] <= sizes[0] + 64 and sizes[1] < 2000
+    # a few numbers per rule (entropy_drain: a window of its last cycles): only counters gain digits
+    assert sizes[1] <= sizes[0] + 64 and sizes[1] < 200 * len(RULE_NAMES)
 
 
 def test_restore_mid_hold_fires_exactly_where_the_uninterrupted_run_fires() -> None:
@@ -510,6 +560,9 @@ def test_run_state_round_trips_one_run_at_a_time() -> None:
         {"version": 2, "runs": {"r": {"rules": {"kl_spike": {"streak": -1}}}}},
         {"version": 2, "runs": {"r": {"rules": {"kl_spike": {"firing": 1}}}}},
         {"version": 2, "runs": {"r": {"rules": {"kl_spike": {"surprise": 1}}}}},
+        {"version": 2, "runs": {"r": {"rules": {"entropy_drain": {"window": [0.1, "x"]}}}}},
+        {"version": 2, "runs": {"r": {"rules": {"entropy_drain": {"window": 0.1}}}}},
+        {"version": 2, "runs": {"r": {"rules": {"entropy_drain": {"steps": -1}}}}},
         {"version": 2, "runs": {"r": {"cycle_step": "x", "rules": {}}}},
     ],
 )
