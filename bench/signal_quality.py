@@ -23,11 +23,12 @@ an environment when all its runs there are detected); ≤ 5 % of seed-vs-seed co
 ≥ 90 % of fault runs flagged by drift. Exits 1 when a target is missed.
 
     .venv/bin/python bench/signal_quality.py [--runs-dir .signal-runs] [--jobs 2] [--envs ...]
-        [--rules rules.toml] [--drift threshold=3.5 --drift consecutive=4 ...]
+        [--rules rules.toml] [--drift threshold=3.5 --drift consecutive=4 ...] [--margins]
 
 Runs missing from `--runs-dir` are trained first (15-45 s each, `--jobs` at a time). `--rules` and `--drift`
 try other alert rules (a rules file, SPEC §6) and drift settings (`consumers.drift.DriftSettings` fields) on
-the same runs: the tuning loop behind the defaults.
+the same runs, and `--margins` says how close the healthy runs came to firing: the tuning loop behind
+the defaults.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -175,6 +177,20 @@ def fault_onset(directory: Path, records: list[Record]) -> FaultOnset:
 # ------------------------------------------------------------------------------------------ alerts
 
 
+# How close a reading came to firing (1.0 fires), for the rules whose condition is a plain comparison.
+ABOVE_REFERENCE = frozenset({"kl_spike", "grad_explosion", "value_loss_spike", "lr_jump"})  # value > reference
+BELOW_REFERENCE = frozenset({"entropy_collapse"})  # value < reference, both positive in ratio mode
+
+
+def closeness(rule: str, value: float, reference: float) -> float | None:
+    """value / reference for rules that fire above it, reference / value for those that fire below it."""
+    if rule in ABOVE_REFERENCE and reference > 0 and math.isfinite(reference):
+        return value / reference
+    if rule in BELOW_REFERENCE and value > 0 and reference > 0:
+        return reference / value
+    return None
+
+
 @dataclass(slots=True)
 class AlertOutcome:
     """What the alert rules did on one run."""
@@ -183,6 +199,12 @@ class AlertOutcome:
     firings: Counter = field(default_factory=Counter)  # rule -> firings (healthy run, or before the fault)
     detected_by: str | None = None
     delay_cycles: int | None = None
+    closest: dict[str, float] = field(default_factory=dict)  # rule -> closest approach to firing (healthy run)
+
+    def note_reading(self, rule: str, record: EpochSummary, value: float, reference: float) -> None:
+        approach = closeness(rule, value, reference)
+        if approach is not None and approach > self.closest.get(rule, 0.0):
+            self.closest[rule] = approach
 
 
 def evaluate_alerts(
@@ -190,7 +212,7 @@ def evaluate_alerts(
 ) -> AlertOutcome:
     """Run the rules over one run; count false firings and, for a fault run, its detection."""
     outcome = AlertOutcome(spec)
-    watch = Watch(rules)
+    watch = Watch(rules, on_reading=outcome.note_reading if onset is None else None)
     for record in map(EpochSummary.from_dict, records):
         for transition in watch.observe(record):
             if transition.state != "firing":
@@ -303,6 +325,17 @@ class Report:
             out.append(
                 f"| {env} | {len(healthy)} | {_counts(firings)} | {_counts(early)} | {share(detected, len(faulty))} |"
             )
+        return out
+
+    def margin_lines(self) -> list[str]:
+        """Per rule, the closest approach to firing on the healthy runs (1.0 fires), tuning and held-out."""
+        out = ["| rule | closest on healthy seeds 0-2 | closest on held-out seeds 3-4 |", "|---|---|---|"]
+        for rule in sorted(ABOVE_REFERENCE | BELOW_REFERENCE):
+            cells = []
+            for held_out in (False, True):
+                runs = [(o.closest[rule], o.spec.run_id) for o in self.healthy(held_out) if rule in o.closest]
+                cells.append(f"{max(runs)[0]:.3f} ({max(runs)[1]})" if runs else "-")
+            out.append(f"| {rule} | {cells[0]} | {cells[1]} |")
         return out
 
     def _drift_lines(self, held_out: bool) -> list[str]:
@@ -423,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=ENVS)
     parser.add_argument("--rules", type=Path, help="alert rules file (TOML, SPEC §6) instead of the defaults")
     parser.add_argument("--drift", action="append", default=[], metavar="NAME=VALUE", help="a drift setting")
+    parser.add_argument("--margins", action="store_true", help="how close the healthy runs came to firing, per rule")
     args = parser.parse_args(argv)
     try:
         rules = load_rules(args.rules) if args.rules else None
@@ -434,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     report = evaluate(specs, args.runs_dir, rules, settings)
     print("\n".join(report.lines()))
+    if args.margins:
+        print("\n".join(["## closest approach to firing on healthy runs (1.0 fires)", "", *report.margin_lines(), ""]))
     print(f"(evaluated {len(specs)} runs in {time.perf_counter() - started:.1f} s)")
     missed = 0
     for text, met in report.targets():

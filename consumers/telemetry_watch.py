@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
@@ -917,9 +917,19 @@ def _summary(name: str, rule: _Rule, st: _RuleState, firing: bool, value: float,
 class Watch:
     """Evaluates the alert rules on each record of each run and reports the state transitions."""
 
-    def __init__(self, config: RulesConfig | None = None, state: Mapping[str, Any] | None = None) -> None:
-        """Watch with `config` (the defaults when None), resuming from a `state_snapshot()` when given."""
+    def __init__(
+        self,
+        config: RulesConfig | None = None,
+        state: Mapping[str, Any] | None = None,
+        on_reading: Callable[[str, EpochSummary, float, float], None] | None = None,
+    ) -> None:
+        """Watch with `config` (the defaults when None), resuming from a `state_snapshot()` when given.
+
+        `on_reading(rule, record, value, reference)`, when given, sees every evaluation after a rule's
+        warm-up, firing or not: how close healthy runs come to firing (`bench/signal_quality.py --margins`).
+        """
         self._config = config if config is not None else RulesConfig.default()
+        self._on_reading = on_reading
         self._runs: dict[str, _RunState] = {}
         self._enabled = [
             (name, getattr(self._config, name), _READERS[name]) for name in RULE_NAMES if getattr(self._config, name).enabled
@@ -954,6 +964,8 @@ class Watch:
             reading = reader(rule, record, st, warming)
             if reading is None:
                 continue
+            if self._on_reading is not None and not warming:
+                self._on_reading(name, record, reading[0], reading[1])
             changed = self._step(rule, st, reading[2], record.epoch, warming)
             if changed:
                 value, reference = float(reading[0]), float(reading[1])

@@ -630,3 +630,19 @@ def test_missing_rules_file_is_a_rules_error(tmp_path: Path) -> None:
 def test_rules_from_mapping_accepts_ints_as_floats() -> None:
     config = rules_from_mapping({"grad_explosion": {"factor": 50}})
     assert config.grad_explosion.factor == 50.0 and isinstance(config.grad_explosion.factor, float)
+
+
+def test_on_reading_sees_every_evaluation_after_warmup_with_its_value_and_reference() -> None:
+    seen: list[tuple[str, int, float, float]] = []
+    watch = Watch(
+        only("kl_spike", warmup=5, hold=2, factor=10.0, floor=0.01, rate=0.001),
+        on_reading=lambda rule, record, value, reference: seen.append((rule, record.epoch, value, reference)),
+    )
+    records = steady(10, kl_divergence_max=0.004) + [epoch_summary(epoch=10, kl_divergence_max=None)]
+    records += [epoch_summary(epoch=11, kl_divergence_max=0.05)]
+    states(watch, records)
+    # one record per cycle: cycles 1-5 warm the rule up; the null of epoch 10 is not evaluated
+    assert [(rule, epoch, value) for rule, epoch, value, _ in seen] == [("kl_spike", e, 0.004) for e in range(5, 10)] + [
+        ("kl_spike", 11, 0.05)
+    ]
+    assert seen[-1][3] == pytest.approx(0.04, rel=0.01)
