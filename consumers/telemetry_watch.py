@@ -580,6 +580,23 @@ def _rate(rate: float, warming: bool) -> float:
     return max(rate, _WARMUP_RATE) if warming else rate
 
 
+def _above_levels(factor: float, level: float | None, start: float | None) -> float:
+    """`factor` × the larger of a run's recent log level and its log level at the end of warm-up (+inf
+    before any level): a solved task's losses shrink by orders of magnitude and one failed episode
+    brings them back to about where they started, so the start level stands as a lower bound."""
+    if level is None:
+        return math.inf
+    return factor * math.exp(level if start is None else max(level, start))
+
+
+def _learn_log_level(
+    level: float | None, start: float | None, value: float, rate: float, warming: bool
+) -> tuple[float, float | None]:
+    """The (recent, start) log levels after learning `value`; the start level follows until warm-up ends."""
+    level = _ema(level, math.log(max(value, _TINY)), _rate(rate, warming))
+    return level, (level if warming else start)
+
+
 def _fmt(number: float) -> str:
     return f"{number:.3g}"
 
@@ -674,10 +691,7 @@ def _read_value(rule: ValueDivergenceRule, record: EpochSummary, st: _RuleState,
     loss = record.value_loss
     # Two halves, one machine: the explained variance against its level (a drop beyond its usual
     # swings), the loss on fresh data against its recent and start levels.
-    if st.loss_level is None:
-        loss_reference = math.inf
-    else:
-        loss_reference = rule.loss_factor * math.exp(st.loss_level if st.loss_start is None else max(st.loss_level, st.loss_start))
+    loss_reference = _above_levels(rule.loss_factor, st.loss_level, st.loss_start)
     loss_condition = loss > loss_reference
     if ev is None or st.level is None:
         ev_reference, ev_condition = -math.inf, False
@@ -693,9 +707,7 @@ def _read_value(rule: ValueDivergenceRule, record: EpochSummary, st: _RuleState,
             if st.level is not None:
                 st.spread = _ema(st.spread, abs(ev - st.level), _rate(rule.rate, warming))
             st.level = _ema(st.level, ev, _rate(rule.rate, warming))
-        st.loss_level = _ema(st.loss_level, math.log(max(loss, _TINY)), _rate(rule.rate, warming))
-        if warming:
-            st.loss_start = st.loss_level
+        st.loss_level, st.loss_start = _learn_log_level(st.loss_level, st.loss_start, loss, rule.rate, warming)
     if loss_condition and not ev_condition:
         return loss, loss_reference, True
     if ev is None:
@@ -746,15 +758,10 @@ def _read_lr(rule: LrJumpRule, record: EpochSummary, st: _RuleState, warming: bo
 
 def _read_loss_spike(rule: ValueLossSpikeRule, record: EpochSummary, st: _RuleState, warming: bool) -> _Reading:
     value = record.value_loss
-    if st.level is None:
-        reference = math.inf
-    else:
-        reference = rule.factor * math.exp(st.level if st.start is None else max(st.level, st.start))
+    reference = _above_levels(rule.factor, st.level, st.start)
     condition = value > reference
     if (not condition and not st.firing) or warming:
-        st.level = _ema(st.level, math.log(max(value, _TINY)), _rate(rule.rate, warming))
-        if warming:
-            st.start = st.level
+        st.level, st.start = _learn_log_level(st.level, st.start, value, rule.rate, warming)
     return value, reference, condition
 
 
