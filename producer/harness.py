@@ -194,10 +194,11 @@ class TrainingHarness:
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         self.continuous = isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1
         """Box actions: a diagonal Gaussian policy, samples clipped to the bounds at the environment."""
-        if not (self.continuous or isinstance(act_space, gym.spaces.Discrete)) or not isinstance(obs_space, gym.spaces.Box):
-            raise HarnessError(f"{config.env_id}: PPO here needs Discrete or 1-D Box actions and Box observations")
-        if self.continuous and (config.data_mode == "replay" or config.record_rollouts is not None):
-            raise HarnessError(f"{config.env_id}: recorded rollouts (record, replay) support Discrete actions only")
+        try:
+            self._check_spaces(config, obs_space, act_space)
+        except HarnessError:
+            self.envs.close()  # a rejected run leaves no environment open
+            raise
         self.obs_shape = tuple(obs_space.shape)
         self.n_actions = int(act_space.shape[0]) if self.continuous else int(act_space.n)
         """The number of Discrete actions, or the dimension of a Box action."""
@@ -232,6 +233,12 @@ class TrainingHarness:
             from .replay import RolloutRecorder
 
             self._recorder = RolloutRecorder(config.record_rollouts, config.env_id, self.obs_shape, self.n_actions)
+
+    def _check_spaces(self, config: HarnessConfig, obs_space: gym.Space, act_space: gym.Space) -> None:
+        if not (self.continuous or isinstance(act_space, gym.spaces.Discrete)) or not isinstance(obs_space, gym.spaces.Box):
+            raise HarnessError(f"{config.env_id}: PPO here needs Discrete or 1-D Box actions and Box observations")
+        if self.continuous and (config.data_mode == "replay" or config.record_rollouts is not None):
+            raise HarnessError(f"{config.env_id}: recorded rollouts (record, replay) support Discrete actions only")
 
     @staticmethod
     def _make_envs(config: HarnessConfig) -> gym.vector.SyncVectorEnv:

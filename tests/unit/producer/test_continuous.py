@@ -124,6 +124,20 @@ def test_recording_and_replay_of_continuous_actions_are_one_harness_error(tmp_pa
     assert not (tmp_path / "rec").exists()
 
 
+def test_a_rejected_run_closes_the_environments_it_made(tmp_path):
+    made = []
+
+    class Recording(TrainingHarness):
+        @staticmethod
+        def _make_envs(config):
+            made.append(TrainingHarness._make_envs(config))
+            return made[-1]
+
+    with pytest.raises(HarnessError, match="Discrete actions only"):
+        Recording(tiny(record_rollouts=tmp_path / "rec"))
+    assert len(made) == 1 and made[0].closed
+
+
 def test_an_environment_with_its_dependency_missing_is_one_line_naming_what_to_install():
     with pytest.raises(gym.error.DependencyNotInstalled):  # the premise: Box2D is not installed here
         gym.make(BOX2D_MISSING)
