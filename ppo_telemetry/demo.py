@@ -39,7 +39,7 @@ from avro_schemas.ndjson import segment_name
 
 __all__ = [
     "synthetic_run", "write_segments", "DemoError", "DemoRun", "CANDIDATE_CHANGE", "FAULT", "FAULT_AT",
-    "demo_runs", "format_verdicts", "format_alert", "run_demo",
+    "CATCH_UP_SECONDS", "demo_runs", "format_verdicts", "format_alert", "run_demo",
 ]
 
 
@@ -233,10 +233,15 @@ def _summaries_out(core: Any) -> bool:
     return all((core.run_state(run_id) or {}).get("summarised") for run_id in core.tracker.runs)
 
 
+CATCH_UP_SECONDS = 180.0
+"""How long the groups may take to consume the demo's messages (about 5 s on a quiet machine) before the
+demo gives up with an error instead of waiting for ever."""
+
+
 def _run_groups(config: dict[str, Any], cores: list[Any], ends: dict[int, int], log: TextIO) -> list[Any]:
     """Run each group in a thread until its committed position reaches `ends` (the drift group also until
     its runs' idle summaries are out); returns the runners. A group that fails stops the others and its
-    error is raised here."""
+    error is raised here; groups not done after `CATCH_UP_SECONDS` are a `DemoError`."""
     from consumers.runner import TransactionalRunner
 
     runners = [TransactionalRunner(config, core, instance_id="demo", err=log) for core in cores]
@@ -256,11 +261,21 @@ def _run_groups(config: dict[str, Any], cores: list[Any], ends: dict[int, int], 
             for other in runners:
                 other.stop_requested = True
 
-    threads = [threading.Thread(target=run, args=(runner,)) for runner in runners]
+    # daemon threads: a group that does not stop when asked must not keep the demo from ending
+    threads = [threading.Thread(target=run, args=(runner,), daemon=True) for runner in runners]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + CATCH_UP_SECONDS
     for thread in threads:
-        thread.join()
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [runner.core.group for runner, thread in zip(runners, threads) if thread.is_alive()]
+    if stuck:
+        for runner in runners:
+            runner.stop_requested = True
+        for thread in threads:
+            thread.join(10)
+        raise DemoError(f"{', '.join(stuck)} had not caught up with the epochs topic after {CATCH_UP_SECONDS:.0f} s "
+                        f"(another consumer in the same group? the groups' log: {log.name})")
     if failures:
         raise failures[0]
     return runners
