@@ -68,7 +68,7 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return ranked[quarter], ranked[-quarter - 1]
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--steps", type=int, default=8_192)
@@ -95,7 +95,8 @@ def main() -> None:
     print(f"telemetry path timed inside the loop: {statistics.median(inner):.2%} of wall time ({per_record:.1f} µs per record)")
     met = statistics.median(overheads) <= 0.01
     print(f"target <= 1%: {'met' if met else 'NOT met'}")
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
