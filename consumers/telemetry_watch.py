@@ -127,20 +127,27 @@ class EpochRuleSettings(RuleSettings):
 
 
 @dataclass(frozen=True, slots=True)
-class EntropyCollapseRule(EpochRuleSettings):
-    """Fires when `batch_entropy_mean` falls fast, far below the run's own recent level (per epoch).
+class EntropyCollapseRule(RuleSettings):
+    """Fires when `batch_entropy_mean` falls far below the run's own recent level, rollout after rollout
+    (per cycle).
 
     A run whose first entropy is ln k (a k-action categorical policy starts near uniform) compares ratios:
     entropy < `ratio` × its level. Other runs (a Gaussian policy's differential entropy may be negative)
     compare differences: entropy < its level − `drop_nats`. The level is a moving average (rate `rate` per
-    epoch; of log entropy for ratios) of the epochs where the condition was false.
+    cycle; of log entropy for ratios) of the cycles where the condition was false. The rule reads each
+    cycle's first record: the entropy over a fresh rollout's states. A late-stage policy is sure in some
+    states and not in others, so one rollout's batch can be several times more certain than the next
+    (Acrobot: 0.013 to 0.069 nats in consecutive cycles); `hold` cycles in a row tell a policy that
+    collapsed from a batch of easy states.
     """
 
     severity: str = "critical"
-    hold: int = _int(10, 1)
+    hold: int = _int(2, 1)
     ratio: float = _float(0.3, 0.0, 1.0, False)
     drop_nats: float = _float(1.5, 0.0, low_inclusive=False)
-    rate: float = _float(0.01, 0.0, 1.0, False)
+    rate: float = _float(0.1, 0.0, 1.0, False)
+
+    needs_v1_1: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,6 +211,23 @@ def test_entropy_collapse_compares_nats_when_entropy_is_differential() -> None:
     assert states(watch, records) == [(13, "entropy_collapse", "firing")]
 
 
+def test_entropy_collapse_needs_fresh_rollouts_not_epochs_on_one_batch() -> None:
+    # A late-stage policy is sure in some states: one rollout of easy states has a batch entropy several
+    # times below the next one's, the same in each of its 20 epochs. One such cycle is quiet; two are not.
+    def cycle(index: int, entropy: float) -> list[EpochSummary]:
+        return [epoch_summary(epoch=20 * index + e, global_step=256 * (index + 1), cycle_id=index + 1,
+                              batch_entropy_mean=entropy)
+                for e in range(20)]
+
+    def run(low_cycles: list[int]) -> list[tuple[int, str, str]]:
+        entropies = [math.log(3)] + [0.01 if index in low_cycles else 0.05 for index in range(1, 16)]
+        records = [r for index, entropy in enumerate(entropies) for r in cycle(index, entropy)]
+        return states(Watch(only("entropy_collapse")), records)
+
+    assert run([12]) == []
+    assert run([12, 13]) == [(260, "entropy_collapse", "firing")]
+
+
 def test_entropy_collapse_slow_decline_of_a_solved_task_stays_quiet() -> None:
     # ln 2 down to 2 % of it over 2000 epochs: a run learning to be sure, not a collapse
     watch = Watch(only("entropy_collapse"))
