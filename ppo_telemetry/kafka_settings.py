@@ -43,6 +43,7 @@ from pydantic_settings import (
 )
 
 from avro_schemas.errors import TelemetryError
+from avro_schemas.topics import NamespaceError, check_namespace_name
 
 __all__ = [
     "ENV_PREFIX",
@@ -180,6 +181,11 @@ class KafkaSettings(pydantic_settings.BaseSettings):
     client_id: str = "ppo-telemetry"
     """`client.id`: how the broker's logs and quotas name this client."""
 
+    namespace: str = Field(default="", validation_alias=AliasChoices("PPO_TELEMETRY_NAMESPACE"))
+    """Not a librdkafka option: the prefix of every topic, group id and transactional id
+    (`avro_schemas.topics.Namespace`, `<namespace>.ppo.telemetry.epochs`); empty for the SPEC's own names.
+    Environment: `PPO_TELEMETRY_NAMESPACE`; command line: `--namespace`."""
+
     extra: dict[str, str | SecretStr] = Field(default_factory=dict)
     """Any other librdkafka key, passed through as given (numbers and booleans become strings).
 
@@ -288,12 +294,20 @@ class KafkaSettings(pydantic_settings.BaseSettings):
             raise ValueError("ssl_key_location: set without ssl_certificate_location")
         return self
 
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        try:
+            return check_namespace_name(value)
+        except NamespaceError as exc:
+            raise ValueError(str(exc)) from None
+
     def librdkafka_config(self) -> dict[str, str]:
         """The plain librdkafka config dict for `confluent_kafka`, secrets revealed; unset options omitted.
 
         Do not log it: use `redacted()` for that.
         """
-        typed = self.model_dump(by_alias=True, exclude_none=True, exclude={"extra"})
+        typed = self.model_dump(by_alias=True, exclude_none=True, exclude={"extra", "namespace"})
         config = {key: _reveal(value) for key, value in typed.items()}
         config.update((key, _reveal(value)) for key, value in self.extra.items())
         return config
