@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import TelemetryError
 
 __all__ = [
     "SEGMENT_PREFIX",
     "SEGMENT_SUFFIX",
+    "DEFAULT_MAX_LINE_BYTES",
     "StreamReadError",
+    "UnendingLineError",
+    "OverlongLine",
+    "LineSplitter",
+    "skip_limit",
     "segment_name",
     "segment_offset",
     "list_segments",
+    "iter_stream_lines",
     "iter_file_lines",
     "iter_segment_lines",
     "iter_records_from",
@@ -32,9 +40,117 @@ SEGMENT_SUFFIX = ".ndjson"
 _SEGMENT_RE = re.compile(r"^telemetry-(\d{20})\.ndjson$")
 _CHUNK = 1 << 16
 
+# 1 MiB: Kafka's default largest message (`message.max.bytes`, 1,048,588), so a line the limit lets
+# through would also fit on the bus. An EpochSummary line is under 1 KiB.
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+# How far past its start an over-long line is skipped looking for its newline before the input is
+# declared unreadable: far enough that any real file's over-long line is skipped and reading goes on,
+# bounded so that an endless line (/dev/zero, a binary pipe) ends the command instead of hanging it.
+_SKIP_FACTOR = 64
+_MIN_SKIP_BYTES = 64 << 20
+
 
 class StreamReadError(TelemetryError):
     """A stream file or directory that cannot be read."""
+
+
+class UnendingLineError(StreamReadError):
+    """A line that runs on past the skip limit without a newline: the input is not NDJSON (e.g. /dev/zero)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OverlongLine:
+    """A line longer than the reader's limit. Its bytes were skipped, never held whole: only its length
+    (newline excluded; at end of input, the bytes up to it) and the limit it broke are kept."""
+
+    length: int
+    limit: int
+
+
+def skip_limit(max_line_bytes: int) -> int:
+    """The most bytes of one line read (and dropped) looking for its newline: 64 × the limit, ≥ 64 MiB."""
+    return max(_SKIP_FACTOR * max_line_bytes, _MIN_SKIP_BYTES)
+
+
+class LineSplitter:
+    """Cuts a byte stream fed in chunks into lines, in time linear in the input and memory bounded by the limit.
+
+    `feed(chunk)` returns the lines the chunk completes, `finish()` the last one when the input ends
+    without a newline. A line over `max_line_bytes` comes out as an `OverlongLine`: from the moment it
+    passes the limit its bytes are counted and dropped, not buffered. A line still without its newline
+    after `skip_limit(max_line_bytes)` bytes raises `UnendingLineError`. With `max_line_bytes=None`
+    lines are unbounded (our own segments, whose writer we trust, read by `tail`).
+    """
+
+    def __init__(self, max_line_bytes: int | None = None, name: str = "input") -> None:
+        """Split lines of the input called `name` (for messages), each at most `max_line_bytes` long."""
+        if max_line_bytes is not None and max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be ≥ 1")
+        self.name = name
+        self._limit = max_line_bytes
+        self._skip_limit = skip_limit(max_line_bytes) if max_line_bytes is not None else None
+        self._parts: list[bytes] = []  # the pending line's pieces: joined once, at its newline (linear)
+        self._held = 0  # bytes in _parts
+        self._skipped: int | None = None  # length so far of an over-long pending line, while skipping it
+        self._lines = 0  # lines completed, for the unreadable-input message
+
+    def feed(self, chunk: bytes) -> list[bytes | OverlongLine]:
+        """The lines that `chunk` completes, without their newline, in order."""
+        pieces = chunk.split(b"\n")
+        tail = pieces.pop()  # after the last newline: the start of a line still open
+        out: list[bytes | OverlongLine] = []
+        if pieces:
+            out.append(self._close(pieces[0]))
+            limit = self._limit
+            if limit is not None and limit < len(chunk):
+                out.extend(piece if len(piece) <= limit else OverlongLine(len(piece), limit) for piece in pieces[1:])
+            else:
+                out.extend(pieces[1:])  # no line inside one chunk can exceed the limit: skip the checks
+            self._lines += len(pieces)
+        if tail:
+            self._hold(tail)
+        return out
+
+    def finish(self, complete_only: bool = False) -> list[bytes | OverlongLine]:
+        """The open last line when the input ends without a newline; none with `complete_only`."""
+        skipped, parts = self._skipped, self._parts
+        self._skipped, self._parts, self._held = None, [], 0
+        if complete_only:
+            return []
+        if skipped is not None:
+            return [OverlongLine(skipped, self._limit or 0)]
+        return [b"".join(parts)] if parts else []
+
+    def _close(self, piece: bytes) -> bytes | OverlongLine:
+        """The pending line ended by a newline, with `piece` as its last bytes."""
+        limit = self._limit
+        if self._skipped is not None:
+            length, self._skipped = self._skipped + len(piece), None
+            return OverlongLine(length, limit or 0)
+        length = self._held + len(piece)
+        parts, self._parts, self._held = self._parts, [], 0
+        if limit is not None and length > limit:
+            return OverlongLine(length, limit)
+        if not parts:
+            return piece
+        parts.append(piece)
+        return b"".join(parts)
+
+    def _hold(self, piece: bytes) -> None:
+        """Keep the start of an open line, or count it once the line is over the limit."""
+        if self._skipped is None:
+            if self._limit is None or self._held + len(piece) <= self._limit:
+                self._parts.append(piece)
+                self._held += len(piece)
+                return
+            self._skipped, self._parts, self._held = self._held, [], 0
+        self._skipped += len(piece)
+        assert self._skip_limit is not None and self._limit is not None
+        if self._skipped > self._skip_limit:
+            raise UnendingLineError(
+                f"{self.name}: line {self._lines + 1} runs past {self._skip_limit:,} bytes without a newline "
+                f"(the limit is {self._limit:,} bytes a line, --max-line-bytes): not NDJSON, reading stopped"
+            )
 
 
 def segment_name(first_offset: int) -> str:
@@ -65,36 +181,50 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def iter_file_lines(path: Path, complete_only: bool = False) -> Iterator[bytes]:
+def iter_stream_lines(
+    stream: BinaryIO, max_line_bytes: int | None = None, complete_only: bool = False, name: str = "input"
+) -> Iterator[bytes | OverlongLine]:
+    """The lines of a binary stream (a file, standard input, a pipe) as bytes without their newline.
+
+    Reads at most 64 KiB at a time and returns what arrived (`read1`), so a pipe's lines come out as
+    they are written. Over-long lines and the end of input behave as in `LineSplitter`; `name` is what
+    messages call the input.
+    """
+    splitter = LineSplitter(max_line_bytes, name)
+    read = getattr(stream, "read1", stream.read)
+    while True:
+        try:
+            chunk = read(_CHUNK)
+        except OSError as exc:
+            raise StreamReadError(f"cannot read {name}: {exc.strerror or exc}") from exc
+        if not chunk:
+            break
+        yield from splitter.feed(chunk)
+    yield from splitter.finish(complete_only)
+
+
+def iter_file_lines(
+    path: Path, complete_only: bool = False, max_line_bytes: int | None = None
+) -> Iterator[bytes | OverlongLine]:
     """The lines of one file as bytes without their newline.
 
     With `complete_only`, a last line without its newline is held back: a writer may still be appending
     it, and a reader never emits a partial line. Otherwise a missing final newline is just end of file.
+    A line over `max_line_bytes` comes out as an `OverlongLine` (see `LineSplitter`).
     """
     try:
         handle = open(path, "rb")
     except OSError as exc:
         raise StreamReadError(f"cannot open {path}: {exc.strerror}") from exc
     with handle:
-        pending = b""
-        while True:
-            try:
-                chunk = handle.read(_CHUNK)
-            except OSError as exc:
-                raise StreamReadError(f"cannot read {path}: {exc.strerror}") from exc
-            if not chunk:
-                break
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            yield from lines
-        if pending and not complete_only:
-            yield pending
+        yield from iter_stream_lines(handle, max_line_bytes, complete_only, str(path))
 
 
-def iter_segment_lines(directory: Path) -> Iterator[bytes]:
-    """Every complete line of every segment in `directory`, in offset order."""
+def iter_segment_lines(directory: Path, max_line_bytes: int | None = None) -> Iterator[bytes | OverlongLine]:
+    """Every complete line of every segment in `directory`, in offset order (over-long ones as in
+    `iter_file_lines`)."""
     for _, path in list_segments(directory):
-        yield from iter_file_lines(path, complete_only=True)
+        yield from iter_file_lines(path, complete_only=True, max_line_bytes=max_line_bytes)
 
 
 def iter_records_from(directory: Path, from_offset: int) -> Iterator[tuple[int, bytes]]:
@@ -204,10 +334,12 @@ class SegmentFollower:
                     raise StreamReadError(f"cannot read {path}: {exc.strerror}") from exc
                 if not chunk:
                     return True, consumed
+                # search only the new chunk: searching all of `pending` made a long line quadratic
+                cut_in_chunk = chunk.rfind(b"\n")
                 pending += chunk
-                cut = pending.rfind(b"\n")
-                if cut < 0:
+                if cut_in_chunk < 0:
                     continue  # a line longer than the chunk: read on until its newline or the end
+                cut = len(pending) - len(chunk) + cut_in_chunk
                 for line in bytes(pending[:cut]).split(b"\n"):
                     if self._line_offset >= self.from_offset and line:
                         out.append((self._line_offset, line))

@@ -8,6 +8,8 @@ Rule names, stable because other programs read them (`errors[].rule`, the DLQ he
 | rule | meaning |
 |---|---|
 | `json` | the line is not JSON (or not UTF-8) |
+| `line_too_long` | the NDJSON line is longer than the reader's limit (`--max-line-bytes`); it was skipped unread |
+| `duplicate_key` | a JSON object names the same key twice (JSON readers would silently keep only the last) |
 | `object` | the JSON value is not an object |
 | `decode` | the Kafka message is not a decodable single-object Avro message |
 | `required` | a field of the record's version is absent |
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from avro_schemas.models import FIELD_TYPES, SUPPORTED_VERSIONS, VERSION_FIELDS
+from avro_schemas.ndjson import OverlongLine
 
 __all__ = [
     "FieldError",
@@ -42,6 +45,7 @@ __all__ = [
     "validate_record",
     "validate_line_record",
     "parse_json_line",
+    "overlong_line_error",
     "RULES",
     "NULLABLE_FIELDS",
     "is_valid_run_id",
@@ -49,6 +53,8 @@ __all__ = [
 
 RULES = (
     "json",
+    "line_too_long",
+    "duplicate_key",
     "object",
     "decode",
     "required",
@@ -121,19 +127,82 @@ class Verdict:
         }
 
 
+class _DuplicateKey(Exception):
+    """Raised from inside the JSON decoder at the first object naming a key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The JSON decoder's object hook: a dict, unless two pairs share a key.
+
+    Comparing sizes costs one `len` per object; the duplicate is looked for only when they differ.
+    """
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _has_no_duplicate_keys(text: str, obj: dict[str, Any]) -> bool:
+    """True when `text`, which parsed to `obj`, certainly names no key twice, at any depth.
+
+    The hook costs ~1 µs a line (a Python call, pairs built as tuples), so a clean record is proved
+    clean without it: every key in JSON text is followed by one structural colon, so the text's colons
+    are at least its key occurrences, which are at least `len(obj)`; when the two are equal, no key
+    occurs twice and no nested object has keys. Colons inside a `run_id` (allowed by its pattern) are
+    discounted when the text has no backslash, since only then are its text and decoded forms the same.
+    Anything else returns False and is parsed again with the hook: slower, never wrong.
+    """
+    colons = text.count(":")
+    if colons == len(obj):
+        return True
+    run_id = obj.get("run_id")
+    if type(run_id) is str and "\\" not in text:
+        return colons - run_id.count(":") == len(obj)
+    return False
+
+
+# One decoder for every line: `json.loads(text, object_pairs_hook=...)` would build a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_without_duplicate_keys)
+
+
 def parse_json_line(line: bytes | str) -> Any | FieldError:
-    """The JSON value of one NDJSON line, or a `FieldError` (rule `json`) saying why it is not JSON."""
+    """The JSON value of one NDJSON line, or a `FieldError` saying why it is not a record's JSON.
+
+    Rule `json` for what is not JSON (or not UTF-8); rule `duplicate_key`, naming the key, for an object
+    (at any depth) that names a key twice: the last value silently winning would hide a corrupted writer.
+    """
     if isinstance(line, (bytes, bytearray)):
         try:
             line = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             return FieldError(None, "json", f"line is not UTF-8 (byte {exc.start})")
     try:
-        return json.loads(line)
+        value = json.loads(line)
+        if type(value) is dict and _has_no_duplicate_keys(line, value):
+            return value
+        return _DECODER.decode(line)  # parse again, with the hook that finds and names a duplicate
+    except _DuplicateKey as exc:
+        return FieldError(exc.key, "duplicate_key", f"key {_short(exc.key)} appears twice in one JSON object")
     except json.JSONDecodeError as exc:
         return FieldError(None, "json", f"not JSON: {exc.msg} at column {exc.colno}")
     except (ValueError, RecursionError) as exc:  # int digits limit, nesting too deep
         return FieldError(None, "json", f"not JSON: {str(exc) or type(exc).__name__}")
+
+
+def overlong_line_error(line: OverlongLine) -> FieldError:
+    """The error (rule `line_too_long`) for a line the reader skipped for being over its limit."""
+    return FieldError(
+        None, "line_too_long",
+        f"line of {line.length:,} bytes is over the limit of {line.limit:,} bytes (--max-line-bytes); not read",
+    )
 
 
 def _identity(data: dict[str, Any]) -> tuple[str | None, str | None, int | None]:
@@ -426,8 +495,11 @@ def validate_record(data: Any) -> Verdict:
     return verdict
 
 
-def validate_line_record(line: bytes | str) -> Verdict:
-    """Record-level validation of one NDJSON line (not JSON: an `invalid` verdict with rule `json`)."""
+def validate_line_record(line: bytes | str | OverlongLine) -> Verdict:
+    """Record-level validation of one NDJSON line (not JSON: an `invalid` verdict with rule `json`;
+    a line the reader skipped as over-long: rule `line_too_long`)."""
+    if isinstance(line, OverlongLine):
+        return Verdict("invalid", errors=[overlong_line_error(line)])
     value = parse_json_line(line)
     if isinstance(value, FieldError):
         return Verdict("invalid", errors=[value])
@@ -483,7 +555,7 @@ class Validator:
         self.counts[verdict.status] += 1
         return verdict
 
-    def validate_line(self, line: bytes | str) -> Verdict:
+    def validate_line(self, line: bytes | str | OverlongLine) -> Verdict:
         """Validate one NDJSON line in stream order."""
         verdict = self.tracker.check(validate_line_record(line))
         self.counts[verdict.status] += 1

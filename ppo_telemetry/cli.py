@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from avro_schemas import DecodeError, EncodeError, EpochSummary, TelemetryError, epoch_summary_codec
-from avro_schemas.ndjson import SegmentFollower, iter_file_lines, iter_records_from, iter_segment_lines
-from consumers.validator import Validator, Verdict, validate_line_record
+from avro_schemas.ndjson import (
+    DEFAULT_MAX_LINE_BYTES, OverlongLine, SegmentFollower, iter_file_lines, iter_records_from, iter_segment_lines,
+    iter_stream_lines,
+)
+from consumers.validator import Validator, Verdict, overlong_line_error, validate_line_record
 
 __all__ = ["main", "UsageError", "InputError"]
 
@@ -51,22 +54,28 @@ def _check_paths(paths: list[str]) -> None:
             raise InputError(f"no such file or directory: {path}")
 
 
-def iter_lines(paths: list[str]) -> Iterator[bytes]:
-    """The lines of every input in order: a file, a segment directory (offset order), or '-' for stdin."""
+def iter_lines(paths: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes | OverlongLine]:
+    """The lines of every input in order: a file, a segment directory (offset order), or '-' for stdin.
+
+    A line over `max_line_bytes` comes as an `OverlongLine`, skipped without being held in memory.
+    """
     for path in paths:
         if path == "-":
-            for line in sys.stdin.buffer:
-                yield line.rstrip(b"\n")
+            yield from iter_stream_lines(sys.stdin.buffer, max_line_bytes, name="standard input")
         elif Path(path).is_dir():
-            yield from iter_segment_lines(Path(path))
+            yield from iter_segment_lines(Path(path), max_line_bytes)
         else:
-            yield from iter_file_lines(Path(path))
+            yield from iter_file_lines(Path(path), max_line_bytes=max_line_bytes)
 
 
-def _numbered(paths: list[str]) -> Iterator[tuple[int, bytes]]:
+def _numbered(
+    paths: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[tuple[int, bytes | OverlongLine]]:
     """(line number, line) for non-blank lines; numbers count every line of all inputs, blank ones too."""
-    for number, line in enumerate(iter_lines(paths), start=1):
-        if line.strip():
+    for number, line in enumerate(iter_lines(paths, max_line_bytes), start=1):
+        if type(line) is not bytes:
+            yield number, line  # an over-long line: never blank, never read
+        elif line.strip():
             yield number, line.rstrip(b"\r")
 
 
@@ -75,10 +84,12 @@ def _emit(out: TextIO, obj: dict[str, Any]) -> None:
     out.write("\n")
 
 
-def _valid_records(paths: list[str], label: str) -> Iterator[EpochSummary]:
+def _valid_records(
+    paths: list[str], label: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[EpochSummary]:
     """The valid, non-duplicate records of the inputs as models; what is dropped is counted on stderr."""
     validator = Validator()
-    for number, line in _numbered(paths):
+    for number, line in _numbered(paths, max_line_bytes):
         verdict = validator.validate_line(line)
         if verdict.status == "valid":
             yield EpochSummary.from_dict(verdict.record)
@@ -115,7 +126,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     validator = Validator()
     warnings = 0
     out = sys.stdout
-    for number, line in _numbered(args.paths):
+    for number, line in _numbered(args.paths, args.max_line_bytes):
         verdict = validator.validate_line(line)
         warnings += len(verdict.warnings)
         if args.json:
@@ -155,10 +166,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from consumers.drift import Baseline, DriftTracker
 
     _check_paths([*args.baseline, *args.paths])
-    records = [r.to_dict() for r in _valid_records(_run_paths(args.baseline), "baseline")]
+    records = [r.to_dict() for r in _valid_records(_run_paths(args.baseline), "baseline", args.max_line_bytes)]
     baseline = Baseline.from_records(records, args.baseline_run or None)
     tracker = DriftTracker(baseline)
-    for record in _valid_records(_run_paths(args.paths), "current"):
+    for record in _valid_records(_run_paths(args.paths), "current", args.max_line_bytes):
         tracker.observe(record.to_dict())
     for summary in tracker.summaries():
         doc = summary.to_json_dict()
@@ -195,7 +206,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     _check_paths(args.paths)
     config = load_rules(Path(args.rules)) if args.rules else RulesConfig.default()
     watch = Watch(config)
-    for record in _valid_records(args.paths, "watch"):
+    for record in _valid_records(args.paths, "watch", args.max_line_bytes):
         for transition in watch.observe(record):
             doc = transition.to_json_dict()
             if args.json:
@@ -219,7 +230,7 @@ def cmd_codec_encode(args: argparse.Namespace) -> int:
     _check_paths(paths)
     codec = epoch_summary_codec()
     failed = 0
-    for number, line in _numbered(paths):
+    for number, line in _numbered(paths, args.max_line_bytes):
         verdict = validate_line_record(line)
         if verdict.status != "valid":
             failed += 1
@@ -242,7 +253,11 @@ def cmd_codec_decode(args: argparse.Namespace) -> int:
     _check_paths(paths)
     codec = epoch_summary_codec()
     failed = 0
-    for number, line in _numbered(paths):
+    for number, line in _numbered(paths, args.max_line_bytes):
+        if isinstance(line, OverlongLine):
+            failed += 1
+            print(f"codec decode: line {number}: {overlong_line_error(line).message}", file=sys.stderr)
+            continue
         try:
             payload = bytes.fromhex(line.decode("ascii").strip())
             record = codec.decode(payload)
@@ -494,6 +509,15 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _add_max_line_bytes(parser: argparse.ArgumentParser) -> None:
+    """`--max-line-bytes N` for a command that reads NDJSON lines from files or standard input."""
+    parser.add_argument(
+        "--max-line-bytes", type=_positive_int, default=DEFAULT_MAX_LINE_BYTES, metavar="N",
+        help="longest line read, in bytes (default 1 MiB, Kafka's default largest message); a longer line is "
+             "skipped unread as one invalid record (rule line_too_long)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = _Parser(prog=PROG, description="PPO training-health telemetry: validate, drift, watch, codec, schemas.")
@@ -502,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate NDJSON records (SPEC §2)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="NDJSON file, segment directory, or - for stdin")
     p.add_argument("--json", action="store_true", help="one JSON verdict per input line")
+    _add_max_line_bytes(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("drift", help="does a run differ from its baseline runs beyond seed noise (SPEC §5)")
@@ -511,21 +536,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only this run of the baseline data (repeatable; default: every run in it)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="one JSON summary per run")
+    _add_max_line_bytes(p)
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("watch", help="alert transitions of the health rules (SPEC §6)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--rules", metavar="FILE", help="TOML file overriding the default rules")
     p.add_argument("--json", action="store_true", help="one JSON object per transition")
+    _add_max_line_bytes(p)
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("codec", help="single-object Avro encode/decode")
     codec_sub = p.add_subparsers(dest="codec_command", required=True, parser_class=_Parser, metavar="ACTION")
     e = codec_sub.add_parser("encode", help="NDJSON in, hex messages out")
     e.add_argument("path", nargs="?", metavar="PATH", help="input file (default: stdin)")
+    _add_max_line_bytes(e)
     e.set_defaults(func=cmd_codec_encode)
     d = codec_sub.add_parser("decode", help="hex messages in, NDJSON out")
     d.add_argument("path", nargs="?", metavar="PATH", help="input file (default: stdin)")
+    _add_max_line_bytes(d)
     d.set_defaults(func=cmd_codec_decode)
 
     p = sub.add_parser("schemas", help="schema compatibility")
