@@ -14,7 +14,9 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from .errors import DecodeError, EncodeError
+from .errors import (
+    DecodeError, EmptyMessageError, EncodeError, TruncatedMessageError, UnknownSchemaError, WrongHeaderError,
+)
 from .flat_reader import FlatReader, FlatReaderError, compile_flat_reader
 from .models import EpochSummary
 from .registry import SchemaRegistry, SchemaVersion, load_family
@@ -109,17 +111,19 @@ class SingleObjectCodec:
     def writer_of(self, data: bytes) -> SchemaVersion:
         """The writer schema named by a message's header; `DecodeError` for a bad header or unknown one."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise DecodeError(f"expected bytes, got {type(data).__name__}")
+            raise WrongHeaderError(f"expected bytes, got {type(data).__name__}")
+        if not data:
+            raise EmptyMessageError("empty message (0 bytes)")
         if len(data) < HEADER_SIZE:
             if data[:2] != MAGIC[: len(data[:2])]:
-                raise DecodeError("wrong header: not a single-object Avro message (no C3 01 marker)")
-            raise DecodeError(f"truncated header: {len(data)} bytes, a single-object header needs {HEADER_SIZE}")
+                raise WrongHeaderError("wrong header: not a single-object Avro message (no C3 01 marker)")
+            raise TruncatedMessageError(f"truncated header: {len(data)} bytes, a single-object header needs {HEADER_SIZE}")
         if data[:2] != MAGIC:
-            raise DecodeError(f"wrong header: expected C3 01, got {bytes(data[:2]).hex(' ').upper()}")
+            raise WrongHeaderError(f"wrong header: expected C3 01, got {bytes(data[:2]).hex(' ').upper()}")
         fingerprint = bytes(data[2:HEADER_SIZE])
         writer = self.registry.get(fingerprint)
         if writer is None:
-            raise DecodeError(f"unknown writer schema fingerprint {fingerprint.hex()}")
+            raise UnknownSchemaError(f"unknown writer schema fingerprint {fingerprint.hex()}")
         return writer
 
     def decode(self, data: bytes, reader: SchemaVersion | None = None) -> dict[str, Any]:
@@ -133,7 +137,7 @@ class SingleObjectCodec:
                 try:
                     record, end = flat(data, HEADER_SIZE)
                 except (IndexError, struct.error) as exc:
-                    raise DecodeError("truncated body: ran out of bytes") from exc
+                    raise TruncatedMessageError("truncated body: ran out of bytes") from exc
                 except (FlatReaderError, UnicodeDecodeError) as exc:
                     raise DecodeError(f"undecodable body ({exc})") from exc
                 if end != len(data):
@@ -145,7 +149,7 @@ class SingleObjectCodec:
         try:
             record = schemaless_reader(buf, writer.parsed, reader_parsed)
         except EOFError as exc:
-            raise DecodeError(f"truncated body: {exc or 'ran out of bytes'}") from exc
+            raise TruncatedMessageError(f"truncated body: {exc or 'ran out of bytes'}") from exc
         except Exception as exc:  # any failure inside the body is a decode error, never a crash
             raise DecodeError(f"undecodable body ({type(exc).__name__}: {exc})") from exc
         if buf.tell() != len(data):

@@ -6,6 +6,10 @@ __all__ = [
     "TelemetryError",
     "SchemaLoadError",
     "DecodeError",
+    "EmptyMessageError",
+    "WrongHeaderError",
+    "TruncatedMessageError",
+    "UnknownSchemaError",
     "EncodeError",
     "CompatibilityError",
 ]
@@ -25,6 +29,25 @@ class DecodeError(TelemetryError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+# The kinds of decode failure a reader tells apart (the DLQ's `error.rule`), by type rather than by text.
+
+
+class EmptyMessageError(DecodeError):
+    """No bytes at all: a null value or an empty one."""
+
+
+class WrongHeaderError(DecodeError):
+    """Not a single-object message: no `C3 01` marker (or not bytes)."""
+
+
+class TruncatedMessageError(DecodeError):
+    """A single-object message cut short, in its header or its body."""
+
+
+class UnknownSchemaError(DecodeError):
+    """A well-formed header naming a writer schema the reader does not know (yet)."""
 
 
 class EncodeError(TelemetryError):

@@ -2,7 +2,9 @@
 
 - `ValidatorGroup` (`ppo-telemetry-validator`): every record that does not decode or validate goes to
   `ppo.telemetry.epochs.dlq` as it arrived (original key and bytes) with the SPEC headers
-  `error.stage`, `error.rule`, `error.message`, `source.topic`, `source.partition`, `source.offset`.
+  `error.stage`, `error.rule`, `error.message`, `source.topic`, `source.partition`, `source.offset`;
+  one too large for the DLQ goes shortened, and a sender's headers never pass for ours
+  (`consumers.dead_letter`). The DLQ is created with its `max.message.bytes` set explicitly.
 - `DriftGroup` (`ppo-telemetry-drift`): to `ppo.telemetry.drift`, one `DriftRecord` per run each time a
   field's verdict changes and one summary when the run goes idle (`on_idle`, called by the runner); the
   baseline runs' own records are not compared with themselves; the drift state per run travels with the
@@ -27,26 +29,22 @@ from avro_schemas.topics import (
     ALERTS_TOPIC, DLQ_TOPIC, DRIFT_GROUP, DRIFT_TOPIC, VALIDATOR_GROUP, WATCH_GROUP,
 )
 
+from .dead_letter import (
+    DLQ_MAX_MESSAGE_BYTES, DLQ_TOPIC_CONFIG, SourceMessage, check_record_limit, dead_letter, record_limit,
+)
 from .drift import Baseline, DriftStateError, DriftTracker
 from .runner import Output, Rejection
 from .telemetry_watch import RulesConfig, Watch
 from .validator import Verdict
 
-__all__ = ["ValidatorGroup", "DriftGroup", "WatchGroup", "dead_letter"]
+__all__ = ["ValidatorGroup", "DriftGroup", "WatchGroup"]
 
 
-def dead_letter(message: Any, rejection: Rejection) -> Output:
-    """The DLQ message of a rejected input: its own key and bytes, the reason and where it came from."""
-    headers = list(message.headers() or [])
-    headers += [
-        ("error.stage", rejection.stage.encode()),
-        ("error.rule", rejection.rule.encode()),
-        ("error.message", rejection.message.encode("utf-8", "replace")),
-        ("source.topic", message.topic().encode()),
-        ("source.partition", str(message.partition()).encode()),
-        ("source.offset", str(message.offset()).encode()),
-    ]
-    return Output(DLQ_TOPIC, message.key(), message.value(), headers)
+def _source_message(message: Any) -> SourceMessage:
+    """The pure view of a consumed Kafka message."""
+    return SourceMessage(
+        message.topic(), message.partition(), message.offset(), message.key(), message.value(), message.headers() or ()
+    )
 
 
 class _Stateless:
@@ -63,17 +61,26 @@ class _Stateless:
 
 
 class ValidatorGroup(_Stateless):
-    """Dead-letters what does not decode or validate; valid records produce nothing."""
+    """Dead-letters what does not decode or validate, cut to what the DLQ takes; valid records produce nothing."""
 
     group = VALIDATOR_GROUP
     output_topics = (DLQ_TOPIC,)
+    topic_configs = {DLQ_TOPIC: DLQ_TOPIC_CONFIG}
     needs_model = False
+
+    def __init__(self) -> None:
+        self.dlq_record_limit = record_limit(DLQ_MAX_MESSAGE_BYTES)  # until the runner reads the topic's own
+
+    def limit_records(self, limits: dict[str, int]) -> None:
+        """Take the largest record the DLQ accepts (from its `max.message.bytes` on the broker)."""
+        self.dlq_record_limit = check_record_limit(limits[DLQ_TOPIC], DLQ_TOPIC)
 
     def on_record(self, record: EpochSummary | None, verdict: Verdict) -> list[Output]:
         return []
 
     def on_rejected(self, message: Any, rejection: Rejection) -> list[Output]:
-        return [dead_letter(message, rejection)]
+        letter = dead_letter(_source_message(message), rejection, self.dlq_record_limit)
+        return [Output(DLQ_TOPIC, letter.key, letter.value, letter.headers)]
 
 
 class DriftGroup:

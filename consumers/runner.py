@@ -24,6 +24,9 @@ inside a `TransactionalRunner`, which owns everything Kafka (SPEC §4):
 - **Schemas.** A message whose writer schema is not known locally makes the runner read the schema
   topic (`ppo.telemetry.schemas`) and retry; a writer schema learnt that way is read resolved into the
   newest local version.
+- **Record sizes.** The producer takes single records as large as the DLQ does (`message.max.bytes`,
+  `consumers.dead_letter`); at start, the core is told each output topic's limit as the broker has it, so
+  the validator can cut a dead letter to fit rather than fail the transaction on every retry.
 - **Shutdown.** SIGTERM or SIGINT sets a flag: the current batch finishes and commits, then the
   consumer closes (leaving the group, so its partitions move at once).
 - **Zombies.** The transactional id is `<group>-<instance id>`: a restarted instance with the same id
@@ -48,11 +51,12 @@ from typing import Any, Protocol, TextIO
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from avro_schemas.codec import HEADER_SIZE, SingleObjectCodec, epoch_summary_codec
-from avro_schemas.errors import DecodeError, TelemetryError
+from avro_schemas.errors import DecodeError, EmptyMessageError, TelemetryError, UnknownSchemaError
 from avro_schemas.models import EpochSummary
 from avro_schemas.topics import EPOCHS_TOPIC, SCHEMAS_TOPIC, state_topic
-from kafka_io import ensure_topics, partition_count, quiet_logger, read_to_end, reason
+from kafka_io import ensure_topics, max_message_bytes, partition_count, quiet_logger, read_to_end, reason
 
+from .dead_letter import PRODUCER_MESSAGE_MAX_BYTES, Rejection, decode_rule, record_limit
 from .validator import StreamTracker, Verdict, validate_record
 
 __all__ = [
@@ -73,16 +77,7 @@ class Output:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """Why an input message was not processed: `stage` `decode` or `validate`, a rule and a message."""
-
-    stage: str
-    rule: str
-    message: str
+    headers: list[tuple[str, bytes | None]] | None = None
 
 
 class ConsumerCore(Protocol):
@@ -115,6 +110,9 @@ class ConsumerCore(Protocol):
     # Optional: `on_idle(now: float) -> dict[str, list[Output]]`, called when a poll returns nothing and
     # every `idle_interval` seconds while busy, with `time.monotonic()`: outputs by run, produced in one
     # transaction with those runs' state (the drift group's idle summaries). A core without it is not asked.
+    # Optional: `topic_configs: dict[str, dict[str, str]]`, the configs its output topics are created with,
+    # and `limit_records(limits: dict[str, int])`, told at start the largest record (`dead_letter.record_size`)
+    # each output topic accepts from this runner's producer (the validator cuts dead letters to fit).
 
 
 def baseline_records(
@@ -207,7 +205,8 @@ class TransactionalRunner:
             # the producer normally creates it; a consumer started first creates it with the default count
             ensure_topics(self.config, {self.input_topic: (3, {}), SCHEMAS_TOPIC: (1, {"cleanup.policy": "compact"})})
             partitions = partition_count(self.config, self.input_topic) or 3
-        topics = {topic: (partitions, {}) for topic in self.core.output_topics}
+        topic_configs = getattr(self.core, "topic_configs", {})
+        topics = {topic: (partitions, dict(topic_configs.get(topic, {}))) for topic in self.core.output_topics}
         topics[self._state_topic] = (partitions, {"cleanup.policy": "compact"})
         ensure_topics(self.config, topics)
         state_partitions = partition_count(self.config, self._state_topic)
@@ -220,6 +219,7 @@ class TransactionalRunner:
             {
                 **self.config,
                 "transactional.id": f"{self.core.group}-{self.instance_id}",
+                "message.max.bytes": self._producer_max_bytes,
                 "transaction.timeout.ms": self.transaction_timeout_ms,
                 "enable.idempotence": True,
                 "acks": "all",
@@ -233,6 +233,7 @@ class TransactionalRunner:
                 "error_cb": self._on_client_error,
             }
         )
+        self._limit_records()
         try:
             self._producer.init_transactions(60)
         except KafkaException as exc:
@@ -252,6 +253,18 @@ class TransactionalRunner:
             }
         )
         self._consumer.subscribe([self.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+
+    @property
+    def _producer_max_bytes(self) -> int:
+        """The producer's `message.max.bytes`: the settings' when they have one, else as large as the DLQ takes."""
+        return int(self.config.get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES))
+
+    def _limit_records(self) -> None:
+        """Tell the core the largest record each output topic takes, from the topics' limits as the broker has them."""
+        limit_records = getattr(self.core, "limit_records", None)
+        if limit_records is not None:
+            limits = max_message_bytes(self.config, self.core.output_topics)
+            limit_records({topic: record_limit(limit, self._producer_max_bytes) for topic, limit in limits.items()})
 
     # ------------------------------------------------------------------------------------ state
 
@@ -332,15 +345,13 @@ class TransactionalRunner:
 
     def _decode(self, value: bytes | None) -> dict[str, Any]:
         if value is None:
-            raise DecodeError("empty message (no value)")
+            raise EmptyMessageError("empty message (null value)")
         if type(value) is bytes and value[2:HEADER_SIZE] in self._local_fingerprints:
             # the common case, a local writer schema: decode checks the header itself
             return self.codec.decode(value)
         try:
             writer = self.codec.writer_of(value)
-        except DecodeError as exc:
-            if not exc.reason.startswith("unknown writer schema"):
-                raise
+        except UnknownSchemaError:
             self._learn_schemas()
             writer = self.codec.writer_of(value)
         if writer.fingerprint in self._local_fingerprints:
@@ -356,7 +367,7 @@ class TransactionalRunner:
             record = self._decode(message.value())
         except DecodeError as exc:
             self.counts.rejected += 1
-            return self.core.on_rejected(message, Rejection("decode", _decode_rule(exc.reason), exc.reason)), None
+            return self.core.on_rejected(message, Rejection("decode", decode_rule(exc), exc.reason)), None
         verdict = self.tracker.check(validate_record(record))
         if verdict.status == "duplicate":
             self.counts.duplicates += 1
@@ -527,17 +538,3 @@ def _retrying(call: Callable[[], None], attempts: int = 5) -> None:
             if error is None or not error.retriable() or error.txn_requires_abort() or attempt == attempts - 1:
                 raise
 
-
-def _decode_rule(reason: str) -> str:
-    """A stable rule name for a decode failure (the DLQ's `error.rule`)."""
-    for prefix, rule in (
-        ("empty message", "empty"),
-        ("wrong header", "wrong_header"),
-        ("truncated header", "truncated"),
-        ("truncated body", "truncated"),
-        ("unknown writer schema", "unknown_schema"),
-        ("expected bytes", "wrong_header"),
-    ):
-        if reason.startswith(prefix):
-            return rule
-    return "undecodable"

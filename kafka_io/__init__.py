@@ -1,6 +1,6 @@
 """Thin wrappers over confluent-kafka shared by the producer and the consumers.
 
-Topic set-up (`ensure_topics`, `partition_count`), reading partitions to their end (`read_to_end`), the
+Topic set-up (`ensure_topics`, `partition_count`, `max_message_bytes`), reading partitions to their end (`read_to_end`), the
 librdkafka log routing (`quiet_logger`) and one-line error text (`reason`). Layers as Quix Streams
 has them: these wrappers at the bottom, serialisation in `avro_schemas`, the sink and the runner above.
 """
@@ -13,11 +13,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from avro_schemas.errors import TelemetryError
 
-__all__ = ["KafkaIOError", "ensure_topics", "partition_count", "quiet_logger", "read_to_end", "reason"]
+__all__ = [
+    "KafkaIOError", "ensure_topics", "max_message_bytes", "partition_count", "quiet_logger", "read_to_end", "reason",
+]
 
 
 class KafkaIOError(TelemetryError):
@@ -85,6 +87,20 @@ def partition_count(config: dict[str, Any], topic: str, timeout: float = 30.0) -
     if info is None or info.error is not None:
         return None
     return len(info.partitions)
+
+
+def max_message_bytes(config: dict[str, Any], topics: Iterable[str], timeout: float = 30.0) -> dict[str, int]:
+    """Each topic's `max.message.bytes` as the broker applies it (its own setting or the broker default):
+    the largest record batch, after compression, the topic accepts."""
+    admin = AdminClient({**config, "logger": quiet_logger()})
+    resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
+    limits = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            limits[resource.name] = int(future.result()["max.message.bytes"].value)
+        except KafkaException as exc:
+            raise KafkaIOError(f"cannot read the configuration of topic {resource.name}: {reason(exc)}") from None
+    return limits
 
 
 def read_to_end(config: dict[str, Any], partitions: Iterable[TopicPartition], timeout: float = 60.0) -> Iterator[Any]:

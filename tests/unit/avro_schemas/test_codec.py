@@ -173,7 +173,7 @@ def _assert_one_line_reason(error: DecodeError) -> None:
 def _bad_messages(codec):
     good = codec.encode(V1_1_RECORD)
     return {
-        "empty": (b"", "header"),
+        "empty": (b"", "empty message"),
         "one_byte_wrong": (b"\x00", "wrong header"),
         "one_byte_magic": (b"\xc3", "truncated header"),
         "wrong_magic": (b"\xc3\x02" + good[2:], "wrong header"),

@@ -1,13 +1,10 @@
-"""The pure pieces the Kafka consumer groups rely on: per-run watch state, DLQ rule names (drift: test_drift.py)."""
+"""The pure pieces the Kafka consumer groups rely on: per-run watch state (drift: test_drift.py; DLQ: test_dead_letter.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from avro_schemas.codec import epoch_summary_codec
-from avro_schemas.errors import DecodeError
 from avro_schemas.models import EpochSummary
-from consumers.runner import _decode_rule
 from consumers.telemetry_watch import Watch, WatchStateError
 from ppo_telemetry.demo import synthetic_run
 
@@ -50,17 +47,3 @@ def test_a_malformed_run_state_is_refused(entry):
     with pytest.raises(WatchStateError):
         Watch().restore_run("r", entry)
 
-
-def decode_failure(data: bytes) -> str:
-    with pytest.raises(DecodeError) as caught:
-        epoch_summary_codec().decode(data)
-    return caught.value.reason
-
-
-def test_dead_letter_rule_names_for_the_codec_s_decode_failures():
-    good = epoch_summary_codec().encode(synthetic_run("r", 1, 6, False)[0])
-    assert _decode_rule(decode_failure(b"\x00\x01garbage")) == "wrong_header"
-    assert _decode_rule(decode_failure(good[:6])) == "truncated"
-    assert _decode_rule(decode_failure(good[:2] + b"\x07" * 8 + good[10:])) == "unknown_schema"
-    assert _decode_rule(decode_failure(good + b"\x00")) == "undecodable"
-    assert _decode_rule("empty message (no value)") == "empty"
