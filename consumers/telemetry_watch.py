@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from avro_schemas.errors import TelemetryError
 from avro_schemas.models import EpochSummary
+from avro_schemas.toml_file import display_path, read_toml, show
 
 __all__ = [
     "RULE_NAMES",
@@ -347,38 +347,41 @@ assert tuple(f.name for f in fields(RulesConfig)) == RULE_NAMES, "RulesConfig an
 def _check_value(value: Any, spec: tuple[Any, ...], where: str, key: str) -> int | float:
     # bool is an int subclass, and `enabled = true` typed into a number must not read as 1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RulesError(f"{where} key {key!r} must be a number, got {value!r}")
+        raise RulesError(f"{where} key {key!r} must be a number, got {show(value)}")
     if spec[0] == "int":
         if not isinstance(value, int):
-            raise RulesError(f"{where} key {key!r} must be an integer, got {value!r}")
+            raise RulesError(f"{where} key {key!r} must be an integer, got {show(value)}")
         if value < spec[1]:
-            raise RulesError(f"{where} key {key!r} must be >= {spec[1]}, got {value!r}")
+            raise RulesError(f"{where} key {key!r} must be >= {spec[1]}, got {show(value)}")
         return value
-    number = float(value)
     _, low, high, low_inclusive = spec
-    if not math.isfinite(number):
-        raise RulesError(f"{where} key {key!r} must be finite, got {value!r}")
-    if number > high or number < low or (number == low and not low_inclusive):
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any double is beyond every range too
+        number = math.nan
+    if not math.isfinite(number) and isinstance(value, float):
+        raise RulesError(f"{where} key {key!r} must be finite, got {show(value)}")
+    if not (low < number <= high or (low_inclusive and number == low)):
         bound = f"{'>=' if low_inclusive else '>'} {low:g}" if high == math.inf else f"in {'[' if low_inclusive else '('}{low:g}, {high:g}]"
-        raise RulesError(f"{where} key {key!r} must be {bound}, got {value!r}")
+        raise RulesError(f"{where} key {key!r} must be {bound}, got {show(value)}")
     return number
 
 
 def _rule_from_table(default: _Rule, table: Any, where: str) -> _Rule:
     if not isinstance(table, Mapping):
-        raise RulesError(f"{where} must be a table, got {table!r}")
+        raise RulesError(f"{where} must be a table, got {show(table)}")
     known = {f.name: f for f in fields(default)}
     changes: dict[str, Any] = {}
     for key, value in table.items():
         if key not in known:
-            raise RulesError(f"{where} has unknown key {key!r} (known: {', '.join(known)})")
+            raise RulesError(f"{where} has unknown key {show(key)} (known: {', '.join(known)})")
         if key == "enabled":
             if not isinstance(value, bool):
-                raise RulesError(f"{where} key 'enabled' must be true or false, got {value!r}")
+                raise RulesError(f"{where} key 'enabled' must be true or false, got {show(value)}")
             changes[key] = value
         elif key == "severity":
             if value not in SEVERITIES:
-                raise RulesError(f"{where} key 'severity' must be one of {', '.join(SEVERITIES)}, got {value!r}")
+                raise RulesError(f"{where} key 'severity' must be one of {', '.join(SEVERITIES)}, got {show(value)}")
             changes[key] = value
         else:
             changes[key] = _check_value(value, known[key].metadata["range"], where, key)
@@ -395,23 +398,17 @@ def rules_from_mapping(data: Mapping[str, Any], source: str = "<rules>") -> Rule
     rules: dict[str, _Rule] = {}
     for name, table in data.items():
         if name not in RULE_NAMES:
-            raise RulesError(f"{source}: unknown rule {name!r} (known: {', '.join(RULE_NAMES)})")
+            raise RulesError(f"{source}: unknown rule {show(name)} (known: {', '.join(RULE_NAMES)})")
         rules[name] = _rule_from_table(getattr(default, name), table, f"{source}: rule [{name}]")
     return replace(default, **rules)
 
 
 def load_rules(path: str | os.PathLike[str]) -> RulesConfig:
-    """Read a TOML rules file (SPEC §6) into a `RulesConfig`; every problem is a one-line `RulesError`."""
-    source = os.fspath(path)
-    try:
-        with open(source, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise RulesError(f"{source}: cannot read rules file: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        message = " ".join(str(exc).split())
-        raise RulesError(f"{source}: invalid TOML: {message}") from exc
-    return rules_from_mapping(data, source)
+    """Read a TOML rules file (SPEC §6) into a `RulesConfig`; every problem is a one-line `RulesError`,
+    whatever the file holds (binary, not UTF-8, huge numbers, deep nesting: see `avro_schemas.toml_file`).
+    An empty file is valid TOML with no tables: every rule keeps its defaults."""
+    data = read_toml(path, RulesError, "rules file")
+    return rules_from_mapping(data, display_path(path))
 
 
 # --- transitions ----------------------------------------------------------------------------------

@@ -345,7 +345,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from producer.publisher import PublisherProcess
     from ppo_telemetry.train import TrainingRun, config_from_args
 
-    if not args.ndjson_dir and not args.kafka:
+    if not args.ndjson_dir and args.kafka is None:
         raise UsageError("train needs somewhere to publish: --ndjson-dir DIR, --kafka BOOTSTRAP or both")
     if args.run_id is not None and not is_valid_run_id(args.run_id):
         raise UsageError(f"--run-id must be 1-128 chars of [A-Za-z0-9._:-], got {args.run_id!r}")
@@ -362,7 +362,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # train writes records through a pipe to its publisher process: a dead publisher must be an error
     # (BrokenPipeError), not a silent death by SIGPIPE as for a filter whose reader went away
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    kafka = _kafka_settings(args.kafka, args.kafka_config).librdkafka_config() if args.kafka else None
+    kafka = _kafka_settings(args.kafka, args.kafka_config).librdkafka_config() if args.kafka is not None else None
     publisher = PublisherProcess(
         Path(args.ndjson_dir) if args.ndjson_dir else None, args.ndjson_max_bytes, config.run_id,
         config.enable_telemetry_v1_1, kafka=kafka, kafka_partitions=args.partitions,
@@ -375,7 +375,8 @@ def _kafka_settings(bootstrap: str | None, config_file: str | None):
     """Connection and security settings: the flag, over `PPO_TELEMETRY_KAFKA_*`, over the TOML file."""
     from ppo_telemetry.kafka_settings import KafkaSettings
 
-    overrides = {"bootstrap_servers": bootstrap} if bootstrap else {}
+    # `is not None`: an empty flag is a mistake to report (KafkaSettings does), not a wish for the default
+    overrides = {"bootstrap_servers": bootstrap} if bootstrap is not None else {}
     if config_file:
         return KafkaSettings.from_toml(config_file, **overrides)
     return KafkaSettings(**overrides)

@@ -15,12 +15,25 @@ Where a value comes from, highest precedence first:
 4. the defaults below.
 
 Every problem is a one-line `SettingsError` that names the field and never shows a secret value.
+
+What settings may not do (issue 9; docs/design.md, "Settings files and Kafka settings"):
+
+- a file of any content gives a table or one line (`avro_schemas.toml_file.read_toml`);
+- `extra` keys are librdkafka property names; an alias (`sasl.mechanisms`, `metadata.broker.list`,
+  `linger.ms`/`queue.buffering.max.ms` ...) is renamed to one canonical name *before* any check, so
+  an alias cannot slip past a check made on the other name, and one property given under two names
+  is an error;
+- properties that load code or run a command (`plugin.library.paths`, `ssl.engine.location`,
+  `ssl.providers`, `sasl.kerberos.kinit.cmd` and the keys spliced into it) and the client's own
+  callbacks are refused: a settings file is data, not a program;
+- `bootstrap_servers` is a non-empty `host:port` list with ports 1-65535, whichever source gave it.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import tomllib
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -44,6 +57,7 @@ from pydantic_settings import (
 
 from avro_schemas.errors import TelemetryError
 from avro_schemas.topics import NamespaceError, check_namespace_name
+from avro_schemas.toml_file import display_path, read_toml, show
 
 __all__ = [
     "ENV_PREFIX",
@@ -52,6 +66,10 @@ __all__ = [
     "SaslMechanism",
     "SettingsError",
     "KafkaSettings",
+    "LIBRDKAFKA_ALIASES",
+    "REFUSED_PROPERTIES",
+    "canonical_key",
+    "check_bootstrap_servers",
     "is_secret_key",
     "redact_config",
     "scrub",
@@ -69,9 +87,52 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 """The librdkafka `sasl.mechanism` values this project supports."""
 
-# Substrings of librdkafka keys whose values are credentials: every `*password*` and `*secret*` key,
-# the OAUTHBEARER unsecured-token config (it can carry a token) and an inline PEM private key.
-_SECRET_KEY_MARKERS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem")
+# Substrings of librdkafka keys whose values are credentials: every `*password*`, `*passphrase*` and
+# `*secret*` key, the OAUTHBEARER unsecured-token config (it can carry a token) and inline PEM private
+# keys (`ssl.key.pem`, `sasl.oauthbearer.assertion.private.key.pem`).
+_SECRET_KEY_MARKERS = ("password", "passphrase", "secret", "sasl.oauthbearer.config", "key.pem")
+
+LIBRDKAFKA_ALIASES: Mapping[str, str] = {
+    # alias -> the name used here: the Kafka (Java client) name where librdkafka knows one, else
+    # librdkafka's own primary name. From librdkafka's CONFIGURATION.md ("Alias for ..."), v2.x.
+    "metadata.broker.list": "bootstrap.servers",
+    "sasl.mechanisms": "sasl.mechanism",
+    "queue.buffering.max.ms": "linger.ms",
+    "message.send.max.retries": "retries",
+    "compression.codec": "compression.type",
+    "fetch.message.max.bytes": "max.partition.fetch.bytes",
+    "max.in.flight": "max.in.flight.requests.per.connection",
+    "request.required.acks": "acks",
+    "message.timeout.ms": "delivery.timeout.ms",
+    "sasl.oauthbearer.client.credentials.client.id": "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.client.credentials.client.secret": "sasl.oauthbearer.client.secret",
+}
+"""librdkafka property aliases and the one name each pair is checked and passed under."""
+
+REFUSED_PROPERTIES: Mapping[str, str] = {
+    # librdkafka properties that load code into the process or run a command (CONFIGURATION.md):
+    "plugin.library.paths": "it loads shared libraries (librdkafka plugins) into the process",
+    "ssl.engine.location": "it loads an OpenSSL engine library into the process",
+    "ssl.providers": "it loads OpenSSL provider modules (shared libraries) into the process",
+    "sasl.kerberos.kinit.cmd": "it is a shell command librdkafka runs",
+    "sasl.kerberos.keytab": "it is spliced into the kinit shell command librdkafka runs",
+    "sasl.kerberos.principal": "it is spliced into the kinit shell command librdkafka runs",
+    # not code, but it takes a process signal over from the consumers' own SIGTERM/SIGINT handling
+    "internal.termination.signal": "it installs a handler for a process signal",
+    # confluent-kafka's Python-object settings: the program's, and a string there is a crash, not a setting
+    "default.topic.config": "it is a Python-object setting of the client, set by the program",
+    "logger": "it is a Python-object setting of the client, set by the program",
+    "on_delivery": "it is a Python-object setting of the client, set by the program",
+    "on_commit": "it is a Python-object setting of the client, set by the program",
+    "opaque": "it is set through librdkafka's API by the program",
+    "interceptors": "it is set through librdkafka's API by the program",
+}
+"""librdkafka properties a settings source may not set, and why: a settings file is data, not a program."""
+
+# librdkafka property names: lower-case words of letters and digits joined by '.' (or '_' in a few).
+_PROPERTY_NAME = re.compile(r"[a-z0-9]+(?:[._][a-z0-9]+)*")
+# one bootstrap entry: a host name or IPv4 address, or an IPv6 address in brackets; then a port
+_BOOTSTRAP_ENTRY = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?):(?P<port>[0-9]{1,5})")
 
 _SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 _CREDENTIAL_MECHANISMS = frozenset({"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"})
@@ -95,6 +156,32 @@ def is_secret_key(key: str) -> bool:
     return any(marker in lowered for marker in _SECRET_KEY_MARKERS)
 
 
+def canonical_key(key: str) -> str:
+    """The name a librdkafka property is checked and passed under: `key` itself, or for an alias the
+    other name of its pair (`sasl.mechanisms` -> `sasl.mechanism`; see `LIBRDKAFKA_ALIASES`)."""
+    return LIBRDKAFKA_ALIASES.get(key, key)
+
+
+def check_bootstrap_servers(value: str) -> str:
+    """`value` as a clean `host:port[,host:port...]` list (spaces around entries dropped); raises
+    `ValueError` naming the entry when it is empty, lacks a port, has a port outside 1-65535, or is
+    not a host name, an IPv4 address or a bracketed IPv6 address followed by `:port`."""
+    if not value.strip():
+        raise ValueError("is empty; expected host:port[,host:port...]")
+    entries = [entry.strip() for entry in value.split(",")]
+    for position, entry in enumerate(entries, start=1):
+        where = f"entry {position} of {len(entries)}" if len(entries) > 1 else "the address"
+        if not entry:
+            raise ValueError(f"{where} is empty (a stray comma?); expected host:port[,host:port...]")
+        match = _BOOTSTRAP_ENTRY.fullmatch(entry)
+        if match is None:
+            hint = " (no port)" if ":" not in entry else ""
+            raise ValueError(f"{where}, {show(entry)}, is not host:port{hint}")
+        if not 1 <= int(match["port"]) <= 65535:
+            raise ValueError(f"{where}, {show(entry)}: the port must be 1-65535")
+    return ",".join(entries)
+
+
 def redact_config(config: Mapping[str, str]) -> dict[str, str]:
     """A copy of a librdkafka config dict with every secret value (see `is_secret_key`) replaced by
     `"***"`, safe to log."""
@@ -102,16 +189,38 @@ def redact_config(config: Mapping[str, str]) -> dict[str, str]:
 
 
 def scrub(text: str, config: Mapping[str, str]) -> str:
-    """`text` with every secret value of `config` that occurs in it replaced by `"***"`.
+    """`text` with every secret value of `config` that stands in it as a whole value replaced by `"***"`.
 
     Meant for messages that may echo configuration back, such as librdkafka error strings: pass each
-    one through this before printing or logging it. Longer secrets are replaced first, so a secret that
-    contains another is not left half visible.
+    one through this before printing or logging it (our own messages are built without secrets in the
+    first place). Only whole values are replaced, never parts of words: a short password such as `a`
+    must neither garble every message nor, by the gaps it leaves, hint at its value. A secret that is a
+    plain word or number (letters only, digits only) could be any word of a message, so it is replaced
+    only where it is written as a value: quoted, or right after `=` or `:`. Any other secret is replaced
+    wherever it stands as a whole token, bounded by whitespace, quotes, `=:,;()[]{}<>@` or the ends of
+    the text. Longer secrets are replaced first, so a secret that contains another is not left half
+    visible.
     """
     secrets = {value for key, value in config.items() if is_secret_key(key) and value}
     for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+        if text == secret:
+            return REDACTED
+        text = _whole_value(secret).sub(REDACTED, text)
     return text
+
+
+# What bounds a value written in a message: whitespace, quotes and the punctuation around values.
+_VALUE_EDGE = r"""\s"'`=:,;()\[\]{}<>@"""
+
+
+def _whole_value(secret: str) -> re.Pattern[str]:
+    escaped = re.escape(secret)
+    ends_here = f"(?![^{_VALUE_EDGE}])"
+    if secret.isalpha() or secret.isdigit():
+        quoted = f"(?<=[\"'`]){escaped}(?=[\"'`])"
+        assigned = f"(?<=[=:]){escaped}{ends_here}"
+        return re.compile(f"{quoted}|{assigned}")
+    return re.compile(f"(?<![^{_VALUE_EDGE}]){escaped}{ends_here}")
 
 
 def _librdkafka_key(field_name: str) -> str:
@@ -146,7 +255,6 @@ class KafkaSettings(pydantic_settings.BaseSettings):
 
     bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
-        min_length=1,
         validation_alias=AliasChoices(f"{ENV_PREFIX}BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
     )
     """`bootstrap.servers`: comma-separated `host:port` list; by default the local `ppo-telemetry broker`."""
@@ -234,7 +342,7 @@ class KafkaSettings(pydantic_settings.BaseSettings):
         Kafka settings. A missing file or table, invalid TOML, an unknown key or a bad value raises a
         one-line `SettingsError`.
         """
-        table = _read_kafka_table(os.fspath(path))
+        table = _read_kafka_table(path)
         with _loading(table):
             return cls(**overrides)
 
@@ -252,10 +360,12 @@ class KafkaSettings(pydantic_settings.BaseSettings):
                 raise ValueError(f"keys must be librdkafka option names, not {type(key).__name__}")
             if isinstance(item, bool):
                 item = "true" if item else "false"
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"the value of {show(key)} must be a finite number, got {item}")
             elif isinstance(item, (int, float)):
                 item = str(item)
             elif not isinstance(item, (str, SecretStr)):
-                raise ValueError(f"the value of {key!r} must be a string, number or boolean")
+                raise ValueError(f"the value of {show(key)} must be a string, number or boolean")
             converted[key] = item
         return converted
 
@@ -264,15 +374,33 @@ class KafkaSettings(pydantic_settings.BaseSettings):
     def _check_extra(cls, value: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:
         typed = {_librdkafka_key(name): name for name in cls.model_fields if name != "extra"}
         checked: dict[str, str | SecretStr] = {}
+        given_as: dict[str, str] = {}
         for key, item in value.items():
-            if not key.strip():
-                raise ValueError("an empty librdkafka key")
-            if key in typed:
-                raise ValueError(f"{key!r} has its own setting; use {typed[key]} instead")
-            if is_secret_key(key) and not isinstance(item, SecretStr):
+            if not _PROPERTY_NAME.fullmatch(key):
+                raise ValueError(f"{show(key)} is not a librdkafka property name (lower-case words joined by '.')")
+            # Every check below is made on the canonical name, so an alias cannot slip past one.
+            name = canonical_key(key)
+            spelled = show(key) if name == key else f"{show(key)} (an alias of {name!r})"
+            if name in REFUSED_PROPERTIES:
+                raise ValueError(f"{spelled} is refused: {REFUSED_PROPERTIES[name]}")
+            if name.endswith("_cb"):
+                raise ValueError(f"{spelled} is refused: it is a callback, set by the program")
+            if name in typed:
+                raise ValueError(f"{spelled} has its own setting; use {typed[name]} instead")
+            if name in given_as:
+                raise ValueError(f"{show(given_as[name])} and {show(key)} name the same librdkafka property; give it once")
+            given_as[name] = key
+            if is_secret_key(name) and not isinstance(item, SecretStr):
                 item = SecretStr(item)
-            checked[key] = item
+            checked[name] = item
         return checked
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        # Whichever source gave it (flag, environment, file): an empty or malformed list must not
+        # fall back to a default or reach librdkafka, which would retry an unusable address forever.
+        return check_bootstrap_servers(value)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> KafkaSettings:
@@ -326,16 +454,9 @@ def _loading(table: Mapping[str, Any]) -> Iterator[None]:
         _toml_values.reset(token)
 
 
-def _read_kafka_table(source: str) -> dict[str, Any]:
-    try:
-        with open(source, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise SettingsError(f"{source}: cannot read Kafka settings: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        # The decoder's messages quote a position, never the text around it, so no secret leaks here.
-        message = " ".join(str(exc).split())
-        raise SettingsError(f"{source}: invalid TOML: {message}") from exc
+def _read_kafka_table(path: str | os.PathLike[str]) -> dict[str, Any]:
+    source = display_path(path)
+    data = read_toml(path, SettingsError, "Kafka settings")
     if "kafka" not in data:
         raise SettingsError(f"{source}: no [kafka] table")
     table = data["kafka"]
@@ -346,7 +467,7 @@ def _read_kafka_table(source: str) -> dict[str, Any]:
         if key not in known:
             hint = " (put other librdkafka keys in [kafka.extra])" if "." in key else ""
             raise SettingsError(
-                f"{source}: unknown key {key!r} in [kafka]{hint}; known: {', '.join(known)}"
+                f"{source}: unknown key {show(key)} in [kafka]{hint}; known: {', '.join(known)}"
             )
     return table
 
@@ -371,4 +492,4 @@ def _describe_loc(loc: tuple[int | str, ...]) -> str:
     if not loc:
         return ""
     head, *rest = loc
-    return str(head) + "".join(f"[{part!r}]" for part in rest)
+    return str(head) + "".join(f"[{show(part)}]" for part in rest)

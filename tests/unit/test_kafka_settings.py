@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from avro_schemas.errors import TelemetryError
 from ppo_telemetry.kafka_settings import (
+    LIBRDKAFKA_ALIASES,
+    REFUSED_PROPERTIES,
     KafkaSettings,
     SettingsError,
+    canonical_key,
+    check_bootstrap_servers,
+    is_secret_key,
     redact_config,
     scrub,
 )
@@ -493,9 +499,9 @@ def test_scrub_removes_password_embedded_in_error_message() -> None:
 
 
 def test_scrub_replaces_the_longer_of_overlapping_secrets_whole() -> None:
-    config = {"sasl.password": "abc", "ssl.key.password": "abcdef", "client.id": "abc"}
+    config = {"sasl.password": "ab-1", "ssl.key.password": "ab-1-def", "client.id": "ab-1"}
 
-    assert scrub("x abcdef y abc", config) == "x *** y ***"
+    assert scrub("x ab-1-def y ab-1", config) == "x *** y ***"
 
 
 def test_scrub_leaves_text_without_secrets_alone() -> None:
@@ -507,3 +513,200 @@ def test_scrub_leaves_text_without_secrets_alone() -> None:
 def test_extra_value_of_wrong_type_is_named_by_key() -> None:
     with pytest.raises(SettingsError, match=r"^invalid Kafka settings: extra: the value of 'acks' must be"):
         KafkaSettings(extra={"acks": ["all"]})
+
+
+# --- secrets scrubbed as whole values (issue 9) ------------------------------------------------------
+
+
+def test_a_one_letter_password_garbles_no_message() -> None:
+    config = {"sasl.password": "a"}
+    message = "sasl_plaintext://127.0.0.1:9092/bootstrap: Broker transport failure: a broker at a host"
+
+    assert scrub(message, config) == message
+
+
+@pytest.mark.parametrize("password", ["a", "broker", "1234"])
+def test_a_plain_word_or_number_password_is_scrubbed_where_written_as_a_value(password: str) -> None:
+    config = {"sasl.password": password}
+
+    assert scrub(f'password="{password}" user:{password} key=\'{password}\'', config) == (
+        'password="***" user:*** key=\'***\''
+    )
+    assert scrub(f"the {password}s of {password}x", config) == f"the {password}s of {password}x"
+
+
+def test_a_password_is_scrubbed_as_a_whole_token_never_inside_another() -> None:
+    config = {"sasl.password": PASSWORD}
+
+    assert scrub(f"failed {PASSWORD} (user:{PASSWORD}@host)", config) == "failed *** (user:***@host)"
+    assert scrub(f"x{PASSWORD} {PASSWORD}y", config) == f"x{PASSWORD} {PASSWORD}y"
+
+
+def test_a_message_that_is_only_the_secret_is_scrubbed() -> None:
+    assert scrub("a", {"sasl.password": "a"}) == "***"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["ssl.keystore.password", "sasl.oauthbearer.client.secret", "sasl.oauthbearer.assertion.private.key.passphrase",
+     "sasl.oauthbearer.assertion.private.key.pem", "ssl.key.pem", "sasl.oauthbearer.config"],
+)
+def test_credential_keys_of_librdkafka_are_secret(key: str) -> None:
+    assert is_secret_key(key)
+    settings = KafkaSettings(extra={key: PASSWORD})
+    assert PASSWORD not in repr(settings) and settings.redacted()[key] == "***"
+
+
+# --- properties that load code or run commands (issue 9) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["plugin.library.paths", "ssl.engine.location", "ssl.providers", "sasl.kerberos.kinit.cmd",
+     "sasl.kerberos.keytab", "sasl.kerberos.principal", "internal.termination.signal"],
+)
+def test_properties_that_load_code_or_run_commands_are_refused(key: str, write_toml) -> None:
+    path = write_toml(f'[kafka.extra]\n"{key}" = "/tmp/libevil"\n')
+
+    with pytest.raises(SettingsError, match=rf"'{re.escape(key)}' is refused: it ") as info:
+        KafkaSettings.from_toml(path)
+
+    assert_one_line_without_secrets(info.value)
+
+
+def test_every_documented_code_loading_property_is_in_the_refused_list() -> None:
+    # librdkafka CONFIGURATION.md: the properties whose value is a library to dlopen or a command to run
+    assert {"plugin.library.paths", "ssl.engine.location", "ssl.providers", "sasl.kerberos.kinit.cmd"} <= set(
+        REFUSED_PROPERTIES
+    )
+
+
+@pytest.mark.parametrize("key", ["error_cb", "stats_cb", "oauth_cb", "logger", "on_delivery", "default.topic.config"])
+def test_the_clients_callbacks_and_python_objects_are_refused(key: str) -> None:
+    with pytest.raises(SettingsError, match="is refused"):
+        KafkaSettings(extra={key: "x"})
+
+
+def test_refused_properties_are_refused_from_the_environment_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_EXTRA", '{"plugin.library.paths": "/tmp/libevil"}')
+
+    with pytest.raises(SettingsError, match="'plugin.library.paths' is refused"):
+        KafkaSettings()
+
+
+@pytest.mark.parametrize("key", ["Plugin.Library.Paths", " linger.ms", "linger.ms ", "a..b", "", "linger-ms"])
+def test_keys_that_are_not_librdkafka_property_names_are_refused(key: str) -> None:
+    with pytest.raises(SettingsError, match="is not a librdkafka property name"):
+        KafkaSettings(extra={key: "1"})
+
+
+@pytest.mark.parametrize("number", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_in_extra_are_refused(number: float) -> None:
+    with pytest.raises(SettingsError, match="must be a finite number"):
+        KafkaSettings(extra={"linger.ms": number})
+
+
+# --- alias keys normalised before the checks (issue 9) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("alias", "field"), [("sasl.mechanisms", "sasl_mechanism"), ("metadata.broker.list", "bootstrap_servers")]
+)
+def test_an_alias_of_a_typed_setting_cannot_bypass_its_checks(alias: str, field: str, write_toml) -> None:
+    path = write_toml(f'[kafka]\nsecurity_protocol = "PLAINTEXT"\n[kafka.extra]\n"{alias}" = "PLAIN"\n')
+
+    with pytest.raises(SettingsError, match=rf"'{re.escape(alias)}' \(an alias of .*\) has its own setting; use {field}"):
+        KafkaSettings.from_toml(path)
+
+
+def test_one_property_under_two_names_is_an_error() -> None:
+    with pytest.raises(SettingsError, match="'linger.ms' and 'queue.buffering.max.ms' name the same librdkafka property"):
+        KafkaSettings(extra={"linger.ms": 5, "queue.buffering.max.ms": 7})
+
+
+def test_an_alias_is_passed_to_librdkafka_under_its_canonical_name() -> None:
+    config = KafkaSettings(extra={"queue.buffering.max.ms": 7, "request.required.acks": "all"}).librdkafka_config()
+
+    assert config["linger.ms"] == "7" and config["acks"] == "all"
+    assert "queue.buffering.max.ms" not in config and "request.required.acks" not in config
+
+
+def test_an_alias_of_a_secret_key_is_hidden_too() -> None:
+    settings = KafkaSettings(extra={"sasl.oauthbearer.client.credentials.client.secret": PASSWORD})
+
+    assert PASSWORD not in repr(settings)
+    assert settings.librdkafka_config()["sasl.oauthbearer.client.secret"] == PASSWORD
+
+
+def test_every_alias_maps_to_a_name_that_is_not_itself_an_alias() -> None:
+    assert not set(LIBRDKAFKA_ALIASES.values()) & set(LIBRDKAFKA_ALIASES)
+    assert canonical_key("sasl.mechanisms") == "sasl.mechanism" and canonical_key("linger.ms") == "linger.ms"
+
+
+# --- bootstrap servers (issue 9) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", "is empty"),
+        ("   ", "is empty"),
+        ("broker", "is not host:port (no port)"),
+        ("broker:", "is not host:port"),
+        ("broker:x", "is not host:port"),
+        ("broker:0", "the port must be 1-65535"),
+        ("broker:65536", "the port must be 1-65535"),
+        ("broker:123456", "is not host:port"),
+        ("a:9092,,b:9092", "entry 2 of 3 is empty"),
+        ("a:9092,", "entry 2 of 2 is empty"),
+        ("PLAINTEXT://a:9092", "is not host:port"),
+        ("::1:9092", "is not host:port"),
+        ("a b:9092", "is not host:port"),
+    ],
+)
+def test_a_bad_bootstrap_list_is_one_line_naming_the_entry(value: str, expected: str) -> None:
+    with pytest.raises(SettingsError, match=r"^invalid Kafka settings: bootstrap_servers: ") as info:
+        KafkaSettings(bootstrap_servers=value)
+
+    assert expected in str(info.value)
+    assert_one_line_without_secrets(info.value)
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:1", "broker-1.example.com:65535", "[::1]:9092", "a:9092, b_2:9093"])
+def test_good_bootstrap_lists_are_accepted_and_spaces_dropped(value: str) -> None:
+    assert KafkaSettings(bootstrap_servers=value).bootstrap_servers == value.replace(" ", "")
+
+
+def test_check_bootstrap_servers_is_the_same_check(value: str = "h:70000") -> None:
+    with pytest.raises(ValueError, match="the port must be 1-65535"):
+        check_bootstrap_servers(value)
+
+
+def test_an_empty_bootstrap_from_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
+
+    with pytest.raises(SettingsError, match="bootstrap_servers: is empty"):
+        KafkaSettings()
+
+
+def test_a_bad_port_in_the_settings_file_is_an_error(write_toml) -> None:
+    with pytest.raises(SettingsError, match="the port must be 1-65535"):
+        KafkaSettings.from_toml(write_toml('[kafka]\nbootstrap_servers = "b:0"\n'))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["consume", "validate", "--bootstrap-servers", ""],
+        ["consume", "watch", "--bootstrap-servers", "broker:99999"],
+        ["train", "--kafka", "", "--ndjson-dir", "unused"],
+        ["train", "--kafka", "broker", "--ndjson-dir", "unused"],
+    ],
+)
+def test_an_empty_or_bad_bootstrap_flag_is_a_usage_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from ppo_telemetry.cli import main
+
+    assert main(args) == 2
+
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "bootstrap_servers" in err, err
