@@ -27,9 +27,12 @@ inside a `TransactionalRunner`, which owns everything Kafka (SPEC §4):
 - **Record sizes.** The producer takes single records as large as the DLQ does (`message.max.bytes`,
   `consumers.dead_letter`); at start, the core is told each output topic's limit as the broker has it, so
   the validator can cut a dead letter to fit rather than fail the transaction on every retry.
+- **Namespaces.** A core names its group and output topics by their SPEC §4 names; the runner's
+  `namespace` (`avro_schemas.topics.Namespace`) prefixes them, and the input, schema and state topics,
+  the group id and the transactional id with them, so instances in different namespaces share nothing.
 - **Shutdown.** SIGTERM or SIGINT sets a flag: the current batch finishes and commits, then the
   consumer closes (leaving the group, so its partitions move at once).
-- **Zombies.** The transactional id is `<group>-<instance id>`: a restarted instance with the same id
+- **Zombies.** The transactional id is `<group id>-<instance id>`: a restarted instance with the same id
   fences its predecessor and aborts its open transaction at start; a different instance's takeover is
   fenced by the consumer group generation (KIP-447), and an abandoned transaction expires after
   `transaction.timeout.ms` (10 s here).
@@ -53,7 +56,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from avro_schemas.codec import HEADER_SIZE, SingleObjectCodec, epoch_summary_codec
 from avro_schemas.errors import DecodeError, EmptyMessageError, TelemetryError, UnknownSchemaError
 from avro_schemas.models import EpochSummary
-from avro_schemas.topics import EPOCHS_TOPIC, SCHEMAS_TOPIC, state_topic
+from avro_schemas.topics import DEFAULT_NAMESPACE, EPOCHS_TOPIC, Namespace, state_topic
 from kafka_io import ensure_topics, max_message_bytes, partition_count, quiet_logger, read_to_end, reason
 
 from .dead_letter import PRODUCER_MESSAGE_MAX_BYTES, Rejection, decode_rule, record_limit
@@ -83,7 +86,7 @@ class Output:
 class ConsumerCore(Protocol):
     """A consumer group's logic, free of Kafka: what to output for each valid or rejected record."""
 
-    group: str
+    group: str  # SPEC §4 names, both: the runner puts them in its namespace
     output_topics: tuple[str, ...]
     needs_model: bool  # False: `on_record` gets None instead of the typed record (the validator)
 
@@ -158,7 +161,8 @@ class TransactionalRunner:
     config: dict[str, Any]
     core: ConsumerCore
     instance_id: str = "0"
-    input_topic: str = EPOCHS_TOPIC
+    namespace: Namespace = DEFAULT_NAMESPACE
+    input_topic: str | None = None  # default: the namespace's epochs topic
     # A transaction costs ~5-10 ms of round trips to the coordinator whatever its size, and each batch
     # writes one state message per run it touched: large batches amortise both (bench/kafka_validator.py).
     batch_size: int = 10_000
@@ -175,7 +179,13 @@ class TransactionalRunner:
         self.stop_requested = False
         self.tracker = StreamTracker()
         self._run_partition: dict[str, int] = {}
-        self._state_topic = state_topic(self.core.group)
+        self.group_id = self.namespace.qualify(self.core.group)  # the core's group in this namespace
+        if self.input_topic is None:
+            self.input_topic = self.namespace.epochs_topic
+        self._schemas_topic = self.namespace.schemas_topic
+        self._state_topic = state_topic(self.group_id)
+        # the core's output topic names -> this namespace's topics
+        self._output_topics = {topic: self.namespace.qualify(topic) for topic in self.core.output_topics}
         self._local_fingerprints = {v.fingerprint for v in self.codec.versions.values()}
         self._schemas_read_at = -1e9
         self._consumer: Consumer | None = None
@@ -187,7 +197,7 @@ class TransactionalRunner:
     # ------------------------------------------------------------------------------------ output
 
     def _say(self, text: str) -> None:
-        print(f"ppo-telemetry consume ({self.core.group}): {self.scrub(text)}", file=self.err or sys.stderr, flush=True)
+        print(f"ppo-telemetry consume ({self.group_id}): {self.scrub(text)}", file=self.err or sys.stderr, flush=True)
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -203,10 +213,10 @@ class TransactionalRunner:
         partitions = partition_count(self.config, self.input_topic)
         if partitions is None:
             # the producer normally creates it; a consumer started first creates it with the default count
-            ensure_topics(self.config, {self.input_topic: (3, {}), SCHEMAS_TOPIC: (1, {"cleanup.policy": "compact"})})
+            ensure_topics(self.config, {self.input_topic: (3, {}), self._schemas_topic: (1, {"cleanup.policy": "compact"})})
             partitions = partition_count(self.config, self.input_topic) or 3
         topic_configs = getattr(self.core, "topic_configs", {})
-        topics = {topic: (partitions, dict(topic_configs.get(topic, {}))) for topic in self.core.output_topics}
+        topics = {name: (partitions, dict(topic_configs.get(topic, {}))) for topic, name in self._output_topics.items()}
         topics[self._state_topic] = (partitions, {"cleanup.policy": "compact"})
         ensure_topics(self.config, topics)
         state_partitions = partition_count(self.config, self._state_topic)
@@ -218,7 +228,7 @@ class TransactionalRunner:
         self._producer = Producer(
             {
                 **self.config,
-                "transactional.id": f"{self.core.group}-{self.instance_id}",
+                "transactional.id": f"{self.group_id}-{self.instance_id}",
                 "message.max.bytes": self._producer_max_bytes,
                 "transaction.timeout.ms": self.transaction_timeout_ms,
                 "enable.idempotence": True,
@@ -241,7 +251,7 @@ class TransactionalRunner:
         self._consumer = Consumer(
             {
                 **self.config,
-                "group.id": self.core.group,
+                "group.id": self.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
@@ -263,8 +273,10 @@ class TransactionalRunner:
         """Tell the core the largest record each output topic takes, from the topics' limits as the broker has them."""
         limit_records = getattr(self.core, "limit_records", None)
         if limit_records is not None:
-            limits = max_message_bytes(self.config, self.core.output_topics)
-            limit_records({topic: record_limit(limit, self._producer_max_bytes) for topic, limit in limits.items()})
+            limits = max_message_bytes(self.config, self._output_topics.values())
+            limit_records({
+                topic: record_limit(limits[name], self._producer_max_bytes) for topic, name in self._output_topics.items()
+            })
 
     # ------------------------------------------------------------------------------------ state
 
@@ -332,10 +344,10 @@ class TransactionalRunner:
         if now - self._schemas_read_at < 5.0:
             return
         self._schemas_read_at = now
-        count = partition_count(self.config, SCHEMAS_TOPIC)
+        count = partition_count(self.config, self._schemas_topic)
         if not count:
             return
-        for message in read_to_end(self.config, [TopicPartition(SCHEMAS_TOPIC, p) for p in range(count)]):
+        for message in read_to_end(self.config, [TopicPartition(self._schemas_topic, p) for p in range(count)]):
             if message.value() is None:
                 continue
             try:
@@ -390,9 +402,11 @@ class TransactionalRunner:
             kwargs["headers"] = output.headers
         if partition is not None:
             kwargs["partition"] = partition
+        # a core's output topic in this namespace; the state topic is named in it already
+        topic = self._output_topics.get(output.topic, output.topic)
         while True:
             try:
-                self._producer.produce(output.topic, **kwargs)
+                self._producer.produce(topic, **kwargs)
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -483,7 +497,7 @@ class TransactionalRunner:
             previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._setup()
-            self._say(f"consuming {self.input_topic} as {self.core.group} (instance {self.instance_id})")
+            self._say(f"consuming {self.input_topic} as {self.group_id} (instance {self.instance_id})")
             consume = self._consumer.consume
             while not self.stop_requested:
                 messages = consume(1, self.poll_timeout)

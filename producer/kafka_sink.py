@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from avro_schemas.codec import SingleObjectCodec, epoch_summary_codec
 from avro_schemas.errors import EncodeError, TelemetryError
 from avro_schemas.registry import SchemaVersion
-from avro_schemas.topics import EPOCHS_TOPIC, SCHEMAS_TOPIC, VERSION_HEADER
+from avro_schemas.topics import DEFAULT_NAMESPACE, VERSION_HEADER, Namespace
 from kafka_io import KafkaIOError, ensure_topics, quiet_logger, reason
 
 __all__ = ["KafkaSink", "KafkaSinkError", "producer_config"]
@@ -55,19 +55,22 @@ class KafkaSink:
 
     `config` holds the connection settings (librdkafka names: `bootstrap.servers`, security keys).
     Topics are created when missing: the epochs topic with `partitions` partitions, the schema topic
-    compacted. A v1.1 record without `log_stream_offset` is numbered here, from `first_offset` on
-    (when the NDJSON stream also runs, it numbers the record first and Kafka carries its offset).
+    compacted; both are `namespace`'s (`topic` overrides the epochs topic's name). A v1.1 record without
+    `log_stream_offset` is numbered here, from `first_offset` on (when the NDJSON stream also runs, it
+    numbers the record first and Kafka carries its offset).
     """
 
     def __init__(
         self,
         config: dict[str, Any],
-        topic: str = EPOCHS_TOPIC,
+        topic: str | None = None,
         partitions: int = DEFAULT_PARTITIONS,
         codec: SingleObjectCodec | None = None,
         first_offset: int = 0,
+        namespace: Namespace = DEFAULT_NAMESPACE,
     ) -> None:
-        self.topic = topic
+        self.topic = topic if topic is not None else namespace.epochs_topic
+        self.schemas_topic = namespace.schemas_topic
         self.codec = codec if codec is not None else epoch_summary_codec()
         self.next_offset = first_offset
         self.delivered = 0
@@ -78,7 +81,7 @@ class KafkaSink:
         try:
             ensure_topics(
                 config,
-                {topic: (partitions, {}), SCHEMAS_TOPIC: (1, {"cleanup.policy": "compact"})},
+                {self.topic: (partitions, {}), self.schemas_topic: (1, {"cleanup.policy": "compact"})},
             )
         except KafkaIOError as exc:
             raise KafkaSinkError(str(exc)) from None
@@ -112,7 +115,7 @@ class KafkaSink:
     def _publish_schema(self, writer: SchemaVersion) -> None:
         """The writer schema to the schema topic, delivered before any record written with it."""
         self._produce(
-            SCHEMAS_TOPIC,
+            self.schemas_topic,
             key=writer.fingerprint_hex.encode("ascii"),
             value=json.dumps(writer.schema, separators=(",", ":")).encode("utf-8"),
         )

@@ -94,11 +94,13 @@ class PublisherProcess:
         v1_1: bool,
         kafka: dict[str, Any] | None = None,
         kafka_partitions: int = 3,
+        kafka_namespace: str = "",
     ) -> None:
         """Start the child and wait until its sinks are open (a one-line `PublisherError` if not).
 
         Sinks: the NDJSON stream in `ndjson_dir` and/or Kafka (`kafka`: librdkafka settings, the
-        epochs topic created with `kafka_partitions` partitions when missing); at least one."""
+        epochs topic created with `kafka_partitions` partitions when missing; the topics of namespace
+        `kafka_namespace`, see `avro_schemas.topics.Namespace`); at least one."""
         if ndjson_dir is None and kafka is None:
             raise ValueError("the publisher needs an NDJSON directory, Kafka settings or both")
         self.next_offset: int | None = None
@@ -119,6 +121,7 @@ class PublisherProcess:
             "v1_1": v1_1,
             "kafka": kafka,
             "kafka_partitions": kafka_partitions,
+            "kafka_namespace": kafka_namespace,
         }
         _widen_pipe(self._process.stdin)
         try:
@@ -211,10 +214,14 @@ def _open_sinks(config: dict[str, Any]) -> list:
 
             sinks.append(NdjsonSink(Path(config["ndjson_dir"]), config["max_segment_bytes"], buffered=True))
         if config.get("kafka") is not None:
+            from avro_schemas.topics import Namespace
             from producer.kafka_sink import KafkaSink
 
             first = sinks[0].writer.next_offset if sinks else 0
-            kafka = KafkaSink(config["kafka"], partitions=config["kafka_partitions"], first_offset=first)
+            kafka = KafkaSink(
+                config["kafka"], partitions=config["kafka_partitions"], first_offset=first,
+                namespace=Namespace(config.get("kafka_namespace", "")),
+            )
             kafka.on_wait = _waiting_note
             sinks.append(kafka)
     except TelemetryError:
