@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench endurance samples clean
+.PHONY: install test soak demo bench endurance samples clean
 
 install: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the long versions of the integration tests (marker `soak`): see docs/performance.md for their figures
+soak: $(STAMP)
+	$(PY) -m pytest -q -m soak
 
 demo: $(STAMP)
 	$(VENV)/bin/ppo-telemetry demo
