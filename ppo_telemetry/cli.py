@@ -357,15 +357,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError(f"no such replay manifest: {args.replay}")
     if args.fault and (args.replay or args.data_mode == "replay"):
         raise UsageError("--fault starts at an environment step; --replay trains on recorded steps, so it takes none")
+    if args.namespace is not None and args.kafka is None:
+        raise UsageError("--namespace prefixes Kafka topic names; it needs --kafka")
     config = config_from_args(args)
     check_fault_steps(config.faults, config.total_steps)  # FaultError: one line, exit 2
     # train writes records through a pipe to its publisher process: a dead publisher must be an error
     # (BrokenPipeError), not a silent death by SIGPIPE as for a filter whose reader went away
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    kafka = _kafka_settings(args.kafka, args.kafka_config).librdkafka_config() if args.kafka is not None else None
+    settings = _kafka_settings(args.kafka, args.kafka_config) if args.kafka is not None else None
+    kafka = settings.librdkafka_config() if settings is not None else None
     publisher = PublisherProcess(
         Path(args.ndjson_dir) if args.ndjson_dir else None, args.ndjson_max_bytes, config.run_id,
         config.enable_telemetry_v1_1, kafka=kafka, kafka_partitions=args.partitions,
+        kafka_namespace=_namespace(args.namespace, settings).name,
     )
     faults_file = Path(args.ndjson_dir) / FAULTS_FILE if args.ndjson_dir and config.faults else None
     return TrainingRun(config, publisher, faults_file=faults_file).run()
@@ -382,6 +386,16 @@ def _kafka_settings(bootstrap: str | None, config_file: str | None):
     return KafkaSettings(**overrides)
 
 
+def _namespace(flag: str | None, settings: Any) -> Any:
+    """The `Namespace` of a Kafka command: `--namespace`, over the settings' (`PPO_TELEMETRY_NAMESPACE`,
+    over the settings file's `[kafka] namespace`), else the default (the SPEC's names)."""
+    from avro_schemas.topics import Namespace
+
+    if flag is not None:
+        return Namespace(flag)
+    return Namespace(settings.namespace) if settings is not None else Namespace()
+
+
 def cmd_consume(args: argparse.Namespace) -> int:
     """`consume validate|drift|watch`: one instance of a consumer group, until SIGTERM/SIGINT."""
     from consumers.runner import TransactionalRunner
@@ -389,19 +403,20 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     settings = _kafka_settings(args.bootstrap_servers, args.kafka_config)
     config = settings.librdkafka_config()
+    namespace = _namespace(args.namespace, settings)
     if args.group == "validate":
         from consumers.groups import ValidatorGroup
 
         core = ValidatorGroup()
     elif args.group == "drift":
-        core = _drift_group(args, config)
+        core = _drift_group(args, config, namespace)
     else:
         from consumers.groups import WatchGroup
         from consumers.telemetry_watch import load_rules
 
         core = WatchGroup(load_rules(Path(args.rules)) if args.rules else None)
     runner = TransactionalRunner(
-        config, core, instance_id=args.instance_id, batch_size=args.batch_size,
+        config, core, instance_id=args.instance_id, namespace=namespace, batch_size=args.batch_size,
         session_timeout_ms=args.session_timeout_ms, scrub=lambda text: scrub(text, config),
     )
     try:
@@ -418,7 +433,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return code
 
 
-def _drift_group(args: argparse.Namespace, config: dict[str, Any]):
+def _drift_group(args: argparse.Namespace, config: dict[str, Any], namespace: Any):
     from consumers.drift import Baseline
     from consumers.groups import DriftGroup
 
@@ -432,9 +447,9 @@ def _drift_group(args: argparse.Namespace, config: dict[str, Any]):
 
     records = []
     for run_id in dict.fromkeys(args.baseline_run):
-        found = baseline_records(config, run_id)
+        found = baseline_records(config, run_id, topic=namespace.epochs_topic)
         if not found:
-            raise InputError(f"baseline run {run_id!r} not found on the epochs topic (no valid records)")
+            raise InputError(f"baseline run {run_id!r} not found on {namespace.epochs_topic} (no valid records)")
         records += [r.to_dict() for r in found]
     return DriftGroup(Baseline.from_records(records, args.baseline_run), idle_seconds=args.idle_seconds)
 
@@ -462,10 +477,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """`demo`: the whole pipeline end to end."""
+    """`demo`: the whole pipeline end to end, in a fresh namespace inside the configured one."""
     from ppo_telemetry.demo import run_demo
 
-    return run_demo(sys.stdout)
+    parent = _namespace(args.namespace, _kafka_settings(None, None))
+    return run_demo(sys.stdout, parent=parent, keep_topics=args.keep_topics)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -498,6 +514,23 @@ def _fault(text: str):
         return parse_fault(text)
     except FaultError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _namespace_name(text: str) -> str:
+    """An argparse type: a namespace name (`avro_schemas.topics.check_namespace_name`; empty: the default)."""
+    from avro_schemas.topics import NamespaceError, check_namespace_name
+
+    try:
+        return check_namespace_name(text)
+    except NamespaceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_NAMESPACE_HELP = (
+    "prefix of every topic, group id and transactional id (NAME.ppo.telemetry.epochs, NAME.ppo-telemetry-validator; "
+    "letters, digits, '.', '-'); default: $PPO_TELEMETRY_NAMESPACE, else the settings file's [kafka] namespace, "
+    "else none (the SPEC's names)"
+)
 
 
 def _positive_seconds(text: str) -> float:
@@ -600,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kafka-config", metavar="TOML", help="Kafka connection and security settings ([kafka] table)")
     p.add_argument("--partitions", type=_positive_int, default=3, metavar="N",
                    help="partitions of the epochs topic when train creates it (default 3)")
+    p.add_argument("--namespace", type=_namespace_name, metavar="NAME", help=_NAMESPACE_HELP)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("consume", help="run one instance of a Kafka consumer group (SPEC §4)")
@@ -618,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=10_000, metavar="N",
                    help="most records per transaction (default 10,000; a trickle is not held back)")
     p.add_argument("--session-timeout-ms", type=_positive_int, default=10_000, metavar="MS")
+    p.add_argument("--namespace", type=_namespace_name, metavar="NAME", help=_NAMESPACE_HELP)
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("broker", help="a local single-node KRaft Kafka broker (no Docker needed)")
@@ -625,7 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_positive_int, default=9092, metavar="P")
     p.set_defaults(func=cmd_broker)
 
-    p = sub.add_parser("demo", help="run the pipeline end to end")
+    p = sub.add_parser("demo", help="run the pipeline end to end, in a fresh namespace of its own")
+    p.add_argument("--namespace", type=_namespace_name, metavar="NAME",
+                   help="run inside this namespace (as NAME.demo-<time>-<random>); default: as for consume")
+    p.add_argument("--keep-topics", action="store_true",
+                   help="keep the demo's topics and groups at the end (default: deleted; a failed demo keeps them)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -2,7 +2,11 @@
 
 It uses the broker the settings name when one is configured (`KAFKA_BOOTSTRAP_SERVERS` or
 `PPO_TELEMETRY_KAFKA_BOOTSTRAP_SERVERS`), else starts the local KRaft broker (and stops it at the end
-if it started it). Then it trains four PPO runs on Conflict-v0 with `ppo-telemetry train --kafka`:
+if it started it). Everything it does happens in a fresh namespace of its own, `demo-<UTC time>-<random>`
+(inside the configured namespace, if any), printed first: its topics, consumer groups and transactional
+ids are its alone, so it never reads or commits for the default groups, and two demos on one broker never
+meet. At the end it deletes that namespace's topics and groups (`--keep-topics` keeps them; a failed demo
+keeps them for a look). Then it trains four PPO runs on Conflict-v0 with `ppo-telemetry train --kafka`:
 
 - a healthy **baseline** of two seeds (0 and 1, the defaults);
 - a **candidate** with one real change a user would make, an entropy bonus (`--ent-coef 0.2`, the
@@ -26,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import secrets
 import subprocess
 import sys
 import threading
@@ -36,10 +41,12 @@ from typing import Any, TextIO
 
 from avro_schemas.errors import TelemetryError
 from avro_schemas.ndjson import segment_name
+from avro_schemas.topics import DEFAULT_NAMESPACE, Namespace
 
 __all__ = [
     "synthetic_run", "write_segments", "DemoError", "DemoRun", "CANDIDATE_CHANGE", "FAULT", "FAULT_AT",
-    "CATCH_UP_SECONDS", "demo_runs", "format_verdicts", "format_alert", "run_demo",
+    "CATCH_UP_SECONDS", "demo_runs", "demo_namespace", "delete_namespace", "format_verdicts", "format_alert",
+    "run_demo",
 ]
 
 
@@ -153,6 +160,41 @@ def demo_runs(tag: str, steps: int) -> list[DemoRun]:
     ]
 
 
+def demo_namespace(parent: Namespace, tag: str) -> Namespace:
+    """A namespace no other demo uses: `demo-<tag>-<6 random hex digits>` inside `parent` (the random part
+    keeps two demos started in the same second apart)."""
+    return parent.child(f"demo-{tag}-{secrets.token_hex(3)}")
+
+
+def delete_namespace(config: dict[str, Any], namespace: Namespace, timeout: float = 30.0) -> list[str]:
+    """Delete the consumer groups and topics of `namespace` (what is not there is skipped); returns one
+    line per thing that could not be deleted, empty when all went. Never the default namespace."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from kafka_io import quiet_logger, reason
+
+    if namespace.is_default:
+        raise DemoError("the default namespace's topics are never deleted by the demo")
+    admin = AdminClient({**config, "logger": quiet_logger()})
+    problems = []
+    absent = (KafkaError.GROUP_ID_NOT_FOUND, KafkaError.UNKNOWN_TOPIC_OR_PART)
+    # groups first: a group's committed offsets are useless without its topics, and deleting an empty
+    # group needs no topic
+    groups = admin.delete_consumer_groups(list(namespace.groups), request_timeout=timeout)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    topics = [topic for topic in namespace.topics if topic in existing]
+    deleted = admin.delete_topics(topics, operation_timeout=timeout, request_timeout=timeout) if topics else {}
+    for name, future in [*groups.items(), *deleted.items()]:
+        try:
+            future.result()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is None or error.code() not in absent:
+                problems.append(f"{name}: {reason(exc)}")
+    return problems
+
+
 def _configured_bootstrap() -> str | None:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or os.environ.get("PPO_TELEMETRY_KAFKA_BOOTSTRAP_SERVERS"):
         from ppo_telemetry.kafka_settings import KafkaSettings
@@ -161,7 +203,7 @@ def _configured_bootstrap() -> str | None:
     return None
 
 
-def _train_all(bootstrap: str, runs: list[DemoRun], steps: int, out: TextIO) -> None:
+def _train_all(bootstrap: str, namespace: Namespace, runs: list[DemoRun], steps: int, out: TextIO) -> None:
     """Train every run on Conflict-v0 with the real command line, two at a time (the runs are independent
     and deterministic, so running them side by side changes nothing but the wall time)."""
     width = max(len(run.label) for run in runs) + 1
@@ -170,7 +212,8 @@ def _train_all(bootstrap: str, runs: list[DemoRun], steps: int, out: TextIO) -> 
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", bootstrap, "--env", "Conflict-v0",
-                 "--seed", str(run.seed), "--total-steps", str(steps), "--run-id", run.run_id, *run.change],
+                 "--seed", str(run.seed), "--total-steps", str(steps), "--run-id", run.run_id,
+                 "--namespace", namespace.name, *run.change],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )
             for run in pair
@@ -185,16 +228,15 @@ def _train_all(bootstrap: str, runs: list[DemoRun], steps: int, out: TextIO) -> 
             out.write(f"  {run.label + ':':<{width}} {summary.removeprefix('train: ')}\n")
 
 
-def _inject(config: dict[str, Any], run_id: str) -> int:
+def _inject(config: dict[str, Any], namespace: Namespace, run_id: str) -> int:
     """What a real topic suffers, keyed by the candidate run; returns how many messages."""
     from confluent_kafka import Producer
 
     from avro_schemas import epoch_summary_codec
-    from avro_schemas.topics import EPOCHS_TOPIC
     from consumers.runner import baseline_records
 
     codec = epoch_summary_codec()
-    last = baseline_records(config, run_id)[-1].to_dict()
+    last = baseline_records(config, run_id, topic=namespace.epochs_topic)[-1].to_dict()
     good = codec.encode(last)
     bad = [
         b"not avro at all",
@@ -205,21 +247,22 @@ def _inject(config: dict[str, Any], run_id: str) -> int:
     ]
     producer = Producer({**config, "partitioner": "murmur2_random"})
     for value in bad:
-        producer.produce(EPOCHS_TOPIC, key=run_id.encode(), value=value)
+        producer.produce(namespace.epochs_topic, key=run_id.encode(), value=value)
     producer.flush(30)
     return len(bad)
 
 
-def _end_offsets(config: dict[str, Any]) -> dict[int, int]:
+def _end_offsets(config: dict[str, Any], namespace: Namespace) -> dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
-    from avro_schemas.topics import EPOCHS_TOPIC
     from kafka_io import partition_count
 
-    consumer = Consumer({**config, "group.id": "ppo-telemetry-demo-probe"})
+    topic = namespace.epochs_topic
+    # a group id is required to make a Consumer; this one never joins or commits
+    consumer = Consumer({**config, "group.id": namespace.qualify("ppo-telemetry-demo-probe")})
     try:
-        count = partition_count(config, EPOCHS_TOPIC) or 0
-        return {p: consumer.get_watermark_offsets(TopicPartition(EPOCHS_TOPIC, p), timeout=30)[1] for p in range(count)}
+        count = partition_count(config, topic) or 0
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(count)}
     finally:
         consumer.close()
 
@@ -238,13 +281,15 @@ CATCH_UP_SECONDS = 180.0
 demo gives up with an error instead of waiting for ever."""
 
 
-def _run_groups(config: dict[str, Any], cores: list[Any], ends: dict[int, int], log: TextIO) -> list[Any]:
+def _run_groups(
+    config: dict[str, Any], namespace: Namespace, cores: list[Any], ends: dict[int, int], log: TextIO
+) -> list[Any]:
     """Run each group in a thread until its committed position reaches `ends` (the drift group also until
     its runs' idle summaries are out); returns the runners. A group that fails stops the others and its
     error is raised here; groups not done after `CATCH_UP_SECONDS` are a `DemoError`."""
     from consumers.runner import TransactionalRunner
 
-    runners = [TransactionalRunner(config, core, instance_id="demo", err=log) for core in cores]
+    runners = [TransactionalRunner(config, core, instance_id="demo", namespace=namespace, err=log) for core in cores]
     failures: list[BaseException] = []
 
     def stop_when_done(runner: TransactionalRunner) -> None:
@@ -268,7 +313,7 @@ def _run_groups(config: dict[str, Any], cores: list[Any], ends: dict[int, int], 
     deadline = time.monotonic() + CATCH_UP_SECONDS
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [runner.core.group for runner, thread in zip(runners, threads) if thread.is_alive()]
+    stuck = [runner.group_id for runner, thread in zip(runners, threads) if thread.is_alive()]
     if stuck:
         for runner in runners:
             runner.stop_requested = True
@@ -315,19 +360,22 @@ def format_alert(alert: dict[str, Any]) -> str:
             f"{alert.get('severity') or '-':<8}  {summary}")
 
 
-def _print_drift(config: dict[str, Any], runs: list[DemoRun], window_steps: int, out: TextIO) -> None:
+def _print_drift(
+    config: dict[str, Any], namespace: Namespace, runs: list[DemoRun], window_steps: int, out: TextIO
+) -> None:
     """Each compared run's verdicts, from its last DriftRecord on the drift topic (its idle summary)."""
     from avro_schemas.codec import drift_record_codec
-    from avro_schemas.topics import DRIFT_TOPIC
+
+    drift_topic = namespace.drift_topic
 
     codec = drift_record_codec()
     compared = [run for run in runs if run.role != "baseline"]
     seeds = " and ".join(str(run.seed) for run in runs if run.role == "baseline")
     keys = {run.run_id.encode() for run in compared}
-    records = [codec.decode(message.value()) for message in _read(config, DRIFT_TOPIC, keys)]
+    records = [codec.decode(message.value()) for message in _read(config, drift_topic, keys)]
     changes = sum(1 for record in records if record.get("kind") == "verdict_change")
     summaries = sum(1 for record in records if record.get("kind") == "summary")
-    out.write(f"drift on {DRIFT_TOPIC} against the baseline of seeds {seeds} (windows of {window_steps:,} steps): "
+    out.write(f"drift on {drift_topic} against the baseline of seeds {seeds} (windows of {window_steps:,} steps): "
               f"{len(records)} DriftRecords, {changes} verdict changes and "
               f"{summaries} idle summaries; a verdict's first step is "
               f"where its first differing window begins\n")
@@ -342,15 +390,14 @@ def _print_drift(config: dict[str, Any], runs: list[DemoRun], window_steps: int,
             out.write(f"    {line}\n")
 
 
-def _print_alerts(config: dict[str, Any], runs: list[DemoRun], out: TextIO, limit: int = 12) -> None:
+def _print_alerts(config: dict[str, Any], namespace: Namespace, runs: list[DemoRun], out: TextIO, limit: int = 12) -> None:
     """Every run's alert transitions (at most `limit` per run, saying how many more), baseline runs first."""
     from avro_schemas.codec import alert_codec
-    from avro_schemas.topics import ALERTS_TOPIC
 
     codec = alert_codec()
     keys = {run.run_id.encode() for run in runs}
-    alerts = [codec.decode(message.value()) for message in _read(config, ALERTS_TOPIC, keys)]
-    out.write(f"alerts on {ALERTS_TOPIC}: {len(alerts)} transitions\n")
+    alerts = [codec.decode(message.value()) for message in _read(config, namespace.alerts_topic, keys)]
+    out.write(f"alerts on {namespace.alerts_topic}: {len(alerts)} transitions\n")
     for run in runs:
         own = [alert for alert in alerts if alert["run_id"] == run.run_id]
         out.write(f"  {run.label} {run.run_id}: {len(own) or 'no'} alert transition{'' if len(own) == 1 else 's'}\n")
@@ -384,9 +431,12 @@ def _start_broker(bootstrap: str | None, out: TextIO) -> tuple[str, Any]:
     return bootstrap, broker
 
 
-def run_demo(out: TextIO, bootstrap: str | None = None, steps: int = 30_000) -> int:
-    """Run the demo, printing what happened to `out`; returns the exit code."""
-    from avro_schemas.topics import DLQ_TOPIC
+def run_demo(
+    out: TextIO, bootstrap: str | None = None, steps: int = 30_000, parent: Namespace = DEFAULT_NAMESPACE,
+    keep_topics: bool = False,
+) -> int:
+    """Run the demo in a fresh namespace inside `parent`, printing what happened to `out`; returns the exit
+    code. Its topics and groups are deleted at the end unless `keep_topics` (or the demo failed)."""
     from consumers.drift import Baseline
     from consumers.groups import DriftGroup, ValidatorGroup, WatchGroup
     from consumers.runner import baseline_records
@@ -396,8 +446,12 @@ def run_demo(out: TextIO, bootstrap: str | None = None, steps: int = 30_000) -> 
     bootstrap, broker = _start_broker(bootstrap, out)
     # the same settings `train` reads (security included), so the demo's own clients match its producers
     config = KafkaSettings(bootstrap_servers=bootstrap).librdkafka_config()
+    tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    namespace = demo_namespace(parent, tag)
+    out.write(f"in namespace {namespace.name}: topics {namespace.epochs_topic} and the rest, groups "
+              f"{namespace.validator_group} and the rest (the default groups are not touched)\n")
+    finished = False
     try:
-        tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         runs = demo_runs(tag, steps)
         baseline_runs = [run for run in runs if run.role == "baseline"]
         candidate = next(run for run in runs if run.role == "candidate")
@@ -405,38 +459,58 @@ def run_demo(out: TextIO, bootstrap: str | None = None, steps: int = 30_000) -> 
                   f"baseline of two seeds, a candidate with an entropy bonus ({' '.join(CANDIDATE_CHANGE)}; the "
                   f"default is 0), and a run with an injected fault ({FAULT}: rewards x1000 from step "
                   f"{int(steps * FAULT_AT):,} on)\n")
-        _train_all(bootstrap, runs, steps, out)
-        injected = _inject(config, candidate.run_id)
-        out.write(f"injected {injected} bad messages into ppo.telemetry.epochs: garbage, a truncated body, "
+        _train_all(bootstrap, namespace, runs, steps, out)
+        injected = _inject(config, namespace, candidate.run_id)
+        out.write(f"injected {injected} bad messages into {namespace.epochs_topic}: garbage, a truncated body, "
                   f"an unknown writer schema, a NaN, a re-sent record\n")
 
-        ends = _end_offsets(config)
-        records = [record.to_dict() for run in baseline_runs for record in baseline_records(config, run.run_id)]
+        ends = _end_offsets(config, namespace)
+        records = [record.to_dict() for run in baseline_runs
+                   for record in baseline_records(config, run.run_id, topic=namespace.epochs_topic)]
         baseline = Baseline.from_records(records, [run.run_id for run in baseline_runs])
         # a run's summary goes out once its records stop for a second: here, once the backlog is consumed
         drift = DriftGroup(baseline, idle_seconds=1.0)
         log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ppo-telemetry-demo-{tag}.log"
         with open(log_path, "w") as log:
-            runners = _run_groups(config, [ValidatorGroup(), drift, WatchGroup()], ends, log)
+            runners = _run_groups(config, namespace, [ValidatorGroup(), drift, WatchGroup()], ends, log)
         out.write(f"ran the three consumer groups until they had committed everything (their log: {log_path}):\n")
+        width = max(len(runner.group_id) for runner in runners) + 1
         for runner in runners:
             counts = runner.counts
-            out.write(f"  {runner.core.group:<26} {counts.consumed:>6} consumed, {counts.processed:>6} valid, "
+            out.write(f"  {runner.group_id:<{width}} {counts.consumed:>6} consumed, {counts.processed:>6} valid, "
                       f"{counts.rejected} rejected, {counts.duplicates} duplicate dropped; {counts.outputs} outputs "
                       f"in {counts.batches} transactions\n")
 
-        dead = _read(config, DLQ_TOPIC, {run.run_id.encode() for run in runs})
-        out.write(f"dead-lettered to {DLQ_TOPIC}: {len(dead)}\n")
+        dead = _read(config, namespace.dlq_topic, {run.run_id.encode() for run in runs})
+        out.write(f"dead-lettered to {namespace.dlq_topic}: {len(dead)}\n")
         for message in dead:
-            headers = {k: v.decode("utf-8", "replace") for k, v in message.headers() or []}
+            headers = {k: v.decode("utf-8", "replace") for k, v in message.headers() or [] if v is not None}
             out.write(f"  offset {headers['source.offset']:>6}  {headers['error.stage']}/{headers['error.rule']}: "
                       f"{headers['error.message'][:90]}\n")
 
-        _print_drift(config, runs, baseline.window_steps, out)
-        _print_alerts(config, runs, out)
+        _print_drift(config, namespace, runs, baseline.window_steps, out)
+        _print_alerts(config, namespace, runs, out)
+        finished = True
         out.write(f"demo finished in {time.monotonic() - started:.0f} s\n")
         return 0
     finally:
+        _leave_namespace(config, namespace, keep=keep_topics or not finished, out=out)
         if broker is not None:
             broker.stop()
             out.write("stopped the local Kafka broker\n")
+
+
+def _leave_namespace(config: dict[str, Any], namespace: Namespace, keep: bool, out: TextIO) -> None:
+    """Delete the demo's topics and groups, or say where they are kept."""
+    if keep:
+        out.write(f"kept the topics and groups of namespace {namespace.name} (see them with "
+                  f"`consume ... --namespace {namespace.name}` or any Kafka tool)\n")
+        return
+    try:
+        problems = delete_namespace(config, namespace)
+    except Exception as exc:  # confluent_kafka's KafkaException or a timeout: the demo itself went well
+        problems = [f"{type(exc).__name__}: {exc}"]
+    if problems:
+        out.write(f"could not delete all of namespace {namespace.name}: {'; '.join(problems)}\n")
+    else:
+        out.write(f"deleted the topics and groups of namespace {namespace.name}\n")
