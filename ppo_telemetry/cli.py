@@ -366,6 +366,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     settings = _kafka_settings(args.kafka, args.kafka_config) if args.kafka is not None else None
     kafka = settings.librdkafka_config() if settings is not None else None
+    if kafka is not None:
+        from ppo_telemetry.kafka_probe import check_listener
+
+        check_listener(kafka)  # a security mismatch said in seconds, before training starts (issue 9)
     publisher = PublisherProcess(
         Path(args.ndjson_dir) if args.ndjson_dir else None, args.ndjson_max_bytes, config.run_id,
         config.enable_telemetry_v1_1, kafka=kafka, kafka_partitions=args.partitions,
@@ -401,9 +405,12 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from consumers.runner import TransactionalRunner
     from ppo_telemetry.kafka_settings import scrub
 
+    from ppo_telemetry.kafka_probe import check_listener
+
     settings = _kafka_settings(args.bootstrap_servers, args.kafka_config)
     config = settings.librdkafka_config()
     namespace = _namespace(args.namespace, settings)
+    check_listener(config)  # a security mismatch said in seconds, not a transport failure after 30 (issue 9)
     if args.group == "validate":
         from consumers.groups import ValidatorGroup
 

@@ -1,0 +1,134 @@
+"""`ppo_telemetry.kafka_probe.diagnose`: librdkafka's reports of a failed connection, turned into the
+likely settings mistake. The report texts are librdkafka 2.x's own, as seen against real brokers
+(a PLAINTEXT listener, a SASL_PLAINTEXT/PLAIN one) or as written in rdkafka_broker.c."""
+
+from __future__ import annotations
+
+import pytest
+
+from ppo_telemetry.kafka_probe import BrokerReport, ListenerMismatchError, check_listener, diagnose
+from ppo_telemetry.kafka_settings import SettingsError
+
+SASL = {
+    "bootstrap.servers": "127.0.0.1:29092",
+    "security.protocol": "SASL_PLAINTEXT",
+    "sasl.mechanism": "SCRAM-SHA-512",
+    "sasl.username": "trainer",
+    "sasl.password": "hunter2-s3cret",
+}
+PLAIN = {"bootstrap.servers": "127.0.0.1:29092", "security.protocol": "PLAINTEXT"}
+TLS = {"bootstrap.servers": "127.0.0.1:29092", "security.protocol": "SSL"}
+
+
+def test_sasl_settings_against_a_plaintext_listener() -> None:
+    report = BrokerReport(
+        "_AUTHENTICATION",
+        "sasl_plaintext://127.0.0.1:29092/bootstrap: SASL SCRAM-SHA-512 mechanism handshake failed: Broker: "
+        "Request not valid in current SASL state: broker's supported mechanisms:  (after 5ms in state AUTH_HANDSHAKE)",
+    )
+
+    message = diagnose(report, SASL)
+
+    assert message is not None
+    assert "127.0.0.1:29092" in message and "not a SASL listener" in message
+    assert "security_protocol is SASL_PLAINTEXT" in message and "is security_protocol right for this listener" in message
+
+
+def test_a_mechanism_the_listener_does_not_offer() -> None:
+    report = BrokerReport(
+        "_AUTHENTICATION",
+        "sasl_plaintext://127.0.0.1:29396/bootstrap: SASL SCRAM-SHA-512 mechanism handshake failed: Broker: "
+        "Unsupported SASL mechanism: broker's supported mechanisms: PLAIN (after 2ms in state AUTH_HANDSHAKE)",
+    )
+
+    assert diagnose(report, SASL) == (
+        "the Kafka broker at 127.0.0.1:29396 offers SASL mechanisms PLAIN, not sasl_mechanism SCRAM-SHA-512: "
+        "use one of those"
+    )
+
+
+def test_wrong_credentials_name_the_user_never_the_password() -> None:
+    report = BrokerReport(
+        "_AUTHENTICATION",
+        "sasl_plaintext://127.0.0.1:29396/bootstrap: SASL authentication error: Authentication failed: Invalid "
+        "username or password (after 3ms in state AUTH_REQ)",
+    )
+
+    message = diagnose(report, SASL)
+
+    assert message is not None and "'trainer'" in message and "check the username and password" in message
+    assert "hunter2" not in message
+
+
+def test_tls_settings_against_a_plaintext_listener() -> None:
+    report = BrokerReport(
+        "_TRANSPORT",
+        "ssl://127.0.0.1:29092/bootstrap: SSL handshake failed: Disconnected: SSL connection closed by peer: "
+        "connecting to a PLAINTEXT broker listener? (after 1ms in state SSL_HANDSHAKE)",
+    )
+
+    message = diagnose(report, TLS)
+
+    assert message is not None and "TLS handshake" in message and "security_protocol is SSL" in message
+
+
+def test_plaintext_settings_against_a_tls_listener() -> None:
+    report = BrokerReport(
+        "_TRANSPORT",
+        "127.0.0.1:29092/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect "
+        "security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10 "
+        "(see api.version.request) (after 1ms in state APIVERSION_QUERY)",
+    )
+
+    message = diagnose(report, PLAIN)
+
+    assert message is not None and "(SSL or SASL_SSL)" in message and "security_protocol is PLAINTEXT" in message
+
+
+def test_plaintext_settings_against_a_sasl_listener_in_older_words() -> None:
+    report = BrokerReport(
+        "_TRANSPORT",
+        "127.0.0.1:29092/bootstrap: Disconnected: verify that security.protocol is correctly configured, broker "
+        "might require SASL authentication (after 1ms in state UP)",
+    )
+
+    message = diagnose(report, PLAIN)
+
+    assert message is not None and "(SASL_PLAINTEXT or SASL_SSL)" in message
+
+
+def test_an_untrusted_certificate_points_at_the_ca() -> None:
+    report = BrokerReport(
+        "_SSL",
+        "ssl://broker:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: "
+        "broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA "
+        "certificates are installed (after 12ms in state SSL_HANDSHAKE)",
+    )
+
+    message = diagnose(report, TLS)
+
+    assert message is not None and "ssl_ca_location" in message and "broker:9093" in message
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        BrokerReport("_TRANSPORT", "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused "
+                                   "(after 0ms in state CONNECT)"),
+        BrokerReport("_RESOLVE", "nohost:9092/bootstrap: Failed to resolve 'nohost:9092': Name or service not known "
+                                 "(after 5ms in state CONNECT)"),
+        BrokerReport("_ALL_BROKERS_DOWN", "1/1 brokers are down"),
+        BrokerReport("_TRANSPORT", "127.0.0.1:9092/1: Disconnected (after 65000ms in state UP)"),
+    ],
+)
+def test_a_broker_that_is_merely_down_is_not_diagnosed(report: BrokerReport) -> None:
+    assert diagnose(report, SASL) is None and diagnose(report, PLAIN) is None
+
+
+def test_a_mismatch_is_a_settings_error_so_exit_2() -> None:
+    assert issubclass(ListenerMismatchError, SettingsError)
+
+
+def test_checking_an_address_where_nothing_listens_returns_at_once() -> None:
+    # nothing to diagnose: the command goes on and reports an unreachable broker as before
+    check_listener({"bootstrap.servers": "127.0.0.1:1"}, timeout=60.0)
