@@ -60,54 +60,38 @@ def test_wrong_credentials_name_the_user_never_the_password() -> None:
     assert "hunter2" not in message
 
 
-def test_tls_settings_against_a_plaintext_listener() -> None:
-    report = BrokerReport(
-        "_TRANSPORT",
-        "ssl://127.0.0.1:29092/bootstrap: SSL handshake failed: Disconnected: SSL connection closed by peer: "
-        "connecting to a PLAINTEXT broker listener? (after 1ms in state SSL_HANDSHAKE)",
-    )
+@pytest.mark.parametrize(
+    ("config", "code", "text", "expected"),
+    [
+        (TLS, "_TRANSPORT",
+         "ssl://127.0.0.1:29092/bootstrap: SSL handshake failed: Disconnected: SSL connection closed by peer: "
+         "connecting to a PLAINTEXT broker listener? (after 1ms in state SSL_HANDSHAKE)",
+         ["during the TLS handshake", "security_protocol is SSL", "(PLAINTEXT or SASL_PLAINTEXT)"]),
+        (PLAIN, "_TRANSPORT",
+         "127.0.0.1:29092/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect "
+         "security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10 "
+         "(see api.version.request) (after 1ms in state APIVERSION_QUERY)",
+         ["as a TLS listener does", "security_protocol is PLAINTEXT", "(SSL or SASL_SSL)"]),
+        (PLAIN, "_TRANSPORT",
+         "127.0.0.1:29092/bootstrap: Disconnected: verify that security.protocol is correctly configured, broker "
+         "might require SASL authentication (after 1ms in state UP)",
+         ["as a SASL listener does", "(SASL_PLAINTEXT or SASL_SSL)"]),
+        (TLS, "_SSL",
+         "ssl://broker:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: "
+         "broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA "
+         "certificates are installed (after 12ms in state SSL_HANDSHAKE)",
+         ["the Kafka broker at broker:9093", "check ssl_ca_location"]),
+    ],
+    ids=["tls-against-plaintext", "plaintext-against-tls", "plaintext-against-sasl", "untrusted-certificate"],
+)
+def test_a_listener_mismatch_is_named_with_the_setting_to_check(
+    config: dict[str, str], code: str, text: str, expected: list[str]
+) -> None:
+    message = diagnose(BrokerReport(code, text), config)
 
-    message = diagnose(report, TLS)
-
-    assert message is not None and "TLS handshake" in message and "security_protocol is SSL" in message
-
-
-def test_plaintext_settings_against_a_tls_listener() -> None:
-    report = BrokerReport(
-        "_TRANSPORT",
-        "127.0.0.1:29092/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect "
-        "security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10 "
-        "(see api.version.request) (after 1ms in state APIVERSION_QUERY)",
-    )
-
-    message = diagnose(report, PLAIN)
-
-    assert message is not None and "(SSL or SASL_SSL)" in message and "security_protocol is PLAINTEXT" in message
-
-
-def test_plaintext_settings_against_a_sasl_listener_in_older_words() -> None:
-    report = BrokerReport(
-        "_TRANSPORT",
-        "127.0.0.1:29092/bootstrap: Disconnected: verify that security.protocol is correctly configured, broker "
-        "might require SASL authentication (after 1ms in state UP)",
-    )
-
-    message = diagnose(report, PLAIN)
-
-    assert message is not None and "(SASL_PLAINTEXT or SASL_SSL)" in message
-
-
-def test_an_untrusted_certificate_points_at_the_ca() -> None:
-    report = BrokerReport(
-        "_SSL",
-        "ssl://broker:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: "
-        "broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA "
-        "certificates are installed (after 12ms in state SSL_HANDSHAKE)",
-    )
-
-    message = diagnose(report, TLS)
-
-    assert message is not None and "ssl_ca_location" in message and "broker:9093" in message
+    assert message is not None and message.startswith("the Kafka broker at ")
+    for fragment in expected:
+        assert fragment in message
 
 
 @pytest.mark.parametrize(
