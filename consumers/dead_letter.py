@@ -13,6 +13,9 @@ Pure: no Kafka client types. The runner's Kafka message becomes a `SourceMessage
   is cut. A cut part gets `source.<part>.length` (its original length in bytes), `source.<part>.sha256`
   (hex digest of the original) and `source.<part>.truncated` (`true`); dropped headers are counted in
   `source.headers.dropped`. Those headers appear only when something was cut.
+- **Headers the client cannot read.** confluent-kafka cannot read a header name that is not UTF-8 (it
+  raises `SystemError`); such a message's headers are all dropped and `source.headers.unreadable` is
+  `true`, so a header cannot stop the group either.
 - **Sizes as librdkafka and the broker measure them.** `record_size` is librdkafka's own bound on a
   record (`36` bytes of worst-case varints + key + value + headers as serialised), the measure its
   `produce()` checks against the producer's `message.max.bytes`. The broker checks a whole record batch
@@ -84,6 +87,7 @@ class SourceMessage:
     key: bytes | None
     value: bytes | None
     headers: Sequence[Header] = ()
+    headers_unreadable: bool = False  # the client could not read them: dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +170,7 @@ def _cut_text(text: str, limit: int) -> bytes:
 
 
 def _own_headers(source: SourceMessage, rejection: Rejection) -> list[Header]:
-    return [
+    own: list[Header] = [
         ("error.stage", rejection.stage.encode()),
         ("error.rule", rejection.rule.encode()),
         ("error.message", _cut_text(rejection.message, ERROR_MESSAGE_MAX_BYTES)),
@@ -174,6 +178,7 @@ def _own_headers(source: SourceMessage, rejection: Rejection) -> list[Header]:
         ("source.partition", str(source.partition).encode()),
         ("source.offset", str(source.offset).encode()),
     ]
+    return own + [("source.headers.unreadable", b"true")] if source.headers_unreadable else own
 
 
 def _sender_headers(headers: Sequence[Header]) -> list[Header]:

@@ -42,8 +42,12 @@ __all__ = ["ValidatorGroup", "DriftGroup", "WatchGroup"]
 
 def _source_message(message: Any) -> SourceMessage:
     """The pure view of a consumed Kafka message."""
+    try:
+        headers, unreadable = tuple(message.headers() or ()), False
+    except SystemError:  # a header name that is not UTF-8: confluent-kafka cannot make it a str
+        headers, unreadable = (), True
     return SourceMessage(
-        message.topic(), message.partition(), message.offset(), message.key(), message.value(), message.headers() or ()
+        message.topic(), message.partition(), message.offset(), message.key(), message.value(), headers, unreadable
     )
 
 

@@ -32,6 +32,7 @@ from consumers.groups import ValidatorGroup
 from consumers.runner import TransactionalRunner
 from kafka_io import ensure_topics, max_message_bytes, partition_count
 from kafka_testing import read_topic, wait_for
+from raw_headers import produce_with_raw_header
 from ppo_telemetry.demo import synthetic_run
 
 pytestmark = pytest.mark.integration
@@ -284,11 +285,12 @@ def test_soak_fuzzed_poison(kafka_config, seed):
     print(f"seed {seed}: {runner.counts}")
 
 
-def test_a_1_040_000_byte_value_and_the_largest_the_topic_takes_leave_consume_validate_running(
-    kafka_config, consumers, unique_run_id
+def test_a_1_040_000_byte_value_the_largest_the_topic_takes_and_an_unreadable_header_leave_consume_validate_running(
+    kafka_bootstrap, kafka_config, consumers, unique_run_id
 ):
     """The issue's repro through `ppo-telemetry consume validate`: it dead-letters both (the second cut to
-    fit) with a forged header kept apart, goes on to a valid record, and exits 0 on SIGTERM."""
+    fit) with a forged header kept apart, and a message whose header name is not UTF-8 (which the client
+    cannot read), goes on to a valid record, and exits 0 on SIGTERM."""
     ensure_topics(kafka_config, {EPOCHS_TOPIC: (3, {})})
     limit = max_message_bytes(kafka_config, [EPOCHS_TOPIC])[EPOCHS_TOPIC]
     run_id = unique_run_id()
@@ -300,6 +302,8 @@ def test_a_1_040_000_byte_value_and_the_largest_the_topic_takes_leave_consume_va
         producer.produce(EPOCHS_TOPIC, key=key, value=value, headers=FORGED)
     producer.produce(EPOCHS_TOPIC, key=key, value=epoch_summary_codec().encode(synthetic_run(run_id, 1, 3, False)[0]))
     assert producer.flush(60) == 0
+    raw_key = key + b"-raw"
+    produce_with_raw_header(kafka_bootstrap, EPOCHS_TOPIC, raw_key, b"\x00garbage", b"name\xff\xfe", b"v")
     validator = consumers("validate")
     letters = wait_for(lambda: (found := read_topic(kafka_config, DLQ_TOPIC, {key})) and len(found) >= 2 and found,
                        120, "two dead letters")
@@ -312,5 +316,9 @@ def test_a_1_040_000_byte_value_and_the_largest_the_topic_takes_leave_consume_va
         headers = dict(letter.headers())
         assert headers["error.rule"] == b"wrong_header" and headers["original.error.rule"] == b"forged"
         assert headers["source.offset"] != b"-1" and headers["original.source.offset"] == b"-1"
+    unreadable = wait_for(lambda: read_topic(kafka_config, DLQ_TOPIC, {raw_key}), 60, "the unreadable header's dead letter")
+    assert unreadable[0].value() == b"\x00garbage"
+    assert dict(unreadable[0].headers())["source.headers.unreadable"] == b"true"
+    assert validator.process.poll() is None, validator.log()
     assert validator.terminate() == 0, validator.log()
     assert "fatal" not in validator.log() and "stopped after" in validator.log()

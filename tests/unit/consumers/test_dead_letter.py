@@ -58,6 +58,13 @@ def test_forged_error_and_source_headers_are_kept_under_original_and_ours_are_th
     assert headers["telemetry_version"] == b"1.1"
 
 
+def test_headers_the_client_could_not_read_are_flagged_among_ours():
+    unreadable = SourceMessage("ppo.telemetry.epochs", 0, 7, b"k", b"\x00", (), headers_unreadable=True)
+    letter = dead_letter(unreadable, REJECTION, 10_000)
+    assert names(letter) == [*OWN, "source.headers.unreadable"]
+    assert dict(letter.headers)["source.headers.unreadable"] == b"true"
+
+
 def test_a_message_exactly_at_the_limit_goes_whole_and_one_byte_more_is_cut():
     whole = dead_letter(source(value=b"\x01" * 5000), REJECTION, 1_000_000)
     limit = whole.size
