@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["read_topic", "wait_for"]
+__all__ = ["committed_offsets", "default_group_offsets", "end_offsets", "read_topic", "wait_for"]
 
 
 def read_topic(config: dict[str, Any], topic: str, keys: set[bytes] | None = None, timeout: float = 60.0) -> list[Any]:
@@ -33,3 +33,47 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def committed_offsets(config: dict[str, Any], group: str, topic: str) -> dict[int, int]:
+    """`group`'s committed offset per partition of `topic` (negative: none), read without joining the group."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    from kafka_io import partition_count
+
+    settling = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+    consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
+    partitions = [TopicPartition(topic, p) for p in range(partition_count(config, topic) or 0)]
+
+    def fetch() -> dict[int, int] | None:
+        try:
+            return {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
+        except KafkaException as exc:  # a fresh broker may still be electing the group's coordinator
+            if not (exc.args[0].retriable() or exc.args[0].code() in settling):
+                raise
+            return None
+
+    try:
+        return wait_for(lambda: fetch() if partitions else {-1: -1}, 60, f"the committed offsets of {group}")
+    finally:
+        consumer.close()
+
+
+def end_offsets(config: dict[str, Any], topic: str) -> dict[int, int]:
+    """The end offset of each partition of `topic` (the offset its next message gets)."""
+    from confluent_kafka import Consumer, TopicPartition
+    from kafka_io import partition_count
+
+    # a Consumer needs a group id; this one never joins or commits
+    consumer = Consumer({**config, "group.id": "ppo-telemetry-test-probe"})
+    try:
+        count = partition_count(config, topic) or 0
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(count)}
+    finally:
+        consumer.close()
+
+
+def default_group_offsets(config: dict[str, Any]) -> dict[str, dict[int, int]]:
+    """The committed offsets of each SPEC §4 group (the default namespace's) on the default epochs topic."""
+    from avro_schemas.topics import DEFAULT_NAMESPACE
+
+    return {group: committed_offsets(config, group, DEFAULT_NAMESPACE.epochs_topic) for group in DEFAULT_NAMESPACE.groups}
