@@ -87,7 +87,7 @@ def schema_from_json(schema: Any, family: str = "", version: str = "", path: Pat
     if isinstance(schema, (str, bytes)):
         try:
             schema = json.loads(schema)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
             raise SchemaLoadError(f"schema {path or family or '<text>'} is not JSON: {exc}") from exc
     try:
         parsed = parse_schema(schema)

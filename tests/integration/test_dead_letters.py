@@ -24,7 +24,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
 from avro_schemas.codec import MAGIC, epoch_summary_codec
-from avro_schemas.topics import DLQ_TOPIC, EPOCHS_TOPIC, VERSION_HEADER
+from avro_schemas.topics import DLQ_TOPIC, EPOCHS_TOPIC, SCHEMAS_TOPIC, VERSION_HEADER
 from consumers.dead_letter import (
     DLQ_MAX_MESSAGE_BYTES, RECORD_BATCH_OVERHEAD, Rejection, SourceMessage, dead_letter, record_limit, record_size,
 )
@@ -289,8 +289,9 @@ def test_a_1_040_000_byte_value_the_largest_the_topic_takes_and_an_unreadable_he
     kafka_bootstrap, kafka_config, consumers, unique_run_id
 ):
     """The issue's repro through `ppo-telemetry consume validate`: it dead-letters both (the second cut to
-    fit) with a forged header kept apart, and a message whose header name is not UTF-8 (which the client
-    cannot read), goes on to a valid record, and exits 0 on SIGTERM."""
+    fit) with a forged header kept apart, a message whose header name is not UTF-8 (which the client
+    cannot read) and one whose unknown writer schema sends it to a schema topic holding JSON nested past
+    the parser's recursion limit; goes on to a valid record, and exits 0 on SIGTERM."""
     ensure_topics(kafka_config, {EPOCHS_TOPIC: (3, {})})
     limit = max_message_bytes(kafka_config, [EPOCHS_TOPIC])[EPOCHS_TOPIC]
     run_id = unique_run_id()
@@ -304,6 +305,10 @@ def test_a_1_040_000_byte_value_the_largest_the_topic_takes_and_an_unreadable_he
     assert producer.flush(60) == 0
     raw_key = key + b"-raw"
     produce_with_raw_header(kafka_bootstrap, EPOCHS_TOPIC, raw_key, b"\x00garbage", b"name\xff\xfe", b"v")
+    schema_key = key + b"-schema"
+    producer.produce(SCHEMAS_TOPIC, key=schema_key, value=b"[" * 100_000 + b"]" * 100_000)
+    producer.produce(EPOCHS_TOPIC, key=schema_key, value=MAGIC + b"\x07" * 8 + b"\x00")
+    assert producer.flush(60) == 0
     validator = consumers("validate")
     letters = wait_for(lambda: (found := read_topic(kafka_config, DLQ_TOPIC, {key})) and len(found) >= 2 and found,
                        120, "two dead letters")
@@ -319,6 +324,8 @@ def test_a_1_040_000_byte_value_the_largest_the_topic_takes_and_an_unreadable_he
     unreadable = wait_for(lambda: read_topic(kafka_config, DLQ_TOPIC, {raw_key}), 60, "the unreadable header's dead letter")
     assert unreadable[0].value() == b"\x00garbage"
     assert dict(unreadable[0].headers())["source.headers.unreadable"] == b"true"
+    unknown = wait_for(lambda: read_topic(kafka_config, DLQ_TOPIC, {schema_key}), 60, "the unknown schema's dead letter")
+    assert dict(unknown[0].headers())["error.rule"] == b"unknown_schema"
     assert validator.process.poll() is None, validator.log()
     assert validator.terminate() == 0, validator.log()
     assert "fatal" not in validator.log() and "stopped after" in validator.log()

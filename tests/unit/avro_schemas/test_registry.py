@@ -138,6 +138,7 @@ def test_register_adds_a_new_writer_schema(versions):
         '"nope"',
         '{"type": "no_such_type"}',
         '{"type": "enum", "name": "E", "symbols": ["a", "a"]}',
+        "[" * 100_000 + "]" * 100_000,  # nested past the recursion limit (a poison on the schema topic)
     ],
 )
 def test_register_rejects_text_that_is_not_a_valid_avro_schema(text):
