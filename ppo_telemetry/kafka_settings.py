@@ -309,6 +309,9 @@ class KafkaSettings(pydantic_settings.BaseSettings):
             # Raised by a source that cannot parse its input, e.g. `extra` from the environment that is
             # not a JSON object; its message names the field and source, not the value.
             raise SettingsError(f"invalid Kafka settings: {exc}") from exc
+        except RecursionError:
+            # json.loads of an environment value nested thousands deep; pydantic-settings lets it through
+            raise SettingsError("invalid Kafka settings: a value from the environment is nested too deeply") from None
 
     @classmethod
     def settings_customise_sources(

@@ -307,3 +307,23 @@ def test_watch_with_a_malformed_rules_file_is_one_line_and_exit_2(settings_file,
 
 def test_every_settings_error_is_a_telemetry_error() -> None:
     assert issubclass(RulesError, TelemetryError) and issubclass(SettingsError, TelemetryError)
+
+
+ENV_FIELDS = ["EXTRA", "BOOTSTRAP_SERVERS", "SECURITY_PROTOCOL", "SASL_MECHANISM", "SASL_PASSWORD", "CLIENT_ID"]
+env_texts = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=60) | (
+    st.integers(1, 5000).map(lambda depth: "[" * depth + "]" * depth)
+) | st.sampled_from(['{"linger.ms": 1e999}', '{"plugin.library.paths": "x"}', '{"a": ' + "9" * 5000 + "}", "{}", "null"])
+
+
+@FUZZ
+@given(values=st.dictionaries(st.sampled_from(ENV_FIELDS), env_texts, max_size=3))
+def test_environment_values_of_any_content_never_crash_the_settings(values: dict[str, str]) -> None:
+    names = {f"PPO_TELEMETRY_KAFKA_{field}": value for field, value in values.items()}
+    os.environ.update(names)
+    try:
+        KafkaSettings()
+    except SettingsError as exc:
+        assert "\n" not in str(exc)
+    finally:
+        for name in names:
+            del os.environ[name]
