@@ -1,8 +1,8 @@
 """Are the signals worth waking up for? Alerts and drift judged on real PPO runs (SPEC §8, issue 8).
 
 The runs (trained once, cached in `--runs-dir`, 100,000 environment steps each):
-- **healthy**: CartPole-v1, Acrobot-v1, Conflict-v0, Pendulum-v1 × seeds 0-4;
-- **fault**: every fault of SPEC §8 × the same four environments × seeds 2 and 4, injected with
+- **healthy**: CartPole-v1, Acrobot-v1, Conflict-v0, Pendulum-v1 × seeds 0-8;
+- **fault**: every fault of SPEC §8 × the same four environments × seeds 2, 4, 5 and 7, injected with
   `ppo-telemetry train --fault NAME@40000` (40 % of the run); the run's `faults.json` names the first
   cycle the fault changed.
 
@@ -12,15 +12,25 @@ What is measured, per environment and per fault:
   in a record whose `cycle_id` is within `DETECTION_CYCLES` after the first affected cycle — with which
   rule and the delay in cycles;
 - **drift** (`consumers.drift`, default settings): false flags between healthy seeds (a baseline of two
-  seeds, a third compared: every such triple of the five seeds), and flags of fault runs against the
+  seeds, a third compared: every such triple of the healthy seeds), and flags of fault runs against the
   healthy baseline of seeds 0 and 1 (a field that differs from the window of the fault's onset on).
 
-The defaults were chosen on seeds 0-2 only (healthy seeds 0-2, fault seed 2, drift triples within 0-2);
-the figures are reported for those and, apart, for the held-out seeds 3-4 (every run or triple that
-involves seed 3 or 4), so they are not fitted. Targets (issue 8), on all runs: zero firings on the healthy
-runs; ≥ 90 % of fault runs detected, every fault kind in at least 3 of the 4 environments (a kind counts in
-an environment when all its runs there are detected); ≤ 5 % of seed-vs-seed comparisons flag any field;
-≥ 90 % of fault runs flagged by drift. Exits 1 when a target is missed.
+The seeds fall in four groups, reported apart so the figures are not fitted:
+- **tuning**, seeds 0-2 (healthy seeds 0-2, fault seed 2, drift triples within 0-2): the defaults were
+  chosen on these;
+- **held-out**, seeds 3-4 (every run or triple that involves seed 3 or 4): the issue's held-out seeds.
+  They were looked at once while the rules were designed (docs/signals.md says where), so they are no
+  longer blind;
+- **added**, seeds 5-6 (healthy seeds 5-6, fault seed 5, every triple that involves 5 or 6): added when
+  the defaults were first frozen; their first evaluation showed `entropy_collapse` firing on one healthy
+  run, which led to one change (docs/signals.md), so they are not blind either;
+- **fresh**, seeds 7-8 (healthy seeds 7-8, fault seed 7, every triple that involves 7 or 8): trained after
+  that change and evaluated once, never used to choose anything.
+Targets (issue 8): zero firings on the healthy runs; ≥ 90 % of fault runs detected, every fault kind in at
+least 3 of the 4 environments (a kind counts in an environment when all its runs there are detected);
+≤ 5 % of seed-vs-seed comparisons flag any field; ≥ 90 % of fault runs flagged by drift. They are checked
+on the issue's runs (seeds 0-4, fault seeds 2 and 4) and, apart, on the added seeds 5-8. Exits 1 when a
+target is missed in either.
 
     .venv/bin/python bench/signal_quality.py [--runs-dir .signal-runs] [--jobs 2] [--envs ...]
         [--rules rules.toml] [--drift threshold=3.5 --drift consecutive=4 ...] [--margins]
@@ -60,9 +70,19 @@ FAULTS = (
     "lr_spike", "clip_off", "negative_entropy_bonus", "reward_scale",
     "advantage_sign", "value_reset", "reward_noise", "grad_clip_off",
 )
-HEALTHY_SEEDS = (0, 1, 2, 3, 4)
-FAULT_SEEDS = (2, 4)
-TUNING_SEEDS = frozenset({0, 1, 2})
+HEALTHY_SEEDS = (0, 1, 2, 3, 4, 5, 6, 7, 8)
+FAULT_SEEDS = (2, 4, 5, 7)
+GROUPS = ("tuning", "held-out", "added", "fresh")  # in order: a run or comparison belongs to the latest group of its seeds
+GROUP_SEEDS = {
+    "tuning": frozenset({0, 1, 2}), "held-out": frozenset({3, 4}), "added": frozenset({5, 6}), "fresh": frozenset({7, 8}),
+}
+GROUP_LABELS = {
+    "tuning": "seeds 0-2 (defaults chosen here)",
+    "held-out": "held-out seeds 3-4",
+    "added": "added seeds 5-6 (seen once)",
+    "fresh": "fresh seeds 7-8 (never used to choose a default)",
+}
+TARGET_SETS = {"issue runs (seeds 0-4)": ("tuning", "held-out"), "added seeds 5-8": ("added", "fresh")}
 DRIFT_BASELINE_SEEDS = (0, 1)
 TOTAL_STEPS = 100_000
 FAULT_STEP = 40_000
@@ -88,13 +108,19 @@ class RunSpec:
         return f"{self.env_id}.{self.fault or 'healthy'}.s{self.seed}"
 
     @property
-    def held_out(self) -> bool:
-        return self.seed not in TUNING_SEEDS
+    def group(self) -> str:
+        return group_of((self.seed,))
 
     def directory(self, runs_dir: Path) -> Path:
         if self.fault is None:
             return runs_dir / "healthy" / self.env_id / f"seed{self.seed}"
         return runs_dir / "fault" / self.env_id / self.fault / f"seed{self.seed}"
+
+
+def group_of(seeds: Iterable[int]) -> str:
+    """The latest group (GROUPS order) any of `seeds` belongs to."""
+    seeds = set(seeds)
+    return [group for group in GROUPS if seeds & GROUP_SEEDS[group]][-1]
 
 
 def all_specs(envs: Iterable[str]) -> list[RunSpec]:
@@ -261,8 +287,8 @@ class SeedComparison:
     flagged: tuple[str, ...]
 
     @property
-    def held_out(self) -> bool:
-        return not {*self.baseline_seeds, self.seed} <= TUNING_SEEDS
+    def group(self) -> str:
+        return group_of((*self.baseline_seeds, self.seed))
 
 
 def seed_comparisons(
@@ -293,30 +319,31 @@ class Report:
     one_seed_flags: list[SeedComparison] = field(default_factory=list)  # a baseline of one run: not a target
     fault_drift: dict[RunSpec, dict[str, int]] = field(default_factory=dict)  # fault run -> field -> first_step
 
-    def healthy(self, held_out: bool | None = None) -> list[AlertOutcome]:
-        return [o for o in self.alerts if o.spec.fault is None and held_out in (None, o.spec.held_out)]
+    def healthy(self, groups: Iterable[str] = GROUPS) -> list[AlertOutcome]:
+        return [o for o in self.alerts if o.spec.fault is None and o.spec.group in groups]
 
-    def faulty(self, held_out: bool | None = None) -> list[AlertOutcome]:
-        return [o for o in self.alerts if o.spec.fault is not None and held_out in (None, o.spec.held_out)]
+    def faulty(self, groups: Iterable[str] = GROUPS) -> list[AlertOutcome]:
+        return [o for o in self.alerts if o.spec.fault is not None and o.spec.group in groups]
 
     def lines(self) -> list[str]:
         out = []
-        for label, held_out in (("seeds 0-2 (defaults chosen here)", False), ("held-out seeds 3-4", True)):
-            out += [f"## {label}", ""]
-            out += self._alert_lines(held_out) + [""] + self._drift_lines(held_out) + [""]
-        out += ["## all runs: per fault", ""] + self._fault_lines() + [""]
+        for group in GROUPS:
+            out += [f"## {GROUP_LABELS[group]}", ""]
+            out += self._alert_lines((group,)) + [""] + self._drift_lines((group,)) + [""]
+        for label, groups in TARGET_SETS.items():
+            out += [f"## {label}: per fault", ""] + self._fault_lines(groups) + [""]
         flagged = [c for c in self.one_seed_flags if c.flagged]
         fields = Counter(name for c in flagged for name in c.flagged)
         out += [f"With a baseline of one healthy run (no target; two or more are recommended), seed-vs-seed "
                 f"comparisons flagging a field: {share(len(flagged), len(self.one_seed_flags))} ({_counts(fields)})", ""]
         return out
 
-    def _alert_lines(self, held_out: bool) -> list[str]:
+    def _alert_lines(self, groups: tuple[str, ...]) -> list[str]:
         out = ["| environment | healthy runs | firings on healthy runs | false alarms before a fault | fault runs detected |",
                "|---|---|---|---|---|"]
         for env in ENVS:
-            healthy = [o for o in self.healthy(held_out) if o.spec.env_id == env]
-            faulty = [o for o in self.faulty(held_out) if o.spec.env_id == env]
+            healthy = [o for o in self.healthy(groups) if o.spec.env_id == env]
+            faulty = [o for o in self.faulty(groups) if o.spec.env_id == env]
             if not healthy and not faulty:
                 continue
             firings = sum((o.firings for o in healthy), Counter())
@@ -328,21 +355,22 @@ class Report:
         return out
 
     def margin_lines(self) -> list[str]:
-        """Per rule, the closest approach to firing on the healthy runs (1.0 fires), tuning and held-out."""
-        out = ["| rule | closest on healthy seeds 0-2 | closest on held-out seeds 3-4 |", "|---|---|---|"]
+        """Per rule, the closest approach to firing on the healthy runs (1.0 fires), per group of seeds."""
+        out = ["| rule | " + " | ".join(f"closest on {GROUP_LABELS[g].split(' (')[0]}" for g in GROUPS) + " |",
+               "|---|" + "---|" * len(GROUPS)]
         for rule in sorted(ABOVE_REFERENCE | BELOW_REFERENCE):
             cells = []
-            for held_out in (False, True):
-                runs = [(o.closest[rule], o.spec.run_id) for o in self.healthy(held_out) if rule in o.closest]
+            for group in GROUPS:
+                runs = [(o.closest[rule], o.spec.run_id) for o in self.healthy((group,)) if rule in o.closest]
                 cells.append(f"{max(runs)[0]:.3f} ({max(runs)[1]})" if runs else "-")
-            out.append(f"| {rule} | {cells[0]} | {cells[1]} |")
+            out.append(f"| {rule} | " + " | ".join(cells) + " |")
         return out
 
-    def _drift_lines(self, held_out: bool) -> list[str]:
+    def _drift_lines(self, groups: tuple[str, ...]) -> list[str]:
         out = ["| environment | seed-vs-seed comparisons flagging a field | fault runs flagged by drift |", "|---|---|---|"]
         for env in ENVS:
-            comparisons = [c for c in self.seed_flags if c.env_id == env and c.held_out == held_out]
-            faulty = [s for s in self.fault_drift if s.env_id == env and s.held_out == held_out]
+            comparisons = [c for c in self.seed_flags if c.env_id == env and c.group in groups]
+            faulty = [s for s in self.fault_drift if s.env_id == env and s.group in groups]
             if not comparisons and not faulty:
                 continue
             flagged = [c for c in comparisons if c.flagged]
@@ -352,48 +380,50 @@ class Report:
             out.append(f"| {env} | {share(len(flagged), len(comparisons))}{detail} | {share(caught, len(faulty))} |")
         return out
 
-    def _fault_lines(self) -> list[str]:
+    def _fault_lines(self, groups: tuple[str, ...]) -> list[str]:
         out = ["| fault | detected | environments (all runs detected) | rules (delay in cycles) | drift flagged | drift fields |",
                "|---|---|---|---|---|---|"]
         for fault in FAULTS:
-            runs = [o for o in self.faulty() if o.spec.fault == fault]
+            runs = [o for o in self.faulty(groups) if o.spec.fault == fault]
             if not runs:
                 continue
             detected = [o for o in runs if o.detected_by is not None]
             rules = Counter(f"{o.detected_by} ({o.delay_cycles})" for o in detected)
-            drifted = {s: f for s, f in self.fault_drift.items() if s.fault == fault}
+            drifted = {s: f for s, f in self.fault_drift.items() if s.fault == fault and s.group in groups}
             fields = Counter(name for f in drifted.values() for name in f)
             out.append(
-                f"| {fault} | {share(len(detected), len(runs))} | {', '.join(self.envs_catching(fault)) or '-'} | "
+                f"| {fault} | {share(len(detected), len(runs))} | {', '.join(self.envs_catching(fault, groups)) or '-'} | "
                 f"{_counts(rules)} | {share(sum(map(bool, drifted.values())), len(drifted))} | {_counts(fields, 4)} |"
             )
         return out
 
-    def envs_catching(self, fault: str) -> list[str]:
+    def envs_catching(self, fault: str, groups: tuple[str, ...]) -> list[str]:
         by_env = defaultdict(list)
-        for o in self.faulty():
+        for o in self.faulty(groups):
             if o.spec.fault == fault:
                 by_env[o.spec.env_id].append(o.detected_by is not None)
         return [env for env in ENVS if by_env.get(env) and all(by_env[env])]
 
-    def targets(self) -> list[tuple[str, bool]]:
-        """(description with the figure, met) for each target of issue 8, on all runs."""
-        healthy_firings = sum(sum(o.firings.values()) for o in self.healthy())
-        faulty = self.faulty()
+    def targets(self, groups: tuple[str, ...]) -> list[tuple[str, bool]]:
+        """(description with the figure, met) for each target of issue 8, on the runs of `groups`."""
+        healthy_firings = sum(sum(o.firings.values()) for o in self.healthy(groups))
+        faulty = self.faulty(groups)
         detected = sum(o.detected_by is not None for o in faulty)
-        weak = [f for f in FAULTS if len(self.envs_catching(f)) < TARGET_ENVS_PER_FAULT]
-        flagged = sum(bool(c.flagged) for c in self.seed_flags)
-        drifted = sum(map(bool, self.fault_drift.values()))
+        weak = [f for f in FAULTS if len(self.envs_catching(f, groups)) < TARGET_ENVS_PER_FAULT]
+        comparisons = [c for c in self.seed_flags if c.group in groups]
+        flagged = sum(bool(c.flagged) for c in comparisons)
+        drift = {s: f for s, f in self.fault_drift.items() if s.group in groups}
+        drifted = sum(map(bool, drift.values()))
         return [
             (f"firings on healthy runs: {healthy_firings} (target {TARGET_HEALTHY_FIRINGS})",
              healthy_firings <= TARGET_HEALTHY_FIRINGS),
             (f"fault runs detected: {share(detected, len(faulty))} (target >= {TARGET_DETECTED:.0%})",
              bool(faulty) and detected >= TARGET_DETECTED * len(faulty)),
             (f"fault kinds caught in < {TARGET_ENVS_PER_FAULT} environments: {', '.join(weak) or 'none'}", not weak),
-            (f"seed-vs-seed comparisons flagging a field: {share(flagged, len(self.seed_flags))} "
-             f"(target <= {TARGET_SEED_FLAGS:.0%})", flagged <= TARGET_SEED_FLAGS * len(self.seed_flags)),
-            (f"fault runs flagged by drift: {share(drifted, len(self.fault_drift))} (target >= {TARGET_DRIFT_FLAGGED:.0%})",
-             bool(self.fault_drift) and drifted >= TARGET_DRIFT_FLAGGED * len(self.fault_drift)),
+            (f"seed-vs-seed comparisons flagging a field: {share(flagged, len(comparisons))} "
+             f"(target <= {TARGET_SEED_FLAGS:.0%})", flagged <= TARGET_SEED_FLAGS * len(comparisons)),
+            (f"fault runs flagged by drift: {share(drifted, len(drift))} (target >= {TARGET_DRIFT_FLAGGED:.0%})",
+             bool(drift) and drifted >= TARGET_DRIFT_FLAGGED * len(drift)),
         ]
 
 
@@ -472,9 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(["## closest approach to firing on healthy runs (1.0 fires)", "", *report.margin_lines(), ""]))
     print(f"(evaluated {len(specs)} runs in {time.perf_counter() - started:.1f} s)")
     missed = 0
-    for text, met in report.targets():
-        print(f"{'met    ' if met else 'NOT met'}  {text}")
-        missed += not met
+    for label, groups in TARGET_SETS.items():
+        print(f"{label}:")
+        for text, met in report.targets(groups):
+            print(f"  {'met    ' if met else 'NOT met'}  {text}")
+            missed += not met
     return 1 if missed else 0
 
 
