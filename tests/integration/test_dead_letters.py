@@ -24,7 +24,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
 from avro_schemas.codec import MAGIC, epoch_summary_codec
-from avro_schemas.topics import DLQ_TOPIC, EPOCHS_TOPIC, SCHEMAS_TOPIC, VERSION_HEADER
+from avro_schemas.topics import VERSION_HEADER, Namespace, state_topic
 from consumers.dead_letter import (
     DLQ_MAX_MESSAGE_BYTES, RECORD_BATCH_OVERHEAD, Rejection, SourceMessage, dead_letter, record_limit, record_size,
 )
@@ -141,9 +141,8 @@ def dlq_value_room(key: bytes, topic: str) -> int:
     return record_limit(DLQ_MAX_MESSAGE_BYTES) - letter.size
 
 
-def send(config: dict[str, Any], fuzz: Fuzz, input_limit: int) -> None:
-    """Produce the stream in order, each message through its producer; note where each one landed."""
-    made = producers(config, input_limit)
+def send(made: dict[str, Producer], topic: str, messages: list[Sent]) -> None:
+    """Produce `messages` in order, each through its producer; note where each one landed."""
     failures = []
 
     def delivered(sent: Sent):
@@ -154,33 +153,51 @@ def send(config: dict[str, Any], fuzz: Fuzz, input_limit: int) -> None:
                 sent.where = (message.partition(), message.offset())
         return report
 
-    for sent in fuzz.sent:
-        made[sent.producer].produce(fuzz.topic, key=sent.key, value=sent.value, headers=sent.headers, on_delivery=delivered(sent))
+    for sent in messages:
+        made[sent.producer].produce(topic, key=sent.key, value=sent.value, headers=sent.headers, on_delivery=delivered(sent))
         made[sent.producer].poll(0)
     for producer in made.values():
         assert producer.flush(60) == 0
     assert not failures, failures[:3]
 
 
-def start_validator(config: dict[str, Any], topic: str, group: str) -> tuple[TransactionalRunner, threading.Thread, dict, io.StringIO]:
-    """The validator group's runner on `topic` as group `group`, in a thread (the same runner as
-    `consume validate`, with a topic and group of its own so its counts are this test's alone)."""
-    core = ValidatorGroup()
-    core.group = group
-    log = io.StringIO()
-    runner = TransactionalRunner(config, core, instance_id="fuzz", input_topic=topic, err=log)
-    ends: dict[int, int] = {}
-    outcome: dict[str, Any] = {}
+class ValidatorThread:
+    """The validator group's runner in a thread: the same runner as `consume validate`, in a namespace of
+    its own (topics and group), so its counts and its DLQ are this test's alone."""
 
-    def run() -> None:
+    def __init__(self, config: dict[str, Any], namespace: Namespace) -> None:
+        self.log = io.StringIO()
+        self.runner = TransactionalRunner(config, ValidatorGroup(), instance_id="fuzz", namespace=namespace, err=self.log)
+        self.ends: dict[int, int] = {}
+        self.outcome: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: "assigned partitions" in self.log.getvalue() or not self.thread.is_alive(), 60,
+                 "the validator to join its group")
+
+    def _run(self) -> None:
         try:
-            outcome["code"] = runner.run(install_signals=False, idle_callback=lambda: ends and runner.stop_when_caught_up(ends))
-        except Exception as exc:  # the test reports it: the consumer must never stop on its own
-            outcome["error"] = exc
+            self.outcome["code"] = self.runner.run(install_signals=False, idle_callback=self._idle)
+        except Exception as exc:  # reported by `finish`: the consumer must never stop on its own
+            self.outcome["error"] = exc
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return runner, thread, {"ends": ends, "outcome": outcome}, log
+    def _idle(self) -> None:
+        if self.ends:
+            self.runner.stop_when_caught_up(self.ends)
+
+    def finish(self, ends: dict[int, int] | None) -> tuple[int, int, int]:
+        """Stop once consumed up to `ends`, or at once (None: as on SIGTERM, the batch in hand commits
+        first); its (processed, rejected, duplicates)."""
+        assert self.thread.is_alive(), f"the validator stopped: {self.outcome}\n{self.log.getvalue()}"
+        if ends is None:
+            self.runner.request_stop()
+        else:
+            self.ends.update(ends)
+        self.thread.join(300)
+        assert not self.thread.is_alive(), "the validator did not stop within 300 s"
+        assert self.outcome == {"code": 0}, f"{self.outcome}\n{self.log.getvalue()}"
+        counts = self.runner.counts
+        return counts.processed, counts.rejected, counts.duplicates
 
 
 def end_offsets(config: dict[str, Any], topic: str) -> dict[int, int]:
@@ -194,10 +211,11 @@ def end_offsets(config: dict[str, Any], topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def check_dead_letters(config: dict[str, Any], fuzz: Fuzz) -> None:
+def check_dead_letters(config: dict[str, Any], fuzz: Fuzz, dlq_topic: str) -> None:
     """Every bad message in the DLQ once, whole or cut (prefix, length, sha256); no good one; each fits."""
-    limit = record_limit(max_message_bytes(config, [DLQ_TOPIC])[DLQ_TOPIC])
-    letters = [m for m in read_topic(config, DLQ_TOPIC) if dict(m.headers()).get("source.topic") == fuzz.topic.encode()]
+    limit = record_limit(max_message_bytes(config, [dlq_topic])[dlq_topic])
+    letters = read_topic(config, dlq_topic)
+    assert {dict(m.headers())["source.topic"] for m in letters} == {fuzz.topic.encode()}
     sources = Counter((int(dict(m.headers())["source.partition"]), int(dict(m.headers())["source.offset"])) for m in letters)
     bad = {sent.where: sent for sent in fuzz.sent if not sent.good}
     assert [where for where, count in sources.items() if count > 1] == [], "dead-lettered twice"
@@ -236,96 +254,99 @@ def check_processed(config: dict[str, Any], group: str, fuzz: Fuzz) -> None:
     """The group's committed state holds each run's last record: every valid record was processed."""
     import json
 
-    state = {m.key().decode(): json.loads(m.value()) for m in read_topic(config, f"{group}.state") if m.value()}
+    state = {m.key().decode(): json.loads(m.value()) for m in read_topic(config, state_topic(group)) if m.value()}
     for run_id, last in fuzz.last_offsets.items():
         assert state[run_id]["last_log_stream_offset"] == last, run_id
 
 
-def run_fuzz(config: dict[str, Any], seed: int, runs: int, records: int, bad: int) -> TransactionalRunner:
-    """Start a validator on a fresh topic, send the fuzz stream to it while it runs, wait until it has
-    consumed everything, and check its outputs; returns the runner (its counts)."""
-    topic = f"ppo.telemetry.test.fuzz-{uuid.uuid4().hex[:8]}"
-    group = f"ppo-telemetry-test-fuzz-{uuid.uuid4().hex[:8]}"
+def run_fuzz(config: dict[str, Any], seed: int, runs: int, records: int, bad: int, restarts: int) -> tuple[int, int, int]:
+    """Start a validator on a fresh topic and send the fuzz stream to it while it runs, in `restarts` + 1
+    parts with the validator stopped and started again between them; wait until it has consumed
+    everything and check its outputs. Returns (processed, rejected, duplicates) over its lives."""
+    namespace = Namespace(f"fuzz-{uuid.uuid4().hex[:8]}")
+    topic = namespace.epochs_topic
     ensure_topics(config, {topic: (3, {})})
     input_limit = max_message_bytes(config, [topic])[topic]
     fuzz = fuzz_stream(seed, topic, runs, records, bad, input_limit)
-    runner, thread, control, log = start_validator(config, topic, group)
-    wait_for(lambda: "assigned partitions" in log.getvalue() or not thread.is_alive(), 60, "the validator to join")
-    send(config, fuzz, input_limit)
-    assert thread.is_alive(), f"the validator stopped: {control['outcome']}\n{log.getvalue()}"
-    control["ends"].update(end_offsets(config, topic))
-    thread.join(300)
-    assert not thread.is_alive(), "the validator did not catch up within 300 s"
-    assert control["outcome"] == {"code": 0}, f"{control['outcome']}\n{log.getvalue()}"
+    made = producers(config, input_limit)
+    size = -(-len(fuzz.sent) // (restarts + 1))
+    parts = [fuzz.sent[start:start + size] for start in range(0, len(fuzz.sent), size)]  # each run stays in order
+    totals = [0, 0, 0]
+    for number, part in enumerate(parts):
+        validator = ValidatorThread(config, namespace)
+        send(made, topic, part)
+        last = number == len(parts) - 1
+        totals = [a + b for a, b in zip(totals, validator.finish(end_offsets(config, topic) if last else None))]
     good = sum(sent.good for sent in fuzz.sent)
-    counts = runner.counts
-    assert (counts.processed, counts.rejected, counts.duplicates) == (good, len(fuzz.sent) - good, 0), log.getvalue()
-    check_dead_letters(config, fuzz)
-    check_processed(config, group, fuzz)
-    return runner
+    assert tuple(totals) == (good, len(fuzz.sent) - good, 0), validator.log.getvalue()
+    check_dead_letters(config, fuzz, namespace.dlq_topic)
+    check_processed(config, namespace.validator_group, fuzz)
+    setting = dlq_limit_setting(config, namespace.dlq_topic)  # the runner created the DLQ with its limit set
+    assert (setting.value, setting.source) == (str(DLQ_MAX_MESSAGE_BYTES), ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    return tuple(totals)
 
 
-def dlq_limit_setting(config: dict[str, Any]) -> Any:
+def dlq_limit_setting(config: dict[str, Any], dlq_topic: str) -> Any:
     """The DLQ's `max.message.bytes` config entry (value and where it is set)."""
-    resource = ConfigResource(ResourceType.TOPIC, DLQ_TOPIC)
+    resource = ConfigResource(ResourceType.TOPIC, dlq_topic)
     admin = AdminClient(config)  # kept alive until the answer is in
     return admin.describe_configs([resource])[resource].result()["max.message.bytes"]
 
 
 def test_fuzzed_poison_of_any_size_is_dead_lettered_once_and_the_validator_never_stops(kafka_config):
-    run_fuzz(kafka_config, seed=9, runs=4, records=50, bad=150)
-    setting = dlq_limit_setting(kafka_config)  # the runner created the DLQ (or found it) with its limit set
-    assert (setting.value, setting.source) == (str(DLQ_MAX_MESSAGE_BYTES), ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    run_fuzz(kafka_config, seed=9, runs=4, records=50, bad=150, restarts=1)
 
 
 @pytest.mark.soak
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_soak_fuzzed_poison(kafka_config, seed):
-    runner = run_fuzz(kafka_config, seed=seed, runs=8, records=250, bad=1000)
-    print(f"seed {seed}: {runner.counts}")
+    processed, rejected, duplicates = run_fuzz(kafka_config, seed=seed, runs=8, records=500, bad=2500, restarts=4)
+    print(f"seed {seed}: {processed} processed, {rejected} dead-lettered, {duplicates} duplicates")
 
 
-def test_a_1_040_000_byte_value_the_largest_the_topic_takes_and_an_unreadable_header_leave_consume_validate_running(
+def test_consume_validate_survives_the_issue_s_oversized_value_an_unreadable_header_and_a_poisoned_schema_topic(
     kafka_bootstrap, kafka_config, consumers, unique_run_id
 ):
-    """The issue's repro through `ppo-telemetry consume validate`: it dead-letters both (the second cut to
-    fit) with a forged header kept apart, a message whose header name is not UTF-8 (which the client
-    cannot read) and one whose unknown writer schema sends it to a schema topic holding JSON nested past
-    the parser's recursion limit; goes on to a valid record, and exits 0 on SIGTERM."""
-    ensure_topics(kafka_config, {EPOCHS_TOPIC: (3, {})})
-    limit = max_message_bytes(kafka_config, [EPOCHS_TOPIC])[EPOCHS_TOPIC]
+    """The issue's repro through `ppo-telemetry consume validate` (in a namespace of its own): it
+    dead-letters a 1,040,000-byte value and the largest the topic takes (cut to fit), a forged header kept
+    apart, a message whose header name is not UTF-8 (which the client cannot read) and one whose unknown
+    writer schema sends it to a schema topic holding JSON nested past the parser's recursion limit; goes
+    on to a valid record, and exits 0 on SIGTERM."""
+    namespace = Namespace(f"poison-{uuid.uuid4().hex[:8]}")
+    epochs, dlq = namespace.epochs_topic, namespace.dlq_topic
+    ensure_topics(kafka_config, {epochs: (3, {}), namespace.schemas_topic: (1, {"cleanup.policy": "compact"})})
+    limit = max_message_bytes(kafka_config, [epochs])[epochs]
     run_id = unique_run_id()
-    key = run_id.encode()
+    key, raw_key, schema_key = run_id.encode(), b"raw-" + run_id.encode(), b"schema-" + run_id.encode()
     largest = limit - RECORD_BATCH_OVERHEAD - record_size(key, b"", FORGED)
     values = [random.randbytes(1_040_000), b"\x00" + random.randbytes(largest - 1)]
     producer = producers(kafka_config, limit)["none"]
     for value in values:
-        producer.produce(EPOCHS_TOPIC, key=key, value=value, headers=FORGED)
-    producer.produce(EPOCHS_TOPIC, key=key, value=epoch_summary_codec().encode(synthetic_run(run_id, 1, 3, False)[0]))
+        producer.produce(epochs, key=key, value=value, headers=FORGED)
+    producer.produce(epochs, key=key, value=epoch_summary_codec().encode(synthetic_run(run_id, 1, 3, False)[0]))
+    producer.produce(namespace.schemas_topic, key=schema_key, value=b"[" * 100_000 + b"]" * 100_000)
+    producer.produce(epochs, key=schema_key, value=MAGIC + b"\x07" * 8 + b"\x00")
     assert producer.flush(60) == 0
-    raw_key = key + b"-raw"
-    produce_with_raw_header(kafka_bootstrap, EPOCHS_TOPIC, raw_key, b"\x00garbage", b"name\xff\xfe", b"v")
-    schema_key = key + b"-schema"
-    producer.produce(SCHEMAS_TOPIC, key=schema_key, value=b"[" * 100_000 + b"]" * 100_000)
-    producer.produce(EPOCHS_TOPIC, key=schema_key, value=MAGIC + b"\x07" * 8 + b"\x00")
-    assert producer.flush(60) == 0
-    validator = consumers("validate")
-    letters = wait_for(lambda: (found := read_topic(kafka_config, DLQ_TOPIC, {key})) and len(found) >= 2 and found,
-                       120, "two dead letters")
+    produce_with_raw_header(kafka_bootstrap, epochs, raw_key, b"\x00garbage", b"name\xff\xfe", b"v")
+
+    validator = consumers("validate", "--namespace", namespace.name)
+    letters = wait_for(lambda: (found := read_topic(kafka_config, dlq)) and len(found) >= 4 and found, 120, "four dead letters")
     assert validator.process.poll() is None, validator.log()
-    assert [m.value() for m in letters][0] == values[0]
-    cut = dict(letters[1].headers())
-    assert values[1].startswith(letters[1].value()) and cut["source.value.truncated"] == b"true"
-    assert cut["source.value.sha256"] == hashlib.sha256(values[1]).hexdigest().encode()
+    by_key = {m.key(): [] for m in letters}
     for letter in letters:
+        by_key[letter.key()].append(letter)
+    oversized, largest_letter = by_key[key]
+    assert oversized.value() == values[0]
+    cut = dict(largest_letter.headers())
+    assert values[1].startswith(largest_letter.value()) and cut["source.value.truncated"] == b"true"
+    assert cut["source.value.sha256"] == hashlib.sha256(values[1]).hexdigest().encode()
+    for letter in by_key[key]:
         headers = dict(letter.headers())
         assert headers["error.rule"] == b"wrong_header" and headers["original.error.rule"] == b"forged"
         assert headers["source.offset"] != b"-1" and headers["original.source.offset"] == b"-1"
-    unreadable = wait_for(lambda: read_topic(kafka_config, DLQ_TOPIC, {raw_key}), 60, "the unreadable header's dead letter")
-    assert unreadable[0].value() == b"\x00garbage"
-    assert dict(unreadable[0].headers())["source.headers.unreadable"] == b"true"
-    unknown = wait_for(lambda: read_topic(kafka_config, DLQ_TOPIC, {schema_key}), 60, "the unknown schema's dead letter")
-    assert dict(unknown[0].headers())["error.rule"] == b"unknown_schema"
-    assert validator.process.poll() is None, validator.log()
+    [unreadable] = by_key[raw_key]
+    assert unreadable.value() == b"\x00garbage" and dict(unreadable.headers())["source.headers.unreadable"] == b"true"
+    [unknown] = by_key[schema_key]
+    assert dict(unknown.headers())["error.rule"] == b"unknown_schema"
     assert validator.terminate() == 0, validator.log()
-    assert "fatal" not in validator.log() and "stopped after" in validator.log()
+    assert "not a schema" in validator.log() and "1 processed, 4 rejected" in validator.log()
