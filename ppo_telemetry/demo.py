@@ -179,8 +179,8 @@ def delete_namespace(config: dict[str, Any], namespace: Namespace, timeout: floa
     admin = AdminClient({**config, "logger": quiet_logger()})
     problems = []
     absent = (KafkaError.GROUP_ID_NOT_FOUND, KafkaError.UNKNOWN_TOPIC_OR_PART)
-    # groups first: a group's committed offsets are useless without its topics, and deleting an empty
-    # group needs no topic
+    # the groups too: their committed offsets would otherwise outlive the topics on the broker for days
+    # (offsets.retention.minutes)
     groups = admin.delete_consumer_groups(list(namespace.groups), request_timeout=timeout)
     existing = set(admin.list_topics(timeout=timeout).topics)
     topics = [topic for topic in namespace.topics if topic in existing]
