@@ -1,4 +1,5 @@
-"""The DLQ message of a rejected input (consumers/dead_letter.py): authoritative headers, cut to fit."""
+"""The DLQ message of a rejected input (consumers/dead_letter.py, and the validator group that builds it
+from a Kafka message): authoritative headers, cut to fit."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from confluent_kafka import Message
+
 from avro_schemas.codec import epoch_summary_codec
 from avro_schemas.errors import DecodeError, EmptyMessageError
+from avro_schemas.topics import DLQ_TOPIC
 from consumers.dead_letter import (
-    ERROR_MESSAGE_MAX_BYTES, MIN_RECORD_LIMIT, PRODUCER_MESSAGE_MAX_BYTES, RECORD_BATCH_OVERHEAD, RECORD_OVERHEAD,
+    DLQ_MAX_MESSAGE_BYTES, ERROR_MESSAGE_MAX_BYTES, MIN_RECORD_LIMIT, PRODUCER_MESSAGE_MAX_BYTES, RECORD_BATCH_OVERHEAD, RECORD_OVERHEAD,
     DeadLetterError, Rejection, SourceMessage, check_record_limit, dead_letter, decode_rule, headers_size,
     record_limit, record_size,
 )
+from consumers.groups import ValidatorGroup
 from ppo_telemetry.demo import synthetic_run
 
 REJECTION = Rejection("decode", "wrong_header", "wrong header: expected C3 01, got 00 01")
@@ -184,3 +189,21 @@ def test_decode_failures_are_classified_by_type_for_the_dlq_rule():
 def test_an_empty_value_and_a_null_value_have_one_rule():
     assert decode_rule(decode_failure(b"")) == "empty"
     assert decode_rule(EmptyMessageError("empty message (null value)")) == "empty"
+
+
+def test_the_validator_group_dead_letters_a_kafka_message_within_the_limit_the_runner_gave_it():
+    group = ValidatorGroup()
+    assert group.topic_configs[DLQ_TOPIC] == {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
+    group.limit_records({DLQ_TOPIC: 10_000})
+    message = Message(topic="ppo.telemetry.epochs", partition=1, offset=5, key=b"k", value=b"\x00" * 50_000,
+                      headers=[("error.rule", b"forged")])
+    [output] = group.on_rejected(message, REJECTION)
+    assert output.topic == DLQ_TOPIC and record_size(output.key, output.value, output.headers) <= 10_000
+    headers = dict(output.headers)
+    assert headers["error.rule"] == b"wrong_header" and headers["original.error.rule"] == b"forged"
+    assert headers["source.value.length"] == b"50000" and headers["source.offset"] == b"5"
+
+
+def test_the_validator_group_refuses_a_dlq_too_small_for_a_dead_letter():
+    with pytest.raises(DeadLetterError, match=DLQ_TOPIC):
+        ValidatorGroup().limit_records({DLQ_TOPIC: record_limit(2000)})
