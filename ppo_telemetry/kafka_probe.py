@@ -73,7 +73,7 @@ def diagnose(report: BrokerReport, config: Mapping[str, str]) -> str | None:
     """
     match = _BROKER_NAME.match(report.text)
     address = match["address"] if match else config.get("bootstrap.servers", "?")
-    detail = _TAIL.sub("", report.text[match.end() :] if match else report.text)
+    detail = " ".join(_TAIL.sub("", report.text[match.end() :] if match else report.text).split())
     protocol = config.get("security.protocol", "PLAINTEXT").upper()
     at = f"the Kafka broker at {address}"
     settings = f"security_protocol is {protocol}"
@@ -149,7 +149,8 @@ def check_listener(config: Mapping[str, str], timeout: float = CHECK_SECONDS) ->
     """Ask the brokers of `config` for metadata for at most `timeout` seconds; raise a one-line
     `ListenerMismatchError` (exit 2) when librdkafka's reports show that the security settings do not
     fit the listener. Returns as soon as the brokers answer, or when every broker is down for another
-    reason (the command then reports that as it always did), or at the deadline.
+    reason (the command then reports that as it always did), or at the deadline. A config librdkafka
+    itself refuses (an unknown property, a value out of range) is a one-line `SettingsError`.
     """
     reports: list[BrokerReport] = []
 
@@ -162,9 +163,21 @@ def check_listener(config: Mapping[str, str], timeout: float = CHECK_SECONDS) ->
     handler = _ReportLog(reports)
     logger.addHandler(handler)
     try:
-        _look(AdminClient({**config, "logger": logger, "error_cb": collect}), reports, config, timeout)
+        admin = _client({**config, "logger": logger, "error_cb": collect}, config)
+        _look(admin, reports, config, timeout)
     finally:
         logger.removeHandler(handler)
+
+
+def _client(client_config: dict[str, object], config: Mapping[str, str]) -> AdminClient:
+    # librdkafka checks every property here: an unknown one or a bad value is a settings error, said
+    # before any command starts rather than as a traceback from whichever client is made first.
+    try:
+        return AdminClient(client_config)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        text = error.str() if error is not None else str(exc)
+        raise SettingsError(scrub(f"invalid Kafka settings: librdkafka: {' '.join(text.split())}", config)) from None
 
 
 def _look(admin: AdminClient, reports: list[BrokerReport], config: Mapping[str, str], timeout: float) -> None:

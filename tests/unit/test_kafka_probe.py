@@ -5,6 +5,8 @@ likely settings mistake. The report texts are librdkafka 2.x's own, as seen agai
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ppo_telemetry.kafka_probe import BrokerReport, ListenerMismatchError, check_listener, diagnose
 from ppo_telemetry.kafka_settings import SettingsError
@@ -116,3 +118,38 @@ def test_a_mismatch_is_a_settings_error_so_exit_2() -> None:
 def test_checking_an_address_where_nothing_listens_returns_at_once() -> None:
     # nothing to diagnose: the command goes on and reports an unreachable broker as before
     check_listener({"bootstrap.servers": "127.0.0.1:1"}, timeout=60.0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [({"no.such.property": "1"}, 'No such configuration property: "no.such.property"'),
+     ({"linger.ms": "abc"}, "Invalid value for configuration property")],
+)
+def test_a_config_librdkafka_refuses_is_one_settings_line(extra: dict[str, str], expected: str) -> None:
+    with pytest.raises(SettingsError, match="^invalid Kafka settings: librdkafka: ") as caught:
+        check_listener({"bootstrap.servers": "127.0.0.1:1", **extra}, timeout=60.0)
+
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_command_line_says_it_in_one_line_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ppo_telemetry.cli import main
+
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_EXTRA", '{"no.such.property": "1"}')
+
+    assert main(["consume", "validate", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no.such.property" in err
+
+
+@settings(max_examples=300, deadline=None)
+@given(code=st.sampled_from(["_AUTHENTICATION", "_TRANSPORT", "_SSL", "_RESOLVE", "_ALL_BROKERS_DOWN"]),
+       text=st.text(max_size=300) | st.sampled_from(
+           ["x/bootstrap: SSL handshake failed: a\nb (after 1ms in state SSL_HANDSHAKE)",
+            "a:1/bootstrap: broker's supported mechanisms: \n (after 1ms in state AUTH_HANDSHAKE)"]))
+def test_any_report_gives_none_or_one_line(code: str, text: str) -> None:
+    message = diagnose(BrokerReport(code, text), SASL)
+
+    assert message is None or (message and "\n" not in message and "\r" not in message)
