@@ -118,15 +118,17 @@ class LineSplitter:
         if complete_only:
             return []
         if skipped is not None:
-            return [OverlongLine(skipped, self._limit or 0)]
+            assert self._limit is not None  # only a limited splitter skips
+            return [OverlongLine(skipped, self._limit)]
         return [b"".join(parts)] if parts else []
 
     def _close(self, piece: bytes) -> bytes | OverlongLine:
         """The pending line ended by a newline, with `piece` as its last bytes."""
         limit = self._limit
         if self._skipped is not None:
+            assert limit is not None  # only a limited splitter skips
             length, self._skipped = self._skipped + len(piece), None
-            return OverlongLine(length, limit or 0)
+            return OverlongLine(length, limit)
         length = self._held + len(piece)
         parts, self._parts, self._held = self._parts, [], 0
         if limit is not None and length > limit:
