@@ -407,6 +407,7 @@ class KafkaSettings(pydantic_settings.BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> KafkaSettings:
+        self._check_text()
         if self.security_protocol in _SASL_PROTOCOLS:
             if self.sasl_mechanism is None:
                 raise ValueError(f"sasl_mechanism: required with security_protocol {self.security_protocol}")
@@ -432,6 +433,20 @@ class KafkaSettings(pydantic_settings.BaseSettings):
             return check_namespace_name(value)
         except NamespaceError as exc:
             raise ValueError(str(exc)) from None
+
+    def _check_text(self) -> None:
+        # librdkafka takes C strings: a NUL would cut a value short unseen, and a lone surrogate (what
+        # Python makes of an environment variable's bytes that are not UTF-8) cannot be encoded at all.
+        values = {name: getattr(self, name) for name in type(self).model_fields if name != "extra"}
+        values.update((f"extra[{key!r}]", item) for key, item in self.extra.items())
+        for name, value in values.items():
+            text = _reveal(value) if isinstance(value, (str, SecretStr)) else ""
+            if "\x00" in text:
+                raise ValueError(f"{name}: contains a NUL character")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{name}: is not valid UTF-8 text (an environment variable's raw bytes?)") from None
 
     def librdkafka_config(self) -> dict[str, str]:
         """The plain librdkafka config dict for `confluent_kafka`, secrets revealed; unset options omitted.

@@ -710,3 +710,22 @@ def test_an_empty_or_bad_bootstrap_flag_is_a_usage_error(args: list[str], capsys
 
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "bootstrap_servers" in err, err
+
+
+def test_an_environment_value_that_is_not_utf8_is_one_line_naming_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_CLIENT_ID", "a\udcffb")  # how Python reads the byte 0xff
+
+    with pytest.raises(SettingsError, match="client_id: is not valid UTF-8 text"):
+        KafkaSettings()
+
+
+def test_a_nul_character_in_a_value_is_refused() -> None:
+    with pytest.raises(SettingsError, match=r"extra\['client.rack'\]: contains a NUL character"):
+        KafkaSettings(extra={"client.rack": "rack\x001"})
+
+
+def test_an_environment_value_nested_too_deeply_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PPO_TELEMETRY_KAFKA_EXTRA", "[" * 20_000 + "]" * 20_000)
+
+    with pytest.raises(SettingsError, match="nested too deeply"):
+        KafkaSettings()

@@ -312,7 +312,8 @@ def test_every_settings_error_is_a_telemetry_error() -> None:
 ENV_FIELDS = ["EXTRA", "BOOTSTRAP_SERVERS", "SECURITY_PROTOCOL", "SASL_MECHANISM", "SASL_PASSWORD", "CLIENT_ID"]
 env_texts = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=60) | (
     st.integers(1, 5000).map(lambda depth: "[" * depth + "]" * depth)
-) | st.sampled_from(['{"linger.ms": 1e999}', '{"plugin.library.paths": "x"}', '{"a": ' + "9" * 5000 + "}", "{}", "null"])
+) | st.sampled_from(['{"linger.ms": 1e999}', '{"plugin.library.paths": "x"}', '{"a": ' + "9" * 5000 + "}", "{}", "null",
+                  "a\udcffb", '{"client.rack": "\\u0000"}'])
 
 
 @FUZZ
