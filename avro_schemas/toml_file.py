@@ -43,10 +43,10 @@ def show(value: Any) -> str:
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
-    """The path as a message shows it: as given, or as a repr when it holds characters (a newline, an
-    escape) that would break the message's single line."""
+    """The path as a message shows it: as given, or as a repr when it is empty or holds characters (a
+    newline, an escape) that would break the message's single line."""
     text = os.fspath(path)
-    return text if text.isprintable() else repr(text)
+    return text if text and text.isprintable() else repr(text)
 
 
 def read_toml(path: str | os.PathLike[str], error: type[TelemetryError], what: str) -> dict[str, Any]:

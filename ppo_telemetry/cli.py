@@ -204,7 +204,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from consumers.telemetry_watch import RulesConfig, Watch, load_rules
 
     _check_paths(args.paths)
-    config = load_rules(Path(args.rules)) if args.rules else RulesConfig.default()
+    config = load_rules(args.rules) if args.rules is not None else RulesConfig.default()  # `--rules ""`: an error
     watch = Watch(config)
     for record in _valid_records(args.paths, "watch", args.max_line_bytes):
         for transition in watch.observe(record):
@@ -385,7 +385,7 @@ def _kafka_settings(bootstrap: str | None, config_file: str | None):
 
     # `is not None`: an empty flag is a mistake to report (KafkaSettings does), not a wish for the default
     overrides = {"bootstrap_servers": bootstrap} if bootstrap is not None else {}
-    if config_file:
+    if config_file is not None:  # `--kafka-config ""` is a file that cannot be read, not no file
         return KafkaSettings.from_toml(config_file, **overrides)
     return KafkaSettings(**overrides)
 
@@ -421,7 +421,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
         from consumers.groups import WatchGroup
         from consumers.telemetry_watch import load_rules
 
-        core = WatchGroup(load_rules(Path(args.rules)) if args.rules else None)
+        core = WatchGroup(load_rules(args.rules) if args.rules is not None else None)
     runner = TransactionalRunner(
         config, core, instance_id=args.instance_id, namespace=namespace, batch_size=args.batch_size,
         session_timeout_ms=args.session_timeout_ms, scrub=lambda text: scrub(text, config),

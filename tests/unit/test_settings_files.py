@@ -328,3 +328,17 @@ def test_environment_values_of_any_content_never_crash_the_settings(values: dict
     finally:
         for name in names:
             del os.environ[name]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["watch", os.devnull, "--rules", ""], ["consume", "watch", "--kafka-config", ""],
+     ["consume", "validate", "--kafka-config", os.devnull]],
+    ids=["empty-rules-flag", "empty-kafka-config-flag", "kafka-config-without-kafka-table"],
+)
+def test_an_empty_or_empty_file_flag_is_one_line_not_a_default(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from ppo_telemetry.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("ppo-telemetry: error: "), err
