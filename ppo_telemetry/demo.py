@@ -448,8 +448,8 @@ def run_demo(
     config = KafkaSettings(bootstrap_servers=bootstrap).librdkafka_config()
     tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     namespace = demo_namespace(parent, tag)
-    out.write(f"in namespace {namespace.name}: topics {namespace.epochs_topic} and the rest, groups "
-              f"{namespace.validator_group} and the rest (the default groups are not touched)\n")
+    out.write(f"in namespace {namespace.name}: every topic and group is {namespace.name}.<its SPEC name>, "
+              f"so the default groups are not touched\n")
     finished = False
     try:
         runs = demo_runs(tag, steps)
