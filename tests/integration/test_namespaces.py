@@ -85,3 +85,20 @@ def test_train_publishes_to_the_namespace_of_the_environment(kafka_bootstrap, ka
     assert len(read_topic(kafka_config, namespace.epochs_topic, {run_id.encode()})) > 0
     assert len(read_topic(kafka_config, namespace.schemas_topic)) >= 1
     assert read_topic(kafka_config, EPOCHS_TOPIC, {run_id.encode()}) == []
+
+
+def test_consume_drift_reads_its_baseline_run_from_its_own_namespace(kafka_bootstrap, kafka_config, consumers, unique_run_id):
+    home, elsewhere = Namespace(f"it-{uuid.uuid4().hex[:8]}-home"), Namespace(f"it-{uuid.uuid4().hex[:8]}-away")
+    run_id = unique_run_id("baseline")
+    publish_run_and_garbage(kafka_config, home, run_id)
+    KafkaSink(kafka_config, namespace=elsewhere).close()  # its topics exist, without the run
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppo_telemetry", "consume", "drift", "--bootstrap-servers", kafka_bootstrap,
+         "--namespace", elsewhere.name, "--baseline-run", run_id],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and f"not found on {elsewhere.epochs_topic}" in proc.stderr, proc.stderr
+    drift = consumers("drift", "--namespace", home.name, "--baseline-run", run_id)
+    drift.wait_assigned()
+    assert f"consuming {home.epochs_topic} as {home.drift_group}" in drift.log()
+    assert drift.terminate() == 0, drift.log()
