@@ -157,16 +157,12 @@ def check_listener(config: Mapping[str, str], timeout: float = CHECK_SECONDS) ->
     def collect(error: KafkaError) -> None:
         reports.append(BrokerReport(error.name(), error.str()))
 
-    logger = logging.getLogger("ppo_telemetry.librdkafka.check")
-    logger.propagate = False
-    logger.setLevel(logging.DEBUG)
-    handler = _ReportLog(reports)
-    logger.addHandler(handler)
-    try:
-        admin = _client({**config, "logger": logger, "error_cb": collect}, config)
-        _look(admin, reports, config, timeout)
-    finally:
-        logger.removeHandler(handler)
+    # A logger of this check's own, outside the logging tree: two checks at once (threads) must not
+    # read each other's reports, and nothing else should see librdkafka's lines through it.
+    logger = logging.Logger("ppo_telemetry.librdkafka.check", logging.DEBUG)
+    logger.addHandler(_ReportLog(reports))
+    admin = _client({**config, "logger": logger, "error_cb": collect}, config)
+    _look(admin, reports, config, timeout)
 
 
 def _client(client_config: dict[str, object], config: Mapping[str, str]) -> AdminClient:
