@@ -301,6 +301,7 @@ class KafkaSettings(pydantic_settings.BaseSettings):
     """
 
     def __init__(self, **values: Any) -> None:
+        _check_environment_names()
         try:
             super().__init__(**values)
         except ValidationError as exc:
@@ -461,6 +462,20 @@ class KafkaSettings(pydantic_settings.BaseSettings):
     def redacted(self) -> dict[str, str]:
         """`librdkafka_config()` with every secret value replaced by `"***"`, safe to log."""
         return redact_config(self.librdkafka_config())
+
+
+def _check_environment_names() -> None:
+    # pydantic-settings ignores a prefixed variable that names no field, so a typo or a guessed
+    # librdkafka name (`PPO_TELEMETRY_KAFKA_LINGER_MS`) would be dropped without a word.
+    known = {f"{ENV_PREFIX}{name}".upper() for name in KafkaSettings.model_fields if name != "namespace"}
+    for name in os.environ:
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+            hint = "; the namespace is PPO_TELEMETRY_NAMESPACE" if name.upper() == f"{ENV_PREFIX}NAMESPACE" else (
+                f"; other librdkafka keys go in {ENV_PREFIX}EXTRA, a JSON object"
+            )
+            raise SettingsError(
+                f"invalid Kafka settings: unknown environment variable {show(name)}{hint}; known: {', '.join(sorted(known))}"
+            )
 
 
 @contextmanager

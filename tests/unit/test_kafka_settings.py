@@ -729,3 +729,21 @@ def test_an_environment_value_nested_too_deeply_is_one_line(monkeypatch: pytest.
 
     with pytest.raises(SettingsError, match="nested too deeply"):
         KafkaSettings()
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [("PPO_TELEMETRY_KAFKA_LINGER_MS", "PPO_TELEMETRY_KAFKA_EXTRA, a JSON object"),
+     ("PPO_TELEMETRY_KAFKA_SASL_PASWORD", "known: "),
+     ("PPO_TELEMETRY_KAFKA_NAMESPACE", "the namespace is PPO_TELEMETRY_NAMESPACE")],
+)
+def test_an_unknown_prefixed_environment_variable_is_named_not_ignored(
+    name: str, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, PASSWORD)
+
+    with pytest.raises(SettingsError, match=f"unknown environment variable '{name}'") as info:
+        KafkaSettings()
+
+    assert hint in str(info.value)
+    assert_one_line_without_secrets(info.value, PASSWORD)
