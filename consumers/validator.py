@@ -34,6 +34,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from avro_schemas.errors import TelemetryError
 from avro_schemas.models import FIELD_TYPES, SUPPORTED_VERSIONS, VERSION_FIELDS
 from avro_schemas.ndjson import OverlongLine
 
@@ -127,8 +128,8 @@ class Verdict:
         }
 
 
-class _DuplicateKey(Exception):
-    """Raised from inside the JSON decoder at the first object naming a key twice."""
+class _DuplicateKey(TelemetryError):
+    """Raised from inside the JSON decoder at the first object naming a key twice; never leaves this module."""
 
     def __init__(self, key: str) -> None:
         super().__init__(key)
