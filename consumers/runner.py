@@ -32,6 +32,12 @@ inside a `TransactionalRunner`, which owns everything Kafka (SPEC §4):
   the group id and the transactional id with them, so instances in different namespaces share nothing.
 - **Shutdown.** SIGTERM or SIGINT sets a flag: the current batch finishes and commits, then the
   consumer closes (leaving the group, so its partitions move at once).
+- **Never wedged.** Run as a program (`run(install_signals=True)`), every blocking Kafka call has a
+  deadline of its own timeout plus `DEADLINE_MARGIN`, enforced by a `consumers.watchdog.Watchdog`
+  thread: librdkafka does not always honour a call's timeout across a broker restart. Past a deadline,
+  or `STOP_GRACE` seconds after SIGTERM/SIGINT with the main thread still stuck in C, the process exits
+  with code 2 and one line, for a supervisor to restart it; the open transaction was not committed, so
+  the restart loses and doubles nothing.
 - **Zombies.** The transactional id is `<group id>-<instance id>`: a restarted instance with the same id
   fences its predecessor and aborts its open transaction at start; a different instance's takeover is
   fenced by the consumer group generation (KIP-447), and an abandoned transaction expires after
@@ -48,6 +54,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -59,6 +66,8 @@ from avro_schemas.models import EpochSummary
 from avro_schemas.topics import DEFAULT_NAMESPACE, EPOCHS_TOPIC, Namespace, state_topic
 from kafka_io import ensure_topics, max_message_bytes, partition_count, quiet_logger, read_to_end, reason
 
+from .watchdog import Watchdog
+
 from .dead_letter import PRODUCER_MESSAGE_MAX_BYTES, Rejection, decode_rule, record_limit
 from .validator import StreamTracker, Verdict, validate_record
 
@@ -67,6 +76,15 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+DEADLINE_MARGIN = 30.0
+"""Seconds past a Kafka call's own timeout before the watchdog ends the process (see the docstring)."""
+POLL_DEADLINE = 300.0
+"""A poll's deadline: it runs the rebalance callbacks, which read committed offsets and state back."""
+STOP_GRACE = 25.0
+"""Seconds a consumer has to stop after SIGTERM/SIGINT before the watchdog ends it: under compose's
+`stop_grace_period` (30 s), so the consumer says why before it is killed."""
+TRANSACTION_ATTEMPTS = 5
 
 
 class ConsumerError(TelemetryError):
@@ -193,6 +211,7 @@ class TransactionalRunner:
         self._assigned: set[int] = set()
         self._errors_said: set[int] = set()
         self._idle_asked_at = -1e9
+        self._watchdog: Watchdog | None = None
 
     # ------------------------------------------------------------------------------------ output
 
@@ -245,7 +264,8 @@ class TransactionalRunner:
         )
         self._limit_records()
         try:
-            self._producer.init_transactions(60)
+            with self._deadline("init_transactions", 60):
+                self._producer.init_transactions(60)
         except KafkaException as exc:
             raise ConsumerError(f"cannot start transactions: {reason(exc)}") from None
         self._consumer = Consumer(
@@ -286,7 +306,9 @@ class TransactionalRunner:
         # these partitions (a previous owner's) has committed or aborted. Only then does the state
         # topic's stable end include that transaction's state, which goes with those offsets.
         if partitions:
-            consumer.committed(partitions, timeout=self.transaction_timeout_ms / 1000 + 30)
+            timeout = self.transaction_timeout_ms / 1000 + 30
+            with self._deadline("committed offsets of the assigned partitions", timeout):
+                consumer.committed(partitions, timeout=timeout)
         self._restore(new)
         self._assigned.update(new)
         if new:
@@ -439,8 +461,12 @@ class TransactionalRunner:
             self._produce(Output(self._state_topic, run_id.encode("utf-8"), self._state_message(run_id)), partition)
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         if offsets:
-            _retrying(lambda: producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30))
-        _retrying(lambda: producer.commit_transaction(60))
+            metadata = self._consumer.consumer_group_metadata()
+            self._transactional(
+                "send_offsets_to_transaction", 30,
+                lambda timeout: producer.send_offsets_to_transaction(offsets, metadata, timeout),
+            )
+        self._transactional("commit_transaction", 60, producer.commit_transaction)
         self.counts.outputs += outputs
         self.counts.batches += 1
 
@@ -461,7 +487,7 @@ class TransactionalRunner:
             partition = self._run_partition.get(run_id)
             if partition is not None:
                 self._produce(Output(self._state_topic, run_id.encode("utf-8"), self._state_message(run_id)), partition)
-        _retrying(lambda: producer.commit_transaction(60))
+        self._transactional("commit_transaction", 60, producer.commit_transaction)
         self.counts.outputs += outputs
         self.counts.batches += 1
 
@@ -470,7 +496,8 @@ class TransactionalRunner:
         assignment = self._consumer.assignment()
         if not assignment:
             return
-        committed = self._consumer.committed(assignment, timeout=30)
+        with self._deadline("committed offsets after an abort", 30):
+            committed = self._consumer.committed(assignment, timeout=30)
         for tp in committed:
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else -2))
         self._restore(tp.partition for tp in assignment)
@@ -495,14 +522,17 @@ class TransactionalRunner:
         previous = {}
         if install_signals:
             previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+            self._watchdog = Watchdog(f"ppo-telemetry consume ({self.group_id})", stop_grace=STOP_GRACE)
+            self._watchdog.start()
         try:
             self._setup()
             self._say(f"consuming {self.input_topic} as {self.group_id} (instance {self.instance_id})")
             consume = self._consumer.consume
             while not self.stop_requested:
-                messages = consume(1, self.poll_timeout)
-                if messages and self.batch_size > 1:
-                    messages += consume(self.batch_size - 1, 0)
+                with self._deadline("poll", POLL_DEADLINE):
+                    messages = consume(1, self.poll_timeout)
+                    if messages and self.batch_size > 1:
+                        messages += consume(self.batch_size - 1, 0)
                 if not messages and idle_callback is not None:
                     idle_callback()
                 try:
@@ -515,7 +545,8 @@ class TransactionalRunner:
                     error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                     if error is not None and error.txn_requires_abort():
                         self._say(f"transaction aborted, its batch or idle outputs will be redone: {error.str()}")
-                        self._producer.abort_transaction(60)
+                        with self._deadline("abort_transaction", 60):
+                            self._producer.abort_transaction(60)
                         self.counts.aborted += 1
                         self._rewind()
                         continue
@@ -527,28 +558,44 @@ class TransactionalRunner:
             self._close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self._watchdog is not None:
+                self._watchdog.close()
+                self._watchdog = None
 
     def _close(self) -> None:
         if self._consumer is not None:
             try:
-                self._consumer.close()  # leaves the group: its partitions move at once
+                with self._deadline("leaving the group", 30):
+                    self._consumer.close()  # leaves the group: its partitions move at once
             except (KafkaException, RuntimeError):
                 pass
             self._consumer = None
         if self._producer is not None:
-            self._producer.flush(10)
+            with self._deadline("flush", 10):
+                self._producer.flush(10)
             self._producer = None
 
+    # ------------------------------------------------------------------------------------ deadlines
 
-def _retrying(call: Callable[[], None], attempts: int = 5) -> None:
-    """A transactional call, repeated while librdkafka says the error is retriable (a timeout); abortable
-    and fatal errors go to the caller (the documented pattern for commit_transaction)."""
-    for attempt in range(attempts):
-        try:
-            call()
-            return
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if error is None or not error.retriable() or error.txn_requires_abort() or attempt == attempts - 1:
-                raise
+    def _deadline(self, what: str, timeout: float) -> AbstractContextManager[None]:
+        """The call inside must return within `timeout` + `DEADLINE_MARGIN` seconds (when run as a program)."""
+        if self._watchdog is None:
+            return nullcontext()
+        return self._watchdog.deadline(what, timeout + DEADLINE_MARGIN)
+
+    def _transactional(self, what: str, timeout: float, call: Callable[[float], None]) -> None:
+        """`call(timeout)`, a transactional call, repeated while librdkafka says its error is retriable (a
+        timeout), each attempt under a deadline; abortable and fatal errors go to the caller (the documented
+        pattern for commit_transaction)."""
+        for attempt in range(TRANSACTION_ATTEMPTS):
+            try:
+                with self._deadline(what, timeout):
+                    call(timeout)
+                return
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is None or not error.retriable() or error.txn_requires_abort():
+                    raise
+                if attempt == TRANSACTION_ATTEMPTS - 1:
+                    raise
 

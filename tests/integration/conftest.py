@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -32,7 +31,7 @@ from ppo_telemetry.broker import LocalBroker
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tests import kafka_testing (importlib mode)
 
-from kafka_testing import wait_for  # noqa: E402
+from kafka_testing import ConsumerProcess, wait_for  # noqa: E402
 
 
 def _docker_answers() -> bool:
@@ -121,38 +120,6 @@ def unique_run_id(request) -> Callable[[str], str]:
         return f"{stem}-{tag}-{uuid.uuid4().hex[:8]}"
 
     return make
-
-
-class ConsumerProcess:
-    """`ppo-telemetry consume ...` as a child process (so it can be SIGTERMed or killed -9)."""
-
-    def __init__(self, bootstrap: str, group: str, *extra: str, instance_id: str = "0", log_dir: Path) -> None:
-        self.log_path = log_dir / f"consume-{group}-{instance_id}-{uuid.uuid4().hex[:6]}.log"
-        self.args = [
-            sys.executable, "-m", "ppo_telemetry", "consume", group, "--bootstrap-servers", bootstrap,
-            "--instance-id", instance_id, "--session-timeout-ms", "3000", *extra,
-        ]
-        self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_assigned(self, timeout: float = 60.0) -> None:
-        wait_for(lambda: "assigned partitions" in self.log() or self.process.poll() is not None, timeout,
-                 "the consumer to join its group")
-        assert self.process.poll() is None, self.log()
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        self.process.terminate()
-        code = self.process.wait(timeout)
-        self._log.close()
-        return code
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(30)
-        self._log.close()
 
 
 @pytest.fixture

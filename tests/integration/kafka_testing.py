@@ -1,9 +1,13 @@
-"""Helpers of the integration tests: read topics back, poll against deadlines."""
+"""Helpers of the integration tests: read topics back, poll against deadlines, run a consumer group."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,3 +81,35 @@ def default_group_offsets(config: dict[str, Any]) -> dict[str, dict[int, int]]:
     from avro_schemas.topics import DEFAULT_NAMESPACE
 
     return {group: committed_offsets(config, group, DEFAULT_NAMESPACE.epochs_topic) for group in DEFAULT_NAMESPACE.groups}
+
+
+class ConsumerProcess:
+    """`ppo-telemetry consume ...` as a child process (so it can be SIGTERMed or killed -9)."""
+
+    def __init__(self, bootstrap: str, group: str, *extra: str, instance_id: str = "0", log_dir: Path) -> None:
+        self.log_path = log_dir / f"consume-{group}-{instance_id}-{uuid.uuid4().hex[:6]}.log"
+        self.args = [
+            sys.executable, "-m", "ppo_telemetry", "consume", group, "--bootstrap-servers", bootstrap,
+            "--instance-id", instance_id, "--session-timeout-ms", "3000", *extra,
+        ]
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_assigned(self, timeout: float = 60.0) -> None:
+        wait_for(lambda: "assigned partitions" in self.log() or self.process.poll() is not None, timeout,
+                 "the consumer to join its group")
+        assert self.process.poll() is None, self.log()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        self.process.terminate()
+        code = self.process.wait(timeout)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(30)
+        self._log.close()
