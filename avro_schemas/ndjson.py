@@ -72,6 +72,14 @@ def skip_limit(max_line_bytes: int) -> int:
     return max(_SKIP_FACTOR * max_line_bytes, _MIN_SKIP_BYTES)
 
 
+def _unending_line(where: str, max_line_bytes: int) -> UnendingLineError:
+    """The one-line error for a line (`where`: input and line) with no newline within the skip limit."""
+    return UnendingLineError(
+        f"{where} runs past {skip_limit(max_line_bytes):,} bytes without a newline "
+        f"(the limit is {max_line_bytes:,} bytes a line, --max-line-bytes): not NDJSON, reading stopped"
+    )
+
+
 class LineSplitter:
     """Cuts a byte stream fed in chunks into lines, in time linear in the input and memory bounded by the limit.
 
@@ -149,10 +157,7 @@ class LineSplitter:
         self._skipped += len(piece)
         assert self._skip_limit is not None and self._limit is not None
         if self._skipped > self._skip_limit:
-            raise UnendingLineError(
-                f"{self.name}: line {self._lines + 1} runs past {self._skip_limit:,} bytes without a newline "
-                f"(the limit is {self._limit:,} bytes a line, --max-line-bytes): not NDJSON, reading stopped"
-            )
+            raise _unending_line(f"{self.name}: line {self._lines + 1}", self._limit)
 
 
 def segment_name(first_offset: int) -> str:
@@ -229,13 +234,16 @@ def iter_segment_lines(directory: Path, max_line_bytes: int | None = None) -> It
         yield from iter_file_lines(path, complete_only=True, max_line_bytes=max_line_bytes)
 
 
-def iter_records_from(directory: Path, from_offset: int) -> Iterator[tuple[int, bytes]]:
+def iter_records_from(
+    directory: Path, from_offset: int, max_line_bytes: int | None = None
+) -> Iterator[tuple[int, bytes | OverlongLine]]:
     """(offset, line) for every complete line at or after `from_offset`, across segments, in order.
 
     A segment's name gives its first offset and each line's offset is that plus its position, so whole
     segments below `from_offset` are skipped without being read. A partial last line is held back (a
     writer may be appending it); blank lines are not records and are not yielded, but they keep their
-    position so offsets agree with what the writer counted.
+    position so offsets agree with what the writer counted. A line over `max_line_bytes` comes as an
+    `OverlongLine` at its offset (see `LineSplitter`).
     """
     if from_offset < 0:
         raise ValueError("offsets are ≥ 0")
@@ -244,7 +252,8 @@ def iter_records_from(directory: Path, from_offset: int) -> Iterator[tuple[int, 
         following = segments[index + 1][0] if index + 1 < len(segments) else None
         if following is not None and following <= from_offset:
             continue  # every record of this segment is below the next segment's first offset
-        for offset, line in enumerate(iter_file_lines(path, complete_only=True), start=first):
+        lines = iter_file_lines(path, complete_only=True, max_line_bytes=max_line_bytes)
+        for offset, line in enumerate(lines, start=first):
             if offset >= from_offset and line:
                 yield offset, line
 
@@ -259,28 +268,35 @@ class SegmentFollower:
     directory may be empty or not exist yet, which just yields nothing until segments appear.
     """
 
-    def __init__(self, directory: Path, from_offset: int, max_bytes_per_poll: int = 1 << 20) -> None:
+    def __init__(
+        self, directory: Path, from_offset: int, max_bytes_per_poll: int = 1 << 20, max_line_bytes: int | None = None
+    ) -> None:
         """Follow `directory` from `from_offset`.
 
         A poll stops once it has consumed `max_bytes_per_poll` (checked after each 64 KiB read), so its
-        memory stays bounded whatever the backlog.
+        memory stays bounded whatever the backlog. A line over `max_line_bytes` is scanned for its
+        newline without being kept and comes as an `OverlongLine`; one still open past
+        `skip_limit(max_line_bytes)` is `UnendingLineError`. Without a limit a line is kept whole.
         """
         if from_offset < 0:
             raise ValueError("offsets are ≥ 0")
+        if max_line_bytes is not None and max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be ≥ 1")
         self.directory = Path(directory)
         self.from_offset = from_offset
         self._max_bytes = max(1, max_bytes_per_poll)
+        self._limit = max_line_bytes
         self._segment: tuple[int, Path] | None = None
         self._position = 0  # bytes of the current segment consumed, always just after a newline
         self._line_offset = 0  # offset of the next line in the current segment
 
-    def poll(self) -> list[tuple[int, bytes]]:
+    def poll(self) -> list[tuple[int, bytes | OverlongLine]]:
         """The (offset, line) pairs now complete and not yet returned, in offset order; may be empty.
 
         A backlog larger than `max_bytes_per_poll` comes over several polls: poll again at once while a
         poll returns something, and wait only when it returns nothing.
         """
-        out: list[tuple[int, bytes]] = []
+        out: list[tuple[int, bytes | OverlongLine]] = []
         budget = self._max_bytes
         while budget > 0:
             # List before reading: the writer fills a segment completely before it creates the next,
@@ -315,7 +331,7 @@ class SegmentFollower:
         starting_before = [segment for segment in segments if segment[0] <= self.from_offset]
         return starting_before[-1] if starting_before else segments[0]
 
-    def _read_current(self, out: list[tuple[int, bytes]], budget: int) -> tuple[bool, int]:
+    def _read_current(self, out: list[tuple[int, bytes | OverlongLine]], budget: int) -> tuple[bool, int]:
         """Append the current segment's complete lines; (reached end of file, bytes consumed)."""
         assert self._segment is not None
         path = self._segment[1]
@@ -330,23 +346,66 @@ class SegmentFollower:
             handle.seek(self._position)
             pending = bytearray()
             while consumed < budget:
-                try:
-                    chunk = handle.read(_CHUNK)
-                except OSError as exc:
-                    raise StreamReadError(f"cannot read {path}: {exc.strerror}") from exc
+                chunk = self._read_chunk(handle, path)
                 if not chunk:
                     return True, consumed
                 # search only the new chunk: searching all of `pending` made a long line quadratic
                 cut_in_chunk = chunk.rfind(b"\n")
                 pending += chunk
                 if cut_in_chunk < 0:
+                    if self._limit is not None and len(pending) > self._limit:
+                        skipped = self._skip_overlong(handle, path, len(pending), out)
+                        if skipped is None:
+                            return True, consumed  # still open at the end: scanned again next poll
+                        consumed += skipped
+                        pending.clear()
+                        handle.seek(self._position)  # what followed its newline is read normally
                     continue  # a line longer than the chunk: read on until its newline or the end
                 cut = len(pending) - len(chunk) + cut_in_chunk
                 for line in bytes(pending[:cut]).split(b"\n"):
                     if self._line_offset >= self.from_offset and line:
-                        out.append((self._line_offset, line))
+                        out.append((self._line_offset, self._bounded(line)))
                     self._line_offset += 1
                 del pending[: cut + 1]
                 self._position += cut + 1
                 consumed += cut + 1
         return False, consumed
+
+    def _bounded(self, line: bytes) -> bytes | OverlongLine:
+        """`line`, or its `OverlongLine` when it is over the limit."""
+        if self._limit is not None and len(line) > self._limit:
+            return OverlongLine(len(line), self._limit)
+        return line
+
+    def _skip_overlong(
+        self, handle: BinaryIO, path: Path, length: int, out: list[tuple[int, bytes | OverlongLine]]
+    ) -> int | None:
+        """Scan an over-long line (`length` bytes of it read so far) for its newline, keeping nothing.
+
+        Found: its `OverlongLine` is appended, the place moves past it, and the bytes consumed are
+        returned. At end of file: None, and the place stays at the line's start, since a writer's restart
+        may truncate a torn line and the rescan is bounded by the skip limit.
+        """
+        assert self._limit is not None
+        while True:
+            chunk = self._read_chunk(handle, path)
+            if not chunk:
+                return None
+            cut = chunk.find(b"\n")
+            if cut >= 0:
+                length += cut
+                if self._line_offset >= self.from_offset:
+                    out.append((self._line_offset, OverlongLine(length, self._limit)))
+                self._line_offset += 1
+                self._position += length + 1
+                return length + 1
+            length += len(chunk)
+            if length > skip_limit(self._limit):
+                raise _unending_line(f"{path}: the line at offset {self._line_offset}", self._limit)
+
+    @staticmethod
+    def _read_chunk(handle: BinaryIO, path: Path) -> bytes:
+        try:
+            return handle.read(_CHUNK)
+        except OSError as exc:
+            raise StreamReadError(f"cannot read {path}: {exc.strerror}") from exc

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from avro_schemas import DecodeError, EncodeError, EpochSummary, TelemetryError, epoch_summary_codec
 from avro_schemas.ndjson import (
@@ -310,8 +310,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if not args.follow:
         if not directory.exists():
             raise InputError(f"no such directory: {args.dir}")
-        for _, line in iter_records_from(directory, args.from_offset):
-            out.write(line + b"\n")
+        for offset, line in iter_records_from(directory, args.from_offset, args.max_line_bytes):
+            _write_tailed(out, offset, line)
         out.flush()
         return 0
 
@@ -324,11 +324,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        follower = SegmentFollower(directory, args.from_offset)
+        follower = SegmentFollower(directory, args.from_offset, max_line_bytes=args.max_line_bytes)
         while not stopping:
             batch = follower.poll()
-            for _, line in batch:
-                out.write(line + b"\n")
+            for offset, line in batch:
+                _write_tailed(out, offset, line)
             out.flush()
             if not batch:
                 time.sleep(args.poll_interval)  # idle: a backlog is drained without waiting
@@ -336,6 +336,15 @@ def cmd_tail(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _write_tailed(out: BinaryIO, offset: int, line: bytes | OverlongLine) -> None:
+    """One stored line to `out` as it is; an over-long one is not printed but said on stderr."""
+    if isinstance(line, OverlongLine):
+        out.flush()  # keep stdout and stderr in offset order on a terminal
+        print(f"{PROG} tail: offset {offset} not printed: {overlong_line_error(line).message}", file=sys.stderr)
+    else:
+        out.write(line + b"\n")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -550,12 +559,14 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _add_max_line_bytes(parser: argparse.ArgumentParser) -> None:
-    """`--max-line-bytes N` for a command that reads NDJSON lines from files or standard input."""
+def _add_max_line_bytes(
+    parser: argparse.ArgumentParser, over: str = "as one invalid record (rule line_too_long)"
+) -> None:
+    """`--max-line-bytes N` for a command that reads NDJSON lines; `over` says what becomes of a longer line."""
     parser.add_argument(
         "--max-line-bytes", type=_positive_int, default=DEFAULT_MAX_LINE_BYTES, metavar="N",
-        help="longest line read, in bytes (default 1 MiB, Kafka's default largest message); a longer line is "
-             "skipped unread as one invalid record (rule line_too_long)",
+        help=f"longest line read, in bytes (default 1 MiB, Kafka's default largest message); a longer line is "
+             f"skipped unread {over}",
     )
 
 
@@ -611,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--poll-interval", type=_positive_seconds, default=0.2, metavar="SECONDS", help="idle wait between polls"
     )
+    _add_max_line_bytes(p, over="and not printed, with one line on stderr naming its offset")
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("train", help="run PPO and publish telemetry")

@@ -165,3 +165,26 @@ def test_codec_encode_and_decode_refuse_an_overlong_line_and_go_on(tmp_path, rec
     assert decoded.returncode == 1
     assert "4,000 bytes" in assert_one_clean_error_line(decoded.stderr)
     assert json.loads(decoded.stdout)["run_id"] == "run-a"
+
+
+# ---------------------------------------------------------------------------------------- tail
+
+
+def test_tail_says_which_offset_it_did_not_print_and_prints_the_rest(tmp_path):
+    (tmp_path / "telemetry-00000000000000000000.ndjson").write_bytes(b"r0\n" + b"w" * 5000 + b"\nr2\n")
+    proc = run("tail", str(tmp_path), "--from-offset", "0", "--max-line-bytes", "4096")
+    assert proc.returncode == 0
+    assert proc.stdout == b"r0\nr2\n"
+    line = assert_one_clean_error_line(proc.stderr)
+    assert "offset 1 not printed" in line and "5,000 bytes" in line
+
+
+def test_tail_of_a_segment_with_an_unending_line_ends_with_one_line_and_exit_2(tmp_path):
+    with open(tmp_path / "telemetry-00000000000000000000.ndjson", "wb") as handle:
+        handle.truncate(65 * MIB)  # sparse zeros, no newline
+    proc = run("tail", str(tmp_path), "--from-offset", "0")
+    assert proc.returncode == 2
+    assert "without a newline" in assert_one_clean_error_line(proc.stderr)
+    follow = run("tail", str(tmp_path), "--from-offset", "0", "--follow")
+    assert follow.returncode == 2
+    assert "offset 0 runs past" in assert_one_clean_error_line(follow.stderr)

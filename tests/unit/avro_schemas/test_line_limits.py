@@ -1,4 +1,5 @@
-"""Reading NDJSON lines in linear time and bounded memory: `LineSplitter`, `iter_stream_lines`, `iter_file_lines`.
+"""Reading NDJSON lines in linear time and bounded memory: `LineSplitter`, `iter_stream_lines`, `iter_file_lines`,
+and tail's readers (`iter_records_from`, `SegmentFollower`).
 
 A line over the limit comes out as one `OverlongLine` (its length, never its bytes); a line that runs on
 past the skip limit without a newline (an endless device, a binary pipe) is `UnendingLineError`.
@@ -18,9 +19,11 @@ from avro_schemas.ndjson import (
     DEFAULT_MAX_LINE_BYTES,
     LineSplitter,
     OverlongLine,
+    SegmentFollower,
     StreamReadError,
     UnendingLineError,
     iter_file_lines,
+    iter_records_from,
     iter_segment_lines,
     iter_stream_lines,
     segment_name,
@@ -240,3 +243,65 @@ def test_segment_lines_apply_the_limit_and_hold_back_a_partial_last_line(tmp_pat
     (tmp_path / segment_name(3)).write_bytes(b"r3\n" + b"p" * 300)
     assert list(iter_segment_lines(tmp_path, max_line_bytes=100)) == [b"r0", OverlongLine(300, 100), b"r2", b"r3"]
     assert list(iter_segment_lines(tmp_path)) == [b"r0", b"w" * 300, b"r2", b"r3"]
+
+
+# ---------------------------------------------------------------------------------------- tail's readers
+
+
+def test_records_from_give_an_overlong_line_at_its_offset_and_go_on(tmp_path):
+    (tmp_path / segment_name(10)).write_bytes(b"r10\n" + b"w" * 300 + b"\nr12\n")
+    assert list(iter_records_from(tmp_path, 11, max_line_bytes=100)) == [(11, OverlongLine(300, 100)), (12, b"r12")]
+    assert list(iter_records_from(tmp_path, 11)) == [(11, b"w" * 300), (12, b"r12")]
+
+
+def test_the_follower_gives_an_overlong_line_once_and_the_lines_after_it(tmp_path):
+    path = tmp_path / segment_name(0)
+    path.write_bytes(b"r0\n" + b"w" * 200_000)
+    follower = SegmentFollower(tmp_path, 0, max_line_bytes=1000)
+    assert follower.poll() == [(0, b"r0")]
+    assert follower.poll() == []  # still open: nothing yet, nothing kept
+    with open(path, "ab") as handle:
+        handle.write(b"w" * 1000 + b"\nr2\nr3\n")
+    assert follower.poll() == [(1, OverlongLine(201_000, 1000)), (2, b"r2"), (3, b"r3")]
+    assert follower.poll() == []
+
+
+def test_the_follower_checks_lines_that_end_inside_the_chunk_too(tmp_path):
+    (tmp_path / segment_name(0)).write_bytes(b"a" * 50 + b"\n" + b"b" * 10 + b"\n")
+    follower = SegmentFollower(tmp_path, 0, max_line_bytes=20)
+    assert follower.poll() == [(0, OverlongLine(50, 20)), (1, b"b" * 10)]
+
+
+def test_the_follower_skips_a_50_mb_line_in_bounded_memory(tmp_path):
+    length = 50_000_000
+    with open(tmp_path / segment_name(0), "wb") as handle:
+        for _ in range(length // 1_000_000):
+            handle.write(b"x" * 1_000_000)
+        handle.write(b"\nafter\n")
+    follower = SegmentFollower(tmp_path, 0, max_line_bytes=MIB)
+    tracemalloc.start()
+    try:
+        got = []
+        for _ in range(100):
+            batch = follower.poll()
+            if not batch:
+                break
+            got += batch
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == [(0, OverlongLine(length, MIB)), (1, b"after")]
+    assert peak < 4 * MIB
+
+
+def test_the_follower_of_an_unending_line_is_an_unending_line_error(tmp_path):
+    with open(tmp_path / segment_name(7), "wb") as handle:
+        handle.truncate(skip_limit(MIB) + MIB)  # sparse: zeros without a newline, no disk used
+    follower = SegmentFollower(tmp_path, 0, max_line_bytes=MIB)
+    with pytest.raises(UnendingLineError, match="the line at offset 7 runs past"):
+        follower.poll()
+
+
+def test_a_follower_limit_below_one_is_refused(tmp_path):
+    with pytest.raises(ValueError):
+        SegmentFollower(tmp_path, 0, max_line_bytes=0)
