@@ -12,6 +12,9 @@ summary of its whole stream.
 
 from __future__ import annotations
 
+import math
+import random
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,7 +36,8 @@ from producer.kafka_sink import KafkaSink
 
 __all__ = [
     "PARTITIONS", "WATCH_RULES", "Backlog", "Expected", "GroupOffsets", "backlog_on_topic", "drift_summaries_out",
-    "expected_outputs", "murmur2_partition", "verify_outputs",
+    "expected_outputs", "interleaved", "murmur2_partition", "owned_partitions", "run_ids_on_partitions", "verify_outputs",
+    "with_faults",
 ]
 
 PARTITIONS = 3  # of the epochs topic, as the sink creates it
@@ -264,3 +268,54 @@ def backlog_on_topic(config: dict[str, Any], keys: set[bytes]) -> Backlog:
         backlog.messages.append((message.key(), message.value()))
         backlog.placed.append((message.partition(), message.offset()))
     return backlog
+
+
+def run_ids_on_partitions(unique_run_id, tag: str, partitions: list[int]) -> list[str]:
+    """Fresh run ids whose records land on `partitions` (one id per entry, in that order)."""
+    ids = []
+    for partition in partitions:
+        while murmur2_partition((run_id := unique_run_id(tag)).encode()) != partition:
+            pass
+        ids.append(run_id)
+    return ids
+
+
+def with_faults(records: list[dict[str, Any]], seed: int) -> list[bytes]:
+    """A run's messages as a real topic suffers them: garbage, truncated and NaN messages, re-sends."""
+    codec = epoch_summary_codec()
+    rng = random.Random(seed)
+    payloads = []
+    for index, record in enumerate(records):
+        payloads.append(codec.encode(record))
+        if index % 37 == 11:
+            kind = (index // 37) % 3
+            if kind == 0:
+                payloads.append(b"\x00garbage " + str(index).encode())  # wrong header: decode stage
+            elif kind == 1:
+                payloads.append(codec.encode(record)[:14])  # truncated body: decode stage
+            else:
+                payloads.append(codec.encode(dict(record, policy_loss=math.nan)))  # validate stage
+        if index % 53 == 20:
+            back = rng.randint(1, 6)  # re-sent records: duplicates by log_stream_offset, no output
+            payloads += [codec.encode(r) for r in records[index - back:index + 1]]
+    return payloads
+
+
+def interleaved(runs: dict[str, list[bytes]]) -> list[tuple[bytes, bytes]]:
+    """The runs' messages round-robin, as concurrent runs share a topic."""
+    queues = {run_id.encode(): list(reversed(payloads)) for run_id, payloads in runs.items()}
+    out = []
+    while any(queues.values()):
+        for key, queue in queues.items():
+            if queue:
+                out.append((key, queue.pop()))
+    return out
+
+
+def owned_partitions(log: str) -> set[int]:
+    """The partitions a consumer holds now, replaying its 'assigned' and 'gave up' log lines."""
+    owned: set[int] = set()
+    for verb, numbers in re.findall(r"(assigned|gave up) partitions \[([\d, ]*)\]", log):
+        changed = {int(n) for n in numbers.split(",") if n.strip()}
+        owned = owned | changed if verb == "assigned" else owned - changed
+    return owned

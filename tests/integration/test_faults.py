@@ -6,7 +6,6 @@ exactly-once verifier of `exactly_once.py`.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import re
@@ -23,8 +22,8 @@ from avro_schemas.codec import epoch_summary_codec
 from avro_schemas.topics import DRIFT_GROUP, EPOCHS_TOPIC, VALIDATOR_GROUP, WATCH_GROUP
 from consumers.drift import Baseline
 from exactly_once import (
-    PARTITIONS, WATCH_RULES, Backlog, GroupOffsets, drift_summaries_out, expected_outputs, murmur2_partition,
-    verify_outputs,
+    PARTITIONS, WATCH_RULES, Backlog, GroupOffsets, drift_summaries_out, expected_outputs, interleaved,
+    owned_partitions, run_ids_on_partitions, verify_outputs, with_faults,
 )
 from kafka_testing import read_topic, wait_for
 from ppo_telemetry.broker import LocalBroker
@@ -35,66 +34,6 @@ pytestmark = pytest.mark.integration
 
 GROUP_IDS = {"validate": VALIDATOR_GROUP, "drift": DRIFT_GROUP, "watch": WATCH_GROUP}
 RESTART_BROKER_PORT = 29317  # a broker of the restart test's own (the session's is shared)
-
-
-# ------------------------------------------------------------------------------------ input
-
-
-def run_ids_on_partitions(unique_run_id, tag: str, partitions: list[int]) -> list[str]:
-    """Fresh run ids whose records land on `partitions` (one id per entry, in that order)."""
-    ids = []
-    for partition in partitions:
-        while murmur2_partition((run_id := unique_run_id(tag)).encode()) != partition:
-            pass
-        ids.append(run_id)
-    return ids
-
-
-def with_faults(records: list[dict[str, Any]], seed: int) -> list[bytes]:
-    """A run's messages as a real topic suffers them: garbage, truncated and NaN messages, re-sends."""
-    codec = epoch_summary_codec()
-    rng = random.Random(seed)
-    payloads = []
-    for index, record in enumerate(records):
-        payloads.append(codec.encode(record))
-        if index % 37 == 11:
-            kind = (index // 37) % 3
-            if kind == 0:
-                payloads.append(b"\x00garbage " + str(index).encode())  # wrong header: decode stage
-            elif kind == 1:
-                payloads.append(codec.encode(record)[:14])  # truncated body: decode stage
-            else:
-                payloads.append(codec.encode(dict(record, policy_loss=math.nan)))  # validate stage
-        if index % 53 == 20:
-            back = rng.randint(1, 6)  # re-sent records: duplicates by log_stream_offset, no output
-            payloads += [codec.encode(r) for r in records[index - back:index + 1]]
-    return payloads
-
-
-def interleaved(runs: dict[str, list[bytes]]) -> list[tuple[bytes, bytes]]:
-    """The runs' messages round-robin, as concurrent runs share a topic."""
-    queues = {run_id.encode(): list(reversed(payloads)) for run_id, payloads in runs.items()}
-    out = []
-    while any(queues.values()):
-        for key, queue in queues.items():
-            if queue:
-                out.append((key, queue.pop()))
-    return out
-
-
-# ------------------------------------------------------------------------------------ expected outputs
-
-
-# ------------------------------------------------------------------------------------ group progress
-
-
-def owned_partitions(log: str) -> set[int]:
-    """The partitions a consumer holds now, replaying its 'assigned' and 'gave up' log lines."""
-    owned: set[int] = set()
-    for verb, numbers in re.findall(r"(assigned|gave up) partitions \[([\d, ]*)\]", log):
-        changed = {int(n) for n in numbers.split(",") if n.strip()}
-        owned = owned | changed if verb == "assigned" else owned - changed
-    return owned
 
 
 # ------------------------------------------------------------------------------------ 1. kill -9
