@@ -58,7 +58,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from avro_schemas.codec import HEADER_SIZE, SingleObjectCodec, epoch_summary_codec
 from avro_schemas.errors import DecodeError, EmptyMessageError, TelemetryError, UnknownSchemaError
@@ -76,6 +76,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Consume errors about one message the client cannot read: a batch it cannot decompress (corrupt, or larger
+# than `receive.message.max.bytes` once decompressed) or a corrupt one. Dead-lettered and skipped.
+_UNREADABLE = (KafkaError._BAD_COMPRESSION, KafkaError._BAD_MSG)
 
 DEADLINE_MARGIN = 30.0
 """Seconds past a Kafka call's own timeout before the watchdog ends the process (see the docstring)."""
@@ -210,6 +214,7 @@ class TransactionalRunner:
         self._producer: Producer | None = None
         self._assigned: set[int] = set()
         self._errors_said: set[int] = set()
+        self._skipped_to: dict[int, int] = {}  # input partition -> offset after the last unreadable message
         self._idle_asked_at = -1e9
         self._watchdog: Watchdog | None = None
 
@@ -324,6 +329,8 @@ class TransactionalRunner:
         consumer.incremental_unassign(partitions)
 
     def _forget(self, partitions: set[int]) -> None:
+        for partition in partitions:  # read again from a committed offset: a skip not committed is redone
+            self._skipped_to.pop(partition, None)
         for run_id in [r for r, p in self._run_partition.items() if p in partitions]:
             del self._run_partition[run_id]
             self.tracker.last_offsets.pop(run_id, None)
@@ -433,6 +440,23 @@ class TransactionalRunner:
             except BufferError:
                 self._producer.poll(0.05)
 
+    def _unreadable(self, message: Any, error: KafkaError) -> list[Output] | None:
+        """Outputs for a message the client cannot read (a batch it cannot decompress, a corrupt one), which
+        it is then seeked past: librdkafka reports such a message again at every fetch, so the group would
+        stand still on it. None for other consume errors (said) and for a report of one already skipped."""
+        partition, offset = message.partition(), message.offset()
+        if error.code() not in _UNREADABLE or offset is None:  # None: not about one message
+            if error.code() != KafkaError._PARTITION_EOF:
+                self._say(f"consume error: {error.str()}")
+            return None
+        if offset < self._skipped_to.get(partition, 0):
+            return None  # fetched again before the seek took effect
+        self._skipped_to[partition] = offset + 1
+        self._consumer.seek(TopicPartition(message.topic(), partition, offset + 1))
+        self.counts.rejected += 1
+        unread = Message(topic=message.topic(), partition=partition, offset=offset)  # where is all that is known
+        return self.core.on_rejected(unread, Rejection("decode", "unreadable_batch", error.str()))
+
     def process_batch(self, messages: list[Any]) -> None:
         """One transaction: every message's outputs, the changed runs' state, the input offsets."""
         producer = self._producer
@@ -444,13 +468,14 @@ class TransactionalRunner:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    self._say(f"consume error: {error.str()}")
-                continue
+                produced, run_id = self._unreadable(message, error), None
+                if produced is None:
+                    continue
+            else:
+                produced, run_id = handle(message)
             self.counts.consumed += 1
             partition = message.partition()
             positions[(message.topic(), partition)] = message.offset() + 1
-            produced, run_id = handle(message)
             if produced:
                 for output in produced:
                     self._produce(output)

@@ -39,6 +39,9 @@ from ppo_telemetry.demo import synthetic_run
 pytestmark = pytest.mark.integration
 
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
+# The validator under test reads batches of at most 5 MB once decompressed (librdkafka's default is 100 MB):
+# a "bomb" (a record that compresses from 8-16 MB to a few KB) is a batch it cannot read
+READER_LIMITS = {"receive.message.max.bytes": 5_000_000, "fetch.max.bytes": 4_000_000}
 FORGED = [("error.rule", b"forged"), ("error.stage", b"none"), ("source.offset", b"-1"), ("original.error.rule", b"x")]
 WRONG_HEADER = "wrong header: expected C3 01, got 00 00"  # the codec's reason for a value starting 00 00
 
@@ -72,8 +75,9 @@ def producers(config: dict[str, Any], input_limit: int) -> dict[str, Producer]:
                         "enable.idempotence": True, "partitioner": "murmur2_random"})
         for name in COMPRESSIONS
     }
-    made["zstd-beyond"] = Producer({**config, "compression.type": "zstd", "message.max.bytes": 4 * input_limit,
-                                    "enable.idempotence": True, "partitioner": "murmur2_random"})
+    for name, largest in (("zstd-beyond", 4 * input_limit), ("zstd-bomb", 32_000_000)):
+        made[name] = Producer({**config, "compression.type": "zstd", "message.max.bytes": largest,
+                               "enable.idempotence": True, "partitioner": "murmur2_random"})
     return made
 
 
@@ -84,7 +88,7 @@ def bad_message(rng: random.Random, keys: list[bytes], room: int, dlq_room: int)
     headers = list(FORGED) if rng.random() < 0.3 else []
     room -= len(key or b"") + sum(len(n) + len(v) + 4 for n, v in headers)
     producer = rng.choice(COMPRESSIONS)
-    kind = rng.choice(["random", "random", "random", "zeros", "boundary", "largest", "avro", "empty", "beyond"])
+    kind = rng.choice(["random", "random", "random", "zeros", "boundary", "largest", "avro", "empty", "beyond", "bomb"])
     if kind == "random":  # log-uniform sizes, from a few bytes to the largest
         value = rng.randbytes(int(room ** rng.random()))
     elif kind == "zeros":  # compressible: small on the wire, large in the DLQ
@@ -98,8 +102,10 @@ def bad_message(rng: random.Random, keys: list[bytes], room: int, dlq_room: int)
         value = MAGIC + epoch_summary_codec().latest.fingerprint + rng.randbytes(rng.randint(0, 4000))
     elif kind == "empty":
         value = rng.choice([b"", None])
-    else:  # larger than the topic takes, accepted because it compresses below it
+    elif kind == "beyond":  # larger than the topic takes, accepted because it compresses below it
         value, producer = bytes(rng.randint(room + 1, 3 * room)), "zstd-beyond"
+    else:  # larger than the validator can decompress: it cannot read the batch
+        value, producer = bytes(rng.randint(8_000_000, 16_000_000)), "zstd-bomb"
     return key, value, headers, producer
 
 
@@ -168,7 +174,9 @@ class ValidatorThread:
 
     def __init__(self, config: dict[str, Any], namespace: Namespace) -> None:
         self.log = io.StringIO()
-        self.runner = TransactionalRunner(config, ValidatorGroup(), instance_id="fuzz", namespace=namespace, err=self.log)
+        self.runner = TransactionalRunner(
+            {**config, **READER_LIMITS}, ValidatorGroup(), instance_id="fuzz", namespace=namespace, err=self.log
+        )
         self.ends: dict[int, int] = {}
         self.outcome: dict[str, Any] = {}
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -227,15 +235,19 @@ def check_dead_letters(config: dict[str, Any], fuzz: Fuzz, dlq_topic: str) -> st
         sent = bad[(int(dict(headers)["source.partition"]), int(dict(headers)["source.offset"]))]
         check_letter(letter, headers, sent, limit)
     cut = sum(dict(m.headers()).get("source.value.truncated") == b"true" for m in letters)
+    unreadable = sum(dict(m.headers())["error.rule"] == b"unreadable_batch" for m in letters)
     largest = max(record_size(m.key(), m.value(), m.headers()) for m in letters)
     sent_bytes = sum(len(sent.value or b"") for sent in fuzz.sent)
-    return (f"{len(letters)} dead letters ({cut} cut), largest {largest:,} bytes of {limit:,}; "
+    return (f"{len(letters)} dead letters ({cut} cut, {unreadable} unreadable), largest {largest:,} bytes of {limit:,}; "
             f"{sent_bytes / 2**20:,.0f} MiB of values sent")
 
 
 def check_letter(letter: Any, headers: list, sent: Sent, limit: int) -> None:
     """One dead letter against what was sent."""
     named = dict(headers)
+    if named["error.rule"] == b"unreadable_batch":  # the validator could not read it: where is all it says
+        assert sent.producer == "zstd-bomb" and (letter.key(), letter.value()) == (None, None), named
+        return
     assert [name for name, _ in headers].count("error.rule") == 1
     assert named["error.stage"] in (b"decode", b"validate")
     assert record_size(letter.key(), letter.value(), headers) <= limit
