@@ -9,8 +9,8 @@ Pure: no Kafka client types. The runner's Kafka message becomes a `SourceMessage
   can never pass for ours, and stripping one `original.` always gives the sender's name back; the
   sender's other headers (`telemetry_version`, ...) are kept as they are.
 - **Poison of any size fits.** A record that is too large for the DLQ is dead-lettered shortened, never
-  refused: the value is cut first, then the sender's headers are dropped (from the last), then the key
-  is cut. A cut part gets `source.<part>.length` (its original length in bytes), `source.<part>.sha256`
+  refused: the value is cut first, then the sender's headers are dropped (from the first that does not
+  fit on), then the key is cut. A cut part gets `source.<part>.length` (its original length in bytes), `source.<part>.sha256`
   (hex digest of the original) and `source.<part>.truncated` (`true`); dropped headers are counted in
   `source.headers.dropped`. Those headers appear only when something was cut.
 - **Headers the client cannot read.** confluent-kafka cannot read a header name that is not UTF-8 (it
