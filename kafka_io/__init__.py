@@ -19,6 +19,7 @@ from avro_schemas.errors import TelemetryError
 
 __all__ = [
     "KafkaIOError", "ensure_topics", "max_message_bytes", "partition_count", "quiet_logger", "read_to_end", "reason",
+    "replication_for",
 ]
 
 
@@ -43,15 +44,29 @@ def quiet_logger() -> logging.Logger:
     return logger
 
 
+def replication_for(brokers: int) -> tuple[int, dict[str, str]]:
+    """The replication factor and topic config of a new topic on a cluster of `brokers` live brokers:
+    three replicas and `min.insync.replicas=2` from three brokers on (with `acks=all` a write is on two
+    brokers before it is acknowledged, and one broker may be down); fewer brokers, one replica each."""
+    if brokers >= 3:
+        return 3, {"min.insync.replicas": "2"}
+    return max(brokers, 1), {}
+
+
 def ensure_topics(config: dict[str, Any], topics: dict[str, tuple[int, dict[str, str]]], timeout: float = 30.0) -> None:
-    """Create missing topics: name -> (partitions, topic config); existing ones are left as they are."""
+    """Create missing topics: name -> (partitions, topic config); existing ones are left as they are.
+
+    Their replication follows the live broker count (`replication_for`); the topic config given wins."""
     admin = AdminClient({**config, "logger": quiet_logger()})
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise KafkaIOError(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {reason(exc)}") from None
+    existing = set(metadata.topics)
+    replicas, replication_config = replication_for(len(metadata.brokers))
     missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=-1, config=topic_config)
+        NewTopic(name, num_partitions=partitions, replication_factor=replicas,
+                 config={**replication_config, **topic_config})
         for name, (partitions, topic_config) in topics.items()
         if name not in existing
     ]

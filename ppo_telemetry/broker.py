@@ -1,13 +1,21 @@
-"""A local single-node Apache Kafka broker (KRaft combined mode) for machines without Docker.
+"""A local Apache Kafka broker (KRaft combined mode) for machines without Docker: one node, or a
+replicated cluster of three on loopback.
 
-`ppo-telemetry broker start|stop|status [--port P]`. The jars come from Maven Central through
+`ppo-telemetry broker start|stop|status [--port P] [--nodes N]`. The jars come from Maven Central through
 `compose/kafka-local/pom.xml` (`mvn dependency:copy-dependencies`, once; later starts reuse them).
 Each port has its own run directory, `compose/kafka-local/run/<port>/` (or under
-`$PPO_TELEMETRY_BROKER_HOME`): the rendered `server.properties`, the data (`data/`), `broker.log` and
-`broker.pid`. `start` formats the storage (keeping data already there, so a restarted broker still
-has its topics), launches `kafka.Kafka` in its own session, waits until it answers a metadata request
-and prints the bootstrap address; `stop` ends it by its pid (SIGTERM, then SIGKILL after a grace
-period); `status` prints the address when it runs and answers, else exits 1.
+`$PPO_TELEMETRY_BROKER_HOME`). One node keeps its files there: the rendered `server.properties`, the
+data (`data/`), `broker.log` and `broker.pid`; its client port is P, its controller's P+1. A cluster of
+N nodes records itself in `cluster.properties` (node count, cluster id) and keeps each node's files in
+`node-<id>/`: node k (1..N) serves clients on P+2(k-1) and its controller on the port after that, and
+all N controllers form the KRaft quorum (N voters, a majority needed). Its topics are replicated three
+times (at most N) and need two in-sync replicas to accept a write (`server.properties.template`).
+
+`start` formats each node's storage (keeping data already there, so a restarted node still has its
+topics), launches the nodes not running yet, each `kafka.Kafka` in its own session, waits until every
+node answers and the cluster lists all of them, and prints the bootstrap address (every node,
+comma-separated); `stop` ends every node by its pid (SIGTERM, then SIGKILL after a grace period);
+`status` says which nodes run and prints the address when all of them answer, else exits 1.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import base64
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -24,12 +33,19 @@ from pathlib import Path
 
 from avro_schemas.errors import TelemetryError
 
-__all__ = ["BrokerError", "LocalBroker", "KAFKA_LOCAL_DIR", "DEFAULT_PORT"]
+__all__ = [
+    "BrokerError", "BrokerNode", "LocalBroker", "KAFKA_LOCAL_DIR", "DEFAULT_PORT", "MAX_NODES", "answers",
+    "registered_brokers",
+]
 
 KAFKA_LOCAL_DIR = Path(__file__).resolve().parent.parent / "compose" / "kafka-local"
 DEFAULT_PORT = 9092
+MAX_NODES = 5  # loopback clusters for development and tests; more would only cost memory
 START_TIMEOUT = 90.0
+CLUSTER_START_TIMEOUT = 180.0  # N JVMs starting at once on a small machine, then electing a quorum
 STOP_TIMEOUT = 30.0
+SINGLE_NODE_HEAP = "-Xmx1g"
+CLUSTER_NODE_HEAP = "-Xmx512m"  # three JVMs on one machine: a modest heap each is plenty for tests
 
 
 class BrokerError(TelemetryError):
@@ -65,8 +81,9 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def answers(bootstrap: str, timeout: float = 2.0) -> bool:
-    """Whether a Kafka broker at `bootstrap` answers a metadata request within `timeout` seconds."""
+def registered_brokers(bootstrap: str, timeout: float = 2.0) -> set[int] | None:
+    """The node ids a Kafka cluster at `bootstrap` lists in a metadata answer within `timeout` seconds
+    (None when nothing answers). KRaft lists the live, unfenced brokers only."""
     from confluent_kafka.admin import AdminClient
 
     from kafka_io import quiet_logger
@@ -75,30 +92,39 @@ def answers(bootstrap: str, timeout: float = 2.0) -> bool:
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception:  # KafkaException on timeout / transport failure: not answering
-        return False
-    return bool(metadata.brokers)
+        return None
+    return set(metadata.brokers) or None
+
+
+def answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    """Whether a Kafka broker at `bootstrap` answers a metadata request within `timeout` seconds."""
+    return registered_brokers(bootstrap, timeout) is not None
+
+
+def _port_taken(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port` (SO_REUSEADDR, as Java binds: a port a stopped
+    broker's connections still hold in TIME_WAIT is free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
-class LocalBroker:
-    """The broker of one port on 127.0.0.1; its controller listens on the next port."""
+class BrokerNode:
+    """One node of a local broker: broker and controller in one process, with a run directory of its own."""
 
-    port: int = DEFAULT_PORT
-    home: Path | None = None
+    node_id: int
+    port: int
+    controller_port: int
+    run_dir: Path
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def controller_port(self) -> int:
-        # the controller listener needs a port of its own: the next one, as in Kafka's own examples
-        return self.port + 1 if self.port < 65535 else self.port - 1
-
-    @property
-    def run_dir(self) -> Path:
-        base = self.home or Path(os.environ.get("PPO_TELEMETRY_BROKER_HOME", KAFKA_LOCAL_DIR / "run"))
-        return base / str(self.port)
 
     @property
     def pid_file(self) -> Path:
@@ -108,19 +134,143 @@ class LocalBroker:
     def log_file(self) -> Path:
         return self.run_dir / "broker.log"
 
-    # ---------------------------------------------------------------------------------- state
-
     def pid(self) -> int | None:
-        """The pid of this port's broker process when it is alive, else None."""
+        """The pid of this node's process when it is alive, else None."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
         return pid if _pid_alive(pid) else None
 
+    def last_error(self) -> str:
+        """The last ERROR or exception line of its output or log (for a one-line start failure)."""
+        for path in (self.run_dir / "broker.out", self.log_file):
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in reversed(lines):
+                if "ERROR" in line or "Exception" in line:
+                    return line.strip()[:300]
+        return f"see {self.log_file}"
+
+    def signal_and_wait(self, signum: int, timeout: float) -> bool:
+        """Send `signum` and wait up to `timeout` s for the process to end (SIGKILL after that).
+
+        Returns whether it was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signum)
+        _await_exit([pid], timeout)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _await_exit(pids: list[int], timeout: float) -> None:
+    """Wait until every pid has exited, SIGKILLing whatever outlives `timeout`; reaps our children."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive:
+        for pid in alive:
+            _reap(pid)
+        alive = [pid for pid in alive if _pid_alive(pid)]
+        if alive and time.monotonic() > deadline:
+            for pid in alive:
+                os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")  # SIGKILL is not refused: wait for it
+        time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class LocalBroker:
+    """The local broker of one port on 127.0.0.1: one node, or a cluster of `nodes` (see the module
+    docstring for the ports). `nodes=None`: as its run directory records, else one."""
+
+    port: int = DEFAULT_PORT
+    home: Path | None = None
+    nodes: int | None = None
+
+    # ---------------------------------------------------------------------------------- layout
+
+    @property
+    def run_dir(self) -> Path:
+        base = self.home or Path(os.environ.get("PPO_TELEMETRY_BROKER_HOME", KAFKA_LOCAL_DIR / "run"))
+        return base / str(self.port)
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.run_dir / "cluster.properties"
+
+    def recorded_nodes(self) -> int | None:
+        """The node count the run directory records (1 for a single node's data; None when empty)."""
+        try:
+            recorded = dict(
+                line.split("=", 1) for line in self.cluster_file.read_text().splitlines() if "=" in line
+            )
+            return int(recorded["nodes"])
+        except (OSError, KeyError, ValueError):
+            pass
+        return 1 if (self.run_dir / "data").is_dir() else None
+
+    @property
+    def node_count(self) -> int:
+        if self.nodes is not None:
+            return self.nodes
+        return self.recorded_nodes() or 1
+
+    @property
+    def node_list(self) -> list[BrokerNode]:
+        """Its nodes, by id: one node in the run directory itself, a cluster's in `node-<id>/`."""
+        if self.node_count == 1:
+            # the controller listener needs a port of its own: the next one, as in Kafka's own examples
+            controller = self.port + 1 if self.port < 65535 else self.port - 1
+            return [BrokerNode(1, self.port, controller, self.run_dir)]
+        return [
+            BrokerNode(index + 1, self.port + 2 * index, self.port + 2 * index + 1, self.run_dir / f"node-{index + 1}")
+            for index in range(self.node_count)
+        ]
+
+    def node(self, node_id: int) -> BrokerNode:
+        """The node with this id (1..N)."""
+        for candidate in self.node_list:
+            if candidate.node_id == node_id:
+                return candidate
+        raise BrokerError(f"the broker on port {self.port} has no node {node_id}")
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, comma-separated (clients need one that answers)."""
+        return ",".join(node.bootstrap for node in self.node_list)
+
+    @property
+    def controller_port(self) -> int:
+        return self.node_list[0].controller_port
+
+    @property
+    def pid_file(self) -> Path:
+        return self.node_list[0].pid_file
+
+    @property
+    def log_file(self) -> Path:
+        return self.node_list[0].log_file
+
+    # ---------------------------------------------------------------------------------- state
+
+    def pid(self) -> int | None:
+        """The pid of its first live node's process, else None (no node runs)."""
+        return next((pid for pid in self.pids().values() if pid is not None), None)
+
+    def pids(self) -> dict[int, int | None]:
+        """Each node's pid (None for a node that does not run), by node id."""
+        return {node.node_id: node.pid() for node in self.node_list}
+
     def running(self) -> bool:
-        """Its process is alive and it answers a metadata request."""
-        return self.pid() is not None and answers(self.bootstrap)
+        """Every node's process is alive and the broker lists every node in a metadata answer."""
+        if any(pid is None for pid in self.pids().values()):
+            return False
+        return registered_brokers(self.bootstrap) == {node.node_id for node in self.node_list}
 
     # ---------------------------------------------------------------------------------- jars
 
@@ -147,25 +297,42 @@ class LocalBroker:
 
     # ---------------------------------------------------------------------------------- start
 
-    def _render_properties(self) -> Path:
+    def render_properties(self, node: BrokerNode) -> str:
+        """`server.properties` of `node`: the template with its ports, id, the quorum and replication."""
+        from kafka_io import replication_for
+
+        # the broker's defaults (internal topics, topics created by others) as the project creates its own
+        replicas, topic_config = replication_for(self.node_count)
+        min_isr = topic_config.get("min.insync.replicas", "1")
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.node_list)
         template = (KAFKA_LOCAL_DIR / "server.properties.template").read_text()
-        text = (
-            template.replace("@PORT@", str(self.port))
-            .replace("@CONTROLLER_PORT@", str(self.controller_port))
-            .replace("@LOG_DIR@", str(self.run_dir / "data"))
-        )
-        path = self.run_dir / "server.properties"
-        path.write_text(text)
+        for placeholder, value in (
+            ("@NODE_ID@", node.node_id),
+            ("@VOTERS@", voters),
+            ("@PORT@", node.port),
+            ("@CONTROLLER_PORT@", node.controller_port),
+            ("@LOG_DIR@", node.run_dir / "data"),
+            ("@REPLICAS@", replicas),
+            ("@MIN_ISR@", min_isr),
+        ):
+            template = template.replace(placeholder, str(value))
+        return template
+
+    def _render_properties(self, node: BrokerNode | None = None) -> Path:
+        node = node or self.node_list[0]
+        path = node.run_dir / "server.properties"
+        path.write_text(self.render_properties(node))
         return path
 
-    def _java_command(self, main_class: str, *args: str, heap: str = "-Xmx1g") -> list[str]:
+    def _java_command(self, main_class: str, *args: str, heap: str | None = None, node: BrokerNode | None = None) -> list[str]:
+        node = node or self.node_list[0]
         return [
             _java(),
             "-Xms256m",
-            heap,
+            heap or (SINGLE_NODE_HEAP if self.node_count == 1 else CLUSTER_NODE_HEAP),
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
-            f"-Dkafka.logs.dir={self.run_dir}",
+            f"-Dkafka.logs.dir={node.run_dir}",
             f"-Dlog4j2.configurationFile={KAFKA_LOCAL_DIR / 'log4j2.properties'}",
             "-cp",
             str(self.jars_dir() / "*"),
@@ -173,112 +340,157 @@ class LocalBroker:
             *args,
         ]
 
-    def _format_storage(self, properties: Path) -> None:
-        if (self.run_dir / "data" / "meta.properties").exists():
-            return  # formatted before: keep the data (topics, committed offsets) across restarts
-        # Kafka's own form (a URL-safe base64 UUID); one in 64 starts with '-', which the tool's
-        # argument parser would take for an option, hence `--cluster-id=` below
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        proc = subprocess.run(
+    def _cluster_id(self) -> str:
+        """A cluster's id, recorded with its node count (every node is formatted with the same one)."""
+        try:
+            for line in self.cluster_file.read_text().splitlines():
+                if line.startswith("cluster.id="):
+                    return line.split("=", 1)[1].strip()
+        except OSError:
+            pass
+        cluster_id = _new_cluster_id()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cluster_file.write_text(f"nodes={self.node_count}\ncluster.id={cluster_id}\n")
+        return cluster_id
+
+    def _format_storage(self, node: BrokerNode, properties: Path, cluster_id: str) -> subprocess.Popen[str] | None:
+        """Start formatting `node`'s storage (None when formatted before: its data, topics and committed
+        offsets, are kept across restarts)."""
+        if (node.run_dir / "data" / "meta.properties").exists():
+            return None
+        # `--cluster-id=`: one id in 64 starts with '-', which the tool's parser would take for an option
+        return subprocess.Popen(
             self._java_command(
-                "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(properties), "--ignore-formatted",
-                heap="-Xmx256m",
+                "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(properties),
+                "--ignore-formatted", heap="-Xmx256m", node=node,
             ),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
-        if proc.returncode != 0:
-            last = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
-            raise BrokerError(f"formatting the broker's storage failed: {last[-1][:300]}")
 
-    def start(self, timeout: float = START_TIMEOUT) -> str:
-        """Start the broker unless it runs already; returns the bootstrap address once it answers."""
-        if self.pid() is not None:
-            if self._await_answer(timeout):
-                return self.bootstrap
-            raise BrokerError(f"a broker process for port {self.port} runs (pid {self.pid()}) but does not answer; "
-                              f"see {self.log_file}")
-        _java()  # the one-line 'install Java' error before anything is fetched
-        self.fetch_jars()
-        if answers(self.bootstrap, timeout=1.0):
-            raise BrokerError(f"port {self.port} is served by a Kafka broker this project did not start; "
-                              f"use it (KAFKA_BOOTSTRAP_SERVERS={self.bootstrap}) or pick another --port")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        properties = self._render_properties()
-        self._format_storage(properties)
-        with open(self.run_dir / "broker.out", "ab") as out:
+    def _check_layout(self) -> None:
+        """A port's data belongs to one layout: a cluster's nodes cannot start as one node, nor the reverse."""
+        recorded = self.recorded_nodes()
+        if self.nodes is not None and recorded is not None and recorded != self.nodes:
+            held = "a single broker's data" if recorded == 1 else f"the data of a {recorded}-node cluster"
+            raise BrokerError(
+                f"{self.run_dir} holds {held}: start it with --nodes {recorded}, "
+                f"or stop it and remove that directory for a fresh {self.nodes}-node broker"
+            )
+        if not 1 <= self.node_count <= MAX_NODES:
+            raise BrokerError(f"--nodes must be 1 to {MAX_NODES}, not {self.node_count}")
+        highest = max(node.controller_port for node in self.node_list)
+        if highest > 65535:
+            raise BrokerError(f"{self.node_count} nodes from port {self.port} need ports up to {highest}; pick a lower --port")
+
+    def _check_ports_free(self, nodes: list[BrokerNode]) -> None:
+        for node in nodes:
+            if answers(node.bootstrap, timeout=1.0):
+                raise BrokerError(f"port {node.port} is served by a Kafka broker this project did not start; "
+                                  f"use it (KAFKA_BOOTSTRAP_SERVERS={node.bootstrap}) or pick another --port")
+            for port in (node.port, node.controller_port):
+                if _port_taken(port):
+                    raise BrokerError(f"port {port} (node {node.node_id}) is in use by another program; "
+                                      "pick another --port")
+
+    def start(self, timeout: float | None = None) -> str:
+        """Start every node that does not run yet; returns the bootstrap address once every node answers
+        and the cluster lists all of them."""
+        self._check_layout()
+        timeout = timeout or (START_TIMEOUT if self.node_count == 1 else CLUSTER_START_TIMEOUT)
+        stopped = [node for node in self.node_list if node.pid() is None]
+        if stopped:
+            _java()  # the one-line 'install Java' error before anything is fetched
+            self._check_ports_free(stopped)
+            self.fetch_jars()
+            cluster_id = self._cluster_id() if self.node_count > 1 else _new_cluster_id()
+            formatting = []
+            for node in stopped:
+                node.run_dir.mkdir(parents=True, exist_ok=True)
+                # one node: `_render_properties()` as subclasses that add listeners override it
+                properties = self._render_properties(node) if self.node_count > 1 else self._render_properties()
+                formatting.append(self._format_storage(node, properties, cluster_id))
+            for proc in formatting:  # the nodes format at once: one JVM start-up's wait, not N
+                if proc is not None and proc.wait() != 0:
+                    last = (proc.stderr.read() or proc.stdout.read()).strip().splitlines() or ["no output"]
+                    raise BrokerError(f"formatting the broker's storage failed: {last[-1][:300]}")
+            processes = {node.node_id: self._launch(node) for node in stopped}
+        else:
+            processes = {}
+        self._await_cluster(processes, timeout)
+        return self.bootstrap
+
+    def _launch(self, node: BrokerNode) -> subprocess.Popen[bytes]:
+        with open(node.run_dir / "broker.out", "ab") as out:
             process = subprocess.Popen(
-                self._java_command("kafka.Kafka", str(properties)),
+                self._java_command("kafka.Kafka", str(node.run_dir / "server.properties"), node=node),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C at the terminal that started it does not stop it
-                cwd=self.run_dir,
+                cwd=node.run_dir,
             )
-        self.pid_file.write_text(f"{process.pid}\n")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise BrokerError(f"the broker exited during start (code {process.returncode}): {self._last_error()}")
-            if answers(self.bootstrap, timeout=1.0):
-                return self.bootstrap
-            time.sleep(0.2)
-        raise BrokerError(f"the broker did not answer within {timeout:.0f} s; see {self.log_file}")
+        node.pid_file.write_text(f"{process.pid}\n")
+        return process
 
-    def _await_answer(self, timeout: float) -> bool:
+    def _await_cluster(self, processes: dict[int, subprocess.Popen[bytes]], timeout: float) -> None:
+        """Wait until every node answers and each lists all of them (a restarted node has rejoined)."""
+        wanted = {node.node_id for node in self.node_list}
+        waiting = list(self.node_list)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pid() is None:
-                return False
-            if answers(self.bootstrap, timeout=1.0):
-                return True
+        while waiting:
+            for node_id, process in processes.items():
+                if process.poll() is not None:
+                    raise BrokerError(f"node {node_id} exited during start (code {process.returncode}): "
+                                      f"{self.node(node_id).last_error()}")
+            for node in list(waiting):
+                if node.node_id not in processes and node.pid() is None:
+                    raise BrokerError(f"node {node.node_id} stopped during start; see {node.log_file}")
+                if registered_brokers(node.bootstrap, timeout=1.0) == wanted:
+                    waiting.remove(node)
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(f"node {node.node_id} ({node.log_file})" for node in waiting)
+                raise BrokerError(f"the broker did not answer within {timeout:.0f} s: see {names}")
             time.sleep(0.2)
-        return False
-
-    def _last_error(self) -> str:
-        for path in (self.run_dir / "broker.out", self.log_file):
-            try:
-                lines = path.read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            for line in reversed(lines):
-                if "ERROR" in line or "Exception" in line:
-                    return line.strip()[:300]
-        return f"see {self.log_file}"
 
     # ---------------------------------------------------------------------------------- stop
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
-        """End the broker by its pid (SIGTERM: a controlled shutdown; SIGKILL after `timeout`).
+        """End every node by its pid (SIGTERM: a controlled shutdown; SIGKILL after `timeout`), all at
+        once: a cluster's last node would otherwise wait for a quorum that has gone.
 
-        Returns whether one was running."""
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(pid):
-            _reap(pid)
-            time.sleep(0.1)
-        if _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while _pid_alive(pid):
-                _reap(pid)
-                time.sleep(0.05)
-        _reap(pid)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        Returns whether any was running."""
+        live = {node: node.pid() for node in self.node_list}
+        running = {node: pid for node, pid in live.items() if pid is not None}
+        for pid in running.values():
+            os.kill(pid, signal.SIGTERM)
+        _await_exit(list(running.values()), timeout)
+        for node in self.node_list:
+            node.pid_file.unlink(missing_ok=True)
+        return bool(running)
+
+    def stop_node(self, node_id: int, timeout: float = STOP_TIMEOUT) -> bool:
+        """End one node (SIGTERM, SIGKILL after `timeout`); returns whether it was running."""
+        return self.node(node_id).signal_and_wait(signal.SIGTERM, timeout)
+
+    def kill_node(self, node_id: int) -> bool:
+        """SIGKILL one node (for fault tests: no controlled shutdown); returns whether it was running."""
+        return self.node(node_id).signal_and_wait(signal.SIGKILL, STOP_TIMEOUT)
 
     def kill(self) -> None:
-        """SIGKILL the broker (for fault tests: no controlled shutdown)."""
-        pid = self.pid()
-        if pid is not None:
+        """SIGKILL every node (for fault tests: no controlled shutdown)."""
+        pids = [pid for pid in self.pids().values() if pid is not None]
+        for pid in pids:
             os.kill(pid, signal.SIGKILL)
-            while _pid_alive(pid):
-                _reap(pid)
-                time.sleep(0.05)
-            _reap(pid)
+        _await_exit(pids, STOP_TIMEOUT)
+
+
+def _new_cluster_id() -> str:
+    # Kafka's own form: a URL-safe base64 UUID without padding
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def _reap(pid: int) -> None:

@@ -471,25 +471,42 @@ def _drift_group(args: argparse.Namespace, config: dict[str, Any], namespace: An
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    """`broker start|stop|status`: the local single-node KRaft broker."""
+    """`broker start|stop|status`: the local KRaft broker, one node or a cluster (`--nodes`)."""
     from ppo_telemetry.broker import LocalBroker
 
-    broker = LocalBroker(port=args.port)
+    # stop and status cover the nodes the port's data records, whatever --nodes says
+    broker = LocalBroker(port=args.port, nodes=args.nodes if args.broker_command == "start" else None)
     if args.broker_command == "start":
         address = broker.start()
-        print(f"{PROG} broker: running (pid {broker.pid()}, data in {broker.run_dir})", file=sys.stderr)
+        print(f"{PROG} broker: running ({_broker_pids(broker)}, data in {broker.run_dir})", file=sys.stderr)
         print(address)
         return 0
     if args.broker_command == "stop":
         stopped = broker.stop()
-        print(f"{PROG} broker: {'stopped' if stopped else 'none was running'} on port {args.port}", file=sys.stderr)
+        nodes = f" ({broker.node_count} nodes)" if broker.node_count > 1 else ""
+        print(f"{PROG} broker: {'stopped' if stopped else 'none was running'} on port {args.port}{nodes}",
+              file=sys.stderr)
         return 0
     if broker.running():
-        print(f"{PROG} broker: running (pid {broker.pid()})", file=sys.stderr)
+        print(f"{PROG} broker: running ({_broker_pids(broker)})", file=sys.stderr)
         print(broker.bootstrap)
         return 0
+    down = [node_id for node_id, pid in broker.pids().items() if pid is None]
+    if len(down) < broker.node_count:
+        state = f"down: {', '.join(f'node {n}' for n in down)}" if down else "not every node answers yet"
+        print(f"{PROG} broker: {broker.node_count - len(down)} of {broker.node_count} nodes running on port "
+              f"{args.port} ({state})", file=sys.stderr)
+        return 1
     print(f"{PROG} broker: not running on port {args.port}", file=sys.stderr)
     return 1
+
+
+def _broker_pids(broker: Any) -> str:
+    """`pid N` for one node, `3 nodes, pids 1: N, 2: N, 3: N` for a cluster."""
+    pids = broker.pids()
+    if len(pids) == 1:
+        return f"pid {next(iter(pids.values()))}"
+    return f"{len(pids)} nodes, pids " + ", ".join(f"{node_id}: {pid}" for node_id, pid in pids.items())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -674,9 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", type=_namespace_name, metavar="NAME", help=_NAMESPACE_HELP)
     p.set_defaults(func=cmd_consume)
 
-    p = sub.add_parser("broker", help="a local single-node KRaft Kafka broker (no Docker needed)")
+    p = sub.add_parser("broker", help="a local KRaft Kafka broker, one node or a cluster (no Docker needed)")
     p.add_argument("broker_command", choices=("start", "stop", "status"))
-    p.add_argument("--port", type=_positive_int, default=9092, metavar="P")
+    p.add_argument("--port", type=_positive_int, default=9092, metavar="P",
+                   help="the first node's client port (default 9092); node k listens on P+2(k-1), its controller "
+                        "on the port after")
+    p.add_argument("--nodes", type=_positive_int, metavar="N",
+                   help="start: nodes on loopback (1 to 5; 3: replication factor 3, min.insync.replicas 2); "
+                        "default: as the port's data was started, else 1")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("demo", help="run the pipeline end to end, in a fresh namespace of its own")
