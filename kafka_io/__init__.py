@@ -118,6 +118,26 @@ def max_message_bytes(config: dict[str, Any], topics: Iterable[str], timeout: fl
     return limits
 
 
+def _watermarks(consumer: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+    """A partition's (low, high) watermarks, asked again while the broker says to retry (a leader moving
+    or not yet elected: NOT_LEADER_FOR_PARTITION under load, or just after a broker restart)."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            settling = error is not None and (error.retriable() or error.code() in _LEADER_SETTLING)
+            if not settling or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+# Errors of a partition whose leader is moving or being elected: the client's metadata catches up.
+_LEADER_SETTLING = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TRANSPORT,
+})
+
+
 def read_to_end(config: dict[str, Any], partitions: Iterable[TopicPartition], timeout: float = 60.0) -> Iterator[Any]:
     """Every committed message of the given partitions, from their beginnings to their current ends.
 
@@ -136,8 +156,9 @@ def read_to_end(config: dict[str, Any], partitions: Iterable[TopicPartition], ti
     try:
         assignment = [TopicPartition(tp.topic, tp.partition, -2) for tp in partitions]  # -2: beginning
         pending = {(tp.topic, tp.partition) for tp in assignment}
+        started = time.monotonic()
         for tp in assignment:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            low, high = _watermarks(consumer, tp, started + timeout)
             if high <= low:
                 pending.discard((tp.topic, tp.partition))
         if not pending:
