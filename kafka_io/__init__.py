@@ -108,13 +108,25 @@ def max_message_bytes(config: dict[str, Any], topics: Iterable[str], timeout: fl
     """Each topic's `max.message.bytes` as the broker applies it (its own setting or the broker default):
     the largest record batch, after compression, the topic accepts."""
     admin = AdminClient({**config, "logger": quiet_logger()})
-    resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
+    pending = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
     limits = {}
-    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
-        try:
-            limits[resource.name] = int(future.result()["max.message.bytes"].value)
-        except KafkaException as exc:
-            raise KafkaIOError(f"cannot read the configuration of topic {resource.name}: {reason(exc)}") from None
+    deadline = time.monotonic() + timeout
+    while pending:
+        unknown = []
+        for resource, future in admin.describe_configs(pending, request_timeout=timeout).items():
+            try:
+                limits[resource.name] = int(future.result()["max.message.bytes"].value)
+            except KafkaException as exc:
+                # on a cluster, a topic just created reaches each broker's metadata a moment apart: the
+                # broker asked may not know it yet
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and time.monotonic() < deadline:
+                    unknown.append(ConfigResource(ResourceType.TOPIC, resource.name))
+                    continue
+                raise KafkaIOError(f"cannot read the configuration of topic {resource.name}: {reason(exc)}") from None
+        pending = unknown
+        if pending:
+            time.sleep(0.1)
     return limits
 
 
