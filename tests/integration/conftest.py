@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import uuid
@@ -31,7 +30,7 @@ from ppo_telemetry.broker import LocalBroker
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tests import kafka_testing (importlib mode)
 
-from kafka_testing import ConsumerProcess, wait_for  # noqa: E402
+from kafka_testing import ConsumerProcess, free_ports, wait_for  # noqa: E402
 
 
 def _docker_answers() -> bool:
@@ -57,7 +56,7 @@ def local_broker() -> Iterator[LocalBroker | None]:
         return
     home = Path(tempfile.mkdtemp(prefix="ppo-telemetry-broker-"))
     configured = os.environ.get("PPO_TELEMETRY_TEST_BROKER_PORT")
-    broker = LocalBroker(port=int(configured) if configured else _free_port_pair(29092), home=home)
+    broker = LocalBroker(port=int(configured) if configured else free_ports(29092, 2), home=home)
     # SIGTERM (a CI timeout, `timeout`) would end pytest without its finalizers and leave the broker
     # running: make it an interrupt, which pytest unwinds through them
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -72,23 +71,6 @@ def local_broker() -> Iterator[LocalBroker | None]:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _free_port_pair(first: int) -> int:
-    """The first port from `first` on (in steps of 2) where neither it nor the next one (the broker's
-    controller) is taken: a broker left over by a killed session must not stop the next one."""
-    for port in range(first, first + 200, 2):
-        taken = False
-        for candidate in (port, port + 1):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.bind(("127.0.0.1", candidate))
-                except OSError:
-                    taken = True
-                    break
-        if not taken:
-            return port
-    raise RuntimeError(f"no free port pair in {first}..{first + 200}")
 
 
 @pytest.fixture(scope="session")

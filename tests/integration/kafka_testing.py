@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,10 @@ from typing import Any
 
 import pytest
 
-__all__ = ["committed_offsets", "default_group_offsets", "end_offsets", "read_topic", "wait_for"]
+__all__ = [
+    "ConsumerProcess", "committed_offsets", "default_group_offsets", "end_offsets", "free_ports", "read_topic",
+    "wait_for",
+]
 
 
 def read_topic(config: dict[str, Any], topic: str, keys: set[bytes] | None = None, timeout: float = 60.0) -> list[Any]:
@@ -113,3 +117,22 @@ class ConsumerProcess:
         self.process.kill()
         self.process.wait(30)
         self._log.close()
+
+
+def free_ports(first: int, count: int) -> int:
+    """The first port from `first` on (in steps of `count`) where `count` consecutive ports are free. Start
+    below the kernel's ephemeral range (32768-60999 here), so no client connection can hold one; a broker
+    left over by a killed session must not stop the next one."""
+    for port in range(first, first + 100 * count, count):
+        if all(_free(candidate) for candidate in range(port, port + count)):
+            return port
+    raise RuntimeError(f"no {count} free consecutive ports in {first}..{first + 100 * count}")
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -27,12 +27,11 @@ from consumers.drift import Baseline
 from exactly_once import (
     WATCH_RULES, GroupOffsets, backlog_on_topic, drift_summaries_out, expected_outputs, verify_outputs,
 )
-from kafka_testing import ConsumerProcess, read_topic
+from kafka_testing import ConsumerProcess, free_ports, read_topic
 from ppo_telemetry.broker import LocalBroker
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_BROKER_PORT = 29347  # a broker of this test's own: the session's is shared
 OUTAGE_SECONDS = 15.0  # as in issue 9's report of the wedge
 GROUP_IDS = {"validate": VALIDATOR_GROUP, "drift": DRIFT_GROUP, "watch": WATCH_GROUP}
 STOP_BOUND = 60.0  # SIGTERM must end a consumer within this (its own grace is 30 s)
@@ -119,7 +118,7 @@ def progressing(groups: dict[str, Supervised], offsets: dict[str, GroupOffsets],
 )
 def test_groups_come_through_broker_outages_with_every_output_exactly_once(tmp_path, unique_run_id, outages: list[str]):
     baseline_id, run_id = unique_run_id("base"), unique_run_id("cur")
-    broker = LocalBroker(port=OUTAGE_BROKER_PORT, home=tmp_path / "broker")
+    broker = LocalBroker(port=free_ports(29347, 2), home=tmp_path / "broker")  # its own: the session's is shared
     broker.start()
     groups: dict[str, Supervised] = {}
     trainer = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kafka_testing import free_ports
 from ppo_telemetry.broker import LocalBroker
 from ppo_telemetry.kafka_probe import ListenerMismatchError, check_listener
 
@@ -104,27 +104,11 @@ class SaslListenerBroker(LocalBroker):
         return path
 
 
-def _free_ports(first: int, count: int) -> int:
-    """The first port from `first` on where `count` consecutive ports are free (below the ephemeral range)."""
-    for port in range(first, first + 600, count):
-        free = True
-        for candidate in range(port, port + count):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.bind(("127.0.0.1", candidate))
-                except OSError:
-                    free = False
-                    break
-        if free:
-            return port
-    raise RuntimeError(f"no {count} free consecutive ports in {first}..{first + 600}")
-
-
 @pytest.fixture(scope="module")
 def sasl_listener() -> Iterator[SaslListenerBroker]:
     """A broker of this module's own whose SASL_PLAINTEXT listener offers PLAIN to one user."""
     home = Path(tempfile.mkdtemp(prefix="ppo-telemetry-sasl-broker-"))
-    port = _free_ports(29500, 3)
+    port = free_ports(29500, 3)
     broker = SaslListenerBroker(port=port, home=home, sasl_port=port + 2)
     broker.start()
     try:
