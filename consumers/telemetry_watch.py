@@ -609,11 +609,8 @@ def _read_entropy(rule: EntropyCollapseRule, record: EpochSummary, st: _RuleStat
     value = record.batch_entropy_mean
     if value is None:
         return None
-    if st.ratio_mode is None:
-        st.ratio_mode = _categorical_start(value)
-    if st.ratio_mode and value < 0:
-        # Differential entropy: the first value only looked like ln k. Start over on the nats scale.
-        st.ratio_mode, st.level = False, None
+    if _entropy_scale_changed(st, value):
+        st.level = None
     if st.ratio_mode:
         reference = 0.0 if st.level is None else rule.ratio * math.exp(st.level)
         condition = value < reference
@@ -625,6 +622,21 @@ def _read_entropy(rule: EntropyCollapseRule, record: EpochSummary, st: _RuleStat
         if (not condition and not st.firing) or warming:
             st.level = _ema(st.level, value, _rate(rule.rate, warming))
     return value, reference, condition
+
+
+def _entropy_scale_changed(st: _RuleState, entropy: float) -> bool:
+    """Decide how the entropy rules compare this run's entropies, and say whether that just changed.
+
+    The first entropy decides: ln k (a k-action categorical starts near uniform) means ratios, anything
+    else differences in nats. A negative value later proves the entropy differential after all (the first
+    one only looked like ln k): from then on nats, and the caller starts its levels over on that scale. An
+    entropy of exactly 0 does not: a categorical policy sure of every action in the batch has it."""
+    if st.ratio_mode is None:
+        st.ratio_mode = _categorical_start(entropy)
+    if st.ratio_mode and entropy < 0:
+        st.ratio_mode = False
+        return True
+    return False
 
 
 def _categorical_start(entropy: float) -> bool:
@@ -773,10 +785,7 @@ def _read_pushdown(rule: EntropyPushdownRule, record: EpochSummary, st: _RuleSta
     loss, entropy = record.policy_loss, record.batch_entropy_mean
     if entropy is None:
         return None
-    if st.ratio_mode is None:
-        st.ratio_mode = _categorical_start(entropy)
-    if st.ratio_mode and entropy <= 0:
-        st.ratio_mode = False  # differential entropy after all: compare in nats
+    _entropy_scale_changed(st, entropy)  # its reference is the cycle's first entropy: nothing to start over
     if st.peak_step != record.global_step or st.cycle_loss is None or st.cycle_entropy is None:
         # The cycle's first epoch: what the later epochs' updates are measured from.
         st.peak_step, st.cycle_loss, st.cycle_entropy = record.global_step, loss, entropy
@@ -793,11 +802,8 @@ def _read_drain(rule: EntropyDrainRule, record: EpochSummary, st: _RuleState, wa
     entropy = record.batch_entropy_mean
     if entropy is None:
         return None
-    if st.ratio_mode is None:
-        st.ratio_mode = _categorical_start(entropy)
-    if st.ratio_mode and entropy <= 0:
-        # Differential entropy after all: start over in nats.
-        st.ratio_mode, st.level, st.window, st.peak_step = False, None, None, None
+    if _entropy_scale_changed(st, entropy):
+        st.level, st.window, st.peak_step = None, None, None
     value = math.log(max(entropy, _TINY)) if st.ratio_mode else entropy
     first = st.peak_step != record.global_step or st.last_entropy is None
     if first:

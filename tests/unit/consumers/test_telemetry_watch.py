@@ -228,6 +228,19 @@ def test_entropy_collapse_needs_fresh_rollouts_not_epochs_on_one_batch() -> None
     assert run([12, 13]) == [(260, "entropy_collapse", "firing")]
 
 
+def test_an_entropy_of_exactly_zero_keeps_a_categorical_run_on_ratios_and_a_negative_one_switches_to_nats() -> None:
+    # a categorical policy sure of every action in its batch has entropy 0.0; only a Gaussian's goes below
+    def scales(entropies: list[float]) -> dict[str, bool]:
+        watch = Watch()
+        for i, entropy in enumerate(entropies):
+            watch.observe(epoch_summary(epoch=i, cycle_id=i + 1, global_step=100 * (i + 1), batch_entropy_mean=entropy))
+        rules = watch.run_state("run")["rules"]
+        return {name: rules[name]["ratio_mode"] for name in ("entropy_collapse", "entropy_pushdown", "entropy_drain")}
+
+    assert scales([math.log(2), 0.3, 0.0, 0.0]) == dict.fromkeys(("entropy_collapse", "entropy_pushdown", "entropy_drain"), True)
+    assert scales([math.log(2), 0.3, -0.1]) == dict.fromkeys(("entropy_collapse", "entropy_pushdown", "entropy_drain"), False)
+
+
 def test_entropy_collapse_slow_decline_of_a_solved_task_stays_quiet() -> None:
     # ln 2 down to 2 % of it over 2000 epochs: a run learning to be sure, not a collapse
     watch = Watch(only("entropy_collapse"))
