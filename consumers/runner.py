@@ -596,8 +596,11 @@ class TransactionalRunner:
                 pass
             self._consumer = None
         if self._producer is not None:
-            with self._deadline("flush", 10):
-                self._producer.flush(10)
+            try:
+                with self._deadline("flush", 10):
+                    self._producer.flush(10)
+            except KafkaException:
+                pass  # a producer in a fatal state (fenced during a failover): the error that ended the run is told
             self._producer = None
 
     # ------------------------------------------------------------------------------------ deadlines
