@@ -570,8 +570,7 @@ class TransactionalRunner:
                     error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                     if error is not None and error.txn_requires_abort():
                         self._say(f"transaction aborted, its batch or idle outputs will be redone: {error.str()}")
-                        with self._deadline("abort_transaction", 60):
-                            self._producer.abort_transaction(60)
+                        self._transactional("abort_transaction", 60, self._producer.abort_transaction)
                         self.counts.aborted += 1
                         self._rewind()
                         continue
