@@ -77,11 +77,11 @@ class Supervised:
             self.current.kill()
 
 
-def train(bootstrap: str, run_id: str, steps: int, log_path: Path) -> subprocess.Popen[bytes]:
+def train(bootstrap: str, run_id: str, steps: int, log_path: Path, env: str = "Conflict-v0") -> subprocess.Popen[bytes]:
     """`train --kafka bootstrap` in the background, its output to `log_path`."""
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", bootstrap, "--env", "Conflict-v0",
+            [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", bootstrap, "--env", env,
              "--total-steps", str(steps), "--run-id", run_id],
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -101,10 +101,13 @@ def records_on_topic(config: dict[str, Any], run_id: str) -> list[int]:
 
 
 class SupervisedPipeline:
-    """A drift baseline run, then the three groups (supervised) and a long `train --kafka` run publishing."""
+    """A drift baseline run, then the three groups (supervised) and a long `train --kafka` run publishing,
+    both on `env` (Conflict-v0: ~1,000 records a second; Pendulum-v1: a few dozen, for tests whose faults
+    take minutes and whose groups must catch up at the end)."""
 
-    def __init__(self, bootstrap: str, baseline_id: str, run_id: str, log_dir: Path) -> None:
+    def __init__(self, bootstrap: str, baseline_id: str, run_id: str, log_dir: Path, env: str = "Conflict-v0") -> None:
         self.bootstrap, self.baseline_id, self.run_id, self.log_dir = bootstrap, baseline_id, run_id, log_dir
+        self.env = env
         self.config = {"bootstrap.servers": bootstrap}
         self.groups: dict[str, Supervised] = {}
         self.offsets: dict[str, GroupOffsets] = {}
@@ -123,10 +126,11 @@ class SupervisedPipeline:
         """The baseline on the topic (drift reads it from there), the groups, then train publishing all along
         (more steps than the faults take; `finish_and_verify` stops it with SIGINT)."""
         baseline_log = self.log_dir / "baseline.log"
-        assert train(self.bootstrap, self.baseline_id, 20_000, baseline_log).wait(300) == 0, baseline_log.read_text()
+        baseline = train(self.bootstrap, self.baseline_id, 20_000, baseline_log, self.env)
+        assert baseline.wait(300) == 0, baseline_log.read_text()
         self.groups = {g: Supervised(self.bootstrap, g, extra, self.log_dir) for g, extra in self.args.items()}
         self.offsets = {g: GroupOffsets(self.config, GROUP_IDS[g]) for g in self.args}
-        self.trainer = train(self.bootstrap, self.run_id, 100_000_000, self.train_log)
+        self.trainer = train(self.bootstrap, self.run_id, 100_000_000, self.train_log, self.env)
 
     def supervising(
         self, condition: Callable[[], Any], timeout: float, what: str, detail: Callable[[], str] = lambda: ""
