@@ -83,8 +83,11 @@ _UNREADABLE = (KafkaError._BAD_COMPRESSION, KafkaError._BAD_MSG)
 
 DEADLINE_MARGIN = 30.0
 """Seconds past a Kafka call's own timeout before the watchdog ends the process (see the docstring)."""
-POLL_DEADLINE = 300.0
-"""A poll's deadline: it runs the rebalance callbacks, which read committed offsets and state back."""
+POLL_DEADLINE = 150.0
+"""A poll's deadline: it runs the rebalance callbacks, which read committed offsets (40 s at most) and
+state back (`RESTORE_TIMEOUT`)."""
+RESTORE_TIMEOUT = 60.0
+"""Seconds to read a partition's state back (`kafka_io.read_to_end`'s timeout), under a deadline too."""
 STOP_GRACE = 25.0
 """Seconds a consumer has to stop after SIGTERM/SIGINT before the watchdog ends it: under compose's
 `stop_grace_period` (30 s), so the consumer says why before it is killed."""
@@ -341,10 +344,12 @@ class TransactionalRunner:
         partitions = list(partitions)
         self._forget(set(partitions))
         latest: dict[str, tuple[int, bytes | None]] = {}
-        for message in read_to_end(self.config, [TopicPartition(self._state_topic, p) for p in partitions]):
-            key = message.key()
-            if key is not None:
-                latest[key.decode("utf-8", "replace")] = (message.partition(), message.value())
+        state_partitions = [TopicPartition(self._state_topic, p) for p in partitions]
+        with self._deadline("reading state back", RESTORE_TIMEOUT):
+            for message in read_to_end(self.config, state_partitions, timeout=RESTORE_TIMEOUT):
+                key = message.key()
+                if key is not None:
+                    latest[key.decode("utf-8", "replace")] = (message.partition(), message.value())
         for run_id, (partition, value) in latest.items():
             if value is None:
                 continue  # a tombstone: the run's state was dropped
