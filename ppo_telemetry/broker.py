@@ -21,6 +21,7 @@ comma-separated); `stop` ends every node by its pid (SIGTERM, then SIGKILL after
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -162,7 +163,7 @@ class BrokerNode:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        os.kill(pid, signum)
+        _signal(pid, signum)
         _await_exit([pid], timeout)
         self.pid_file.unlink(missing_ok=True)
         return True
@@ -178,7 +179,7 @@ def _await_exit(pids: list[int], timeout: float) -> None:
         alive = [pid for pid in alive if _pid_alive(pid)]
         if alive and time.monotonic() > deadline:
             for pid in alive:
-                os.kill(pid, signal.SIGKILL)
+                _signal(pid, signal.SIGKILL)
             deadline = float("inf")  # SIGKILL is not refused: wait for it
         time.sleep(0.05)
 
@@ -203,15 +204,18 @@ class LocalBroker:
     def cluster_file(self) -> Path:
         return self.run_dir / "cluster.properties"
 
+    def _cluster_record(self) -> dict[str, str]:
+        """`cluster.properties` (nodes, cluster.id) as a dict; empty when there is none."""
+        try:
+            lines = self.cluster_file.read_text().splitlines()
+        except OSError:
+            return {}
+        return dict(line.strip().split("=", 1) for line in lines if "=" in line)
+
     def recorded_nodes(self) -> int | None:
         """The node count the run directory records (1 for a single node's data; None when empty)."""
-        try:
-            recorded = dict(
-                line.split("=", 1) for line in self.cluster_file.read_text().splitlines() if "=" in line
-            )
-            return int(recorded["nodes"])
-        except (OSError, KeyError, ValueError):
-            pass
+        with contextlib.suppress(KeyError, ValueError):
+            return int(self._cluster_record()["nodes"])
         return 1 if (self.run_dir / "data").is_dir() else None
 
     @property
@@ -342,12 +346,9 @@ class LocalBroker:
 
     def _cluster_id(self) -> str:
         """A cluster's id, recorded with its node count (every node is formatted with the same one)."""
-        try:
-            for line in self.cluster_file.read_text().splitlines():
-                if line.startswith("cluster.id="):
-                    return line.split("=", 1)[1].strip()
-        except OSError:
-            pass
+        recorded = self._cluster_record().get("cluster.id")
+        if recorded:
+            return recorded
         cluster_id = _new_cluster_id()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cluster_file.write_text(f"nodes={self.node_count}\ncluster.id={cluster_id}\n")
@@ -466,7 +467,7 @@ class LocalBroker:
         live = {node: node.pid() for node in self.node_list}
         running = {node: pid for node, pid in live.items() if pid is not None}
         for pid in running.values():
-            os.kill(pid, signal.SIGTERM)
+            _signal(pid, signal.SIGTERM)
         _await_exit(list(running.values()), timeout)
         for node in self.node_list:
             node.pid_file.unlink(missing_ok=True)
@@ -484,13 +485,19 @@ class LocalBroker:
         """SIGKILL every node (for fault tests: no controlled shutdown)."""
         pids = [pid for pid in self.pids().values() if pid is not None]
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
         _await_exit(pids, STOP_TIMEOUT)
 
 
 def _new_cluster_id() -> str:
     # Kafka's own form: a URL-safe base64 UUID without padding
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _signal(pid: int, signum: int) -> None:
+    # the process may have ended since it was seen alive: nothing left to signal
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 def _reap(pid: int) -> None:
