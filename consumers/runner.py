@@ -64,7 +64,9 @@ from avro_schemas.codec import HEADER_SIZE, SingleObjectCodec, epoch_summary_cod
 from avro_schemas.errors import DecodeError, EmptyMessageError, TelemetryError, UnknownSchemaError
 from avro_schemas.models import EpochSummary
 from avro_schemas.topics import DEFAULT_NAMESPACE, EPOCHS_TOPIC, Namespace, state_topic
-from kafka_io import ensure_topics, max_message_bytes, partition_count, quiet_logger, read_to_end, reason
+from kafka_io import (
+    UNREADABLE, ensure_topics, max_message_bytes, partition_count, quiet_logger, read_to_end, reason, unreadable_batch_end,
+)
 
 from .watchdog import Watchdog
 
@@ -76,10 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Consume errors about one message the client cannot read: a batch it cannot decompress (corrupt, or larger
-# than `receive.message.max.bytes` once decompressed) or a corrupt one. Dead-lettered and skipped.
-_UNREADABLE = (KafkaError._BAD_COMPRESSION, KafkaError._BAD_MSG)
 
 DEADLINE_MARGIN = 30.0
 """Seconds past a Kafka call's own timeout before the watchdog ends the process (see the docstring)."""
@@ -445,22 +443,30 @@ class TransactionalRunner:
             except BufferError:
                 self._producer.poll(0.05)
 
-    def _unreadable(self, message: Any, error: KafkaError) -> list[Output] | None:
-        """Outputs for a message the client cannot read (a batch it cannot decompress, a corrupt one), which
-        it is then seeked past: librdkafka reports such a message again at every fetch, so the group would
-        stand still on it. None for other consume errors (said) and for a report of one already skipped."""
+    def _unreadable(self, message: Any, error: KafkaError, batch_position: int) -> tuple[list[Output], int] | None:
+        """Outputs for a record batch the client cannot read (`kafka_io.UNREADABLE`), one dead letter per
+        record, and the offset after it, where the consumer is seeked: librdkafka reports such a batch at
+        its first offset at every fetch, so the group would stand still on it. None for other consume
+        errors (said) and for a report in this batch of one already skipped (`batch_position`)."""
         partition, offset = message.partition(), message.offset()
-        if error.code() not in _UNREADABLE or offset is None:  # None: not about one message
+        if error.code() not in UNREADABLE or offset is None:  # None: not about one batch
             if error.code() != KafkaError._PARTITION_EOF:
                 self._say(f"consume error: {error.str()}")
             return None
-        if offset < self._skipped_to.get(partition, 0):
-            return None  # fetched again before the seek took effect
-        self._skipped_to[partition] = offset + 1
-        self._consumer.seek(TopicPartition(message.topic(), partition, offset + 1))
-        self.counts.rejected += 1
-        unread = Message(topic=message.topic(), partition=partition, offset=offset)  # where is all that is known
-        return self.core.on_rejected(unread, Rejection("decode", "unreadable_batch", error.str()))
+        if offset < batch_position:
+            return None  # consumed with the first report, before the seek past it
+        # librdkafka drops what was fetched before a seek, so a report below an earlier batch's skip means
+        # the consumer is still inside that record batch: it is longer than was found (a fresh reader could
+        # read it): one more record at a time
+        start = max(offset, self._skipped_to.get(partition, offset))
+        end = max(start + 1, unreadable_batch_end(self.config, message.topic(), partition, offset))
+        self._skipped_to[partition] = end
+        self._consumer.seek(TopicPartition(message.topic(), partition, end))
+        self.counts.rejected += end - start
+        rejection = Rejection("decode", "unreadable_batch", error.str())
+        # where each record was is all that is known of it
+        unread = [Message(topic=message.topic(), partition=partition, offset=o) for o in range(start, end)]
+        return [output for record in unread for output in self.core.on_rejected(record, rejection)], end
 
     def process_batch(self, messages: list[Any]) -> None:
         """One transaction: every message's outputs, the changed runs' state, the input offsets."""
@@ -473,14 +479,16 @@ class TransactionalRunner:
         for message in messages:
             error = message.error()
             if error is not None:
-                produced, run_id = self._unreadable(message, error), None
-                if produced is None:
+                skipped = self._unreadable(message, error, positions.get((message.topic(), message.partition()), -1))
+                if skipped is None:
                     continue
+                (produced, next_offset), run_id = skipped, None
             else:
                 produced, run_id = handle(message)
+                next_offset = message.offset() + 1
             self.counts.consumed += 1
             partition = message.partition()
-            positions[(message.topic(), partition)] = message.offset() + 1
+            positions[(message.topic(), partition)] = next_offset
             if produced:
                 for output in produced:
                     self._produce(output)
@@ -540,7 +548,9 @@ class TransactionalRunner:
         if self._consumer is None or self._assigned != set(ends):
             return
         positions = self._consumer.position([TopicPartition(self.input_topic, p) for p in ends])
-        if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
+        # after a seek past an unreadable batch, the position is unknown until a message is consumed
+        reached = {tp.partition: max(tp.offset, self._skipped_to.get(tp.partition, -1)) for tp in positions}
+        if all(reached[p] >= end or end == 0 for p, end in ends.items()):
             self.stop_requested = True
 
     def request_stop(self, signum: int | None = None, frame: object = None) -> None:

@@ -1,8 +1,8 @@
 """Thin wrappers over confluent-kafka shared by the producer and the consumers.
 
-Topic set-up (`ensure_topics`, `partition_count`, `max_message_bytes`), reading partitions to their end (`read_to_end`), the
-librdkafka log routing (`quiet_logger`) and one-line error text (`reason`). Layers as Quix Streams
-has them: these wrappers at the bottom, serialisation in `avro_schemas`, the sink and the runner above.
+Topic set-up (`ensure_topics`, `partition_count`, `max_message_bytes`), reading partitions to their end
+(`read_to_end`, stepping over record batches the client cannot read: `unreadable_batch_end`), the
+librdkafka log routing (`quiet_logger`) and one-line error text (`reason`). Layers as Quix Streams has them: these wrappers at the bottom, serialisation in `avro_schemas`, the sink and the runner above.
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 from avro_schemas.errors import TelemetryError
 
 __all__ = [
-    "KafkaIOError", "ensure_topics", "max_message_bytes", "partition_count", "quiet_logger", "read_to_end", "reason",
-    "replication_for",
+    "KafkaIOError", "UNREADABLE", "ensure_topics", "max_message_bytes", "partition_count", "quiet_logger", "read_to_end",
+    "reason", "replication_for", "unreadable_batch_end",
 ]
+
+# Consume errors about a record batch the client cannot read: one it cannot decompress (corrupt, or larger
+# than `receive.message.max.bytes` once decompressed) or a corrupt one. librdkafka reports such a batch at
+# its base offset at every fetch from inside it, so a reader that does not seek past it stands still.
+UNREADABLE = (KafkaError._BAD_COMPRESSION, KafkaError._BAD_MSG)
 
 
 class KafkaIOError(TelemetryError):
@@ -177,6 +182,7 @@ def read_to_end(config: dict[str, Any], partitions: Iterable[TopicPartition], ti
             return
         consumer.assign(assignment)
         deadline = time.monotonic() + timeout
+        skipped: dict[tuple[str, int], int] = {}
         while pending:
             if time.monotonic() > deadline:
                 raise KafkaIOError(f"reading {sorted(pending)} to its end took over {timeout:.0f} s")
@@ -186,7 +192,60 @@ def read_to_end(config: dict[str, Any], partitions: Iterable[TopicPartition], ti
                     if error.code() == KafkaError._PARTITION_EOF:
                         pending.discard((message.topic(), message.partition()))
                         continue
+                    if _skipped_unreadable(config, consumer, message, skipped):
+                        continue
                     raise KafkaIOError(f"reading {message.topic()}: {error.str()}")
                 yield message
     finally:
         consumer.close()
+
+
+def _skipped_unreadable(config: dict[str, Any], consumer: Consumer, message: Any, skipped: dict[tuple[str, int], int]) -> bool:
+    """Whether `message` reports a batch the client cannot read, now seeked past (`skipped`: per partition,
+    the offset after the last one; reports fetched before that seek took effect are dropped)."""
+    if message.error().code() not in UNREADABLE or message.offset() is None:
+        return False
+    where = (message.topic(), message.partition())
+    if message.offset() >= skipped.get(where, 0):
+        skipped[where] = unreadable_batch_end(config, *where, message.offset())
+        consumer.seek(TopicPartition(*where, skipped[where]))
+    return True
+
+
+def _first_fetched(config: dict[str, Any], start: TopicPartition, timeout: float) -> tuple[int | None, int | None]:
+    """(error code or None, offset) of the first thing a fresh reader gets from `start` (its offset set):
+    a fresh one, so nothing fetched before can be mistaken for the answer."""
+    consumer = Consumer({
+        **config, "group.id": "ppo-telemetry-reader", "enable.auto.commit": False, "enable.partition.eof": True,
+        "isolation.level": "read_committed", "logger": quiet_logger(),
+    })
+    try:
+        consumer.assign([start])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in consumer.consume(1, 0.5):
+                error = message.error()
+                return (None if error is None else error.code()), message.offset()
+        raise KafkaIOError(f"reading {start.topic} [{start.partition}] at offset {start.offset}: nothing in {timeout:.0f} s")
+    finally:
+        consumer.close()
+
+
+def unreadable_batch_end(config: dict[str, Any], topic: str, partition: int, base: int, timeout: float = 30.0) -> int:
+    """The offset after the record batch at `base` that the client cannot read (a fetch from any offset
+    inside it reports `base`): found by fetching from offsets after `base`, the step doubled while still
+    inside, then halved (2 log2(n) fetches for n records). `config` must be the reader's own: whether a
+    batch can be read depends on its `receive.message.max.bytes`."""
+
+    def inside(offset: int) -> bool:
+        code, reported = _first_fetched(config, TopicPartition(topic, partition, offset), timeout)
+        return code in UNREADABLE and reported == base
+
+    inner, step = base, 1
+    while inside(base + step):
+        inner, step = base + step, step * 2
+    outer = base + step
+    while outer - inner > 1:
+        middle = (inner + outer) // 2
+        inner, outer = (middle, outer) if inside(middle) else (inner, middle)
+    return outer

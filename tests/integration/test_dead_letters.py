@@ -56,6 +56,7 @@ class Sent:
     producer: str
     good: bool
     where: tuple[int, int] | None = None
+    zeros: int = 0  # a bomb's value: that many zero bytes, made only while it is sent (memory)
 
 
 @dataclass
@@ -81,9 +82,9 @@ def producers(config: dict[str, Any], input_limit: int) -> dict[str, Producer]:
     return made
 
 
-def bad_message(rng: random.Random, keys: list[bytes], room: int, dlq_room: int) -> tuple[bytes | None, bytes | None, list, str]:
-    """A random bad message: (key, value, headers, producer). `room`: the largest value the input topic
-    takes uncompressed with this key and headers; `dlq_room`: the largest that goes to the DLQ whole."""
+def bad_message(rng: random.Random, keys: list[bytes], room: int, dlq_room: int) -> Sent:
+    """A random bad message. `room`: the largest value the input topic takes uncompressed (less this
+    message's key and headers); `dlq_room`: the largest that goes to the DLQ whole."""
     key = rng.choice(keys + [None, rng.randbytes(rng.randint(1, 64))])
     headers = list(FORGED) if rng.random() < 0.3 else []
     room -= len(key or b"") + sum(len(n) + len(v) + 4 for n, v in headers)
@@ -105,8 +106,8 @@ def bad_message(rng: random.Random, keys: list[bytes], room: int, dlq_room: int)
     elif kind == "beyond":  # larger than the topic takes, accepted because it compresses below it
         value, producer = bytes(rng.randint(room + 1, 3 * room)), "zstd-beyond"
     else:  # larger than the validator can decompress: it cannot read the batch
-        value, producer = bytes(rng.randint(8_000_000, 16_000_000)), "zstd-bomb"
-    return key, value, headers, producer
+        return Sent(key, None, headers, "zstd-bomb", False, zeros=rng.randint(8_000_000, 16_000_000))
+    return Sent(key, value, headers, producer, False)
 
 
 def fuzz_stream(seed: int, topic: str, runs: int, records: int, bad: int, input_limit: int) -> Fuzz:
@@ -135,8 +136,7 @@ def fuzz_stream(seed: int, topic: str, runs: int, records: int, bad: int, input_
             record = dict(invalid.pop(), policy_loss=math.nan)
             fuzz.sent.append(Sent(record["run_id"].encode(), codec.encode(record), [], rng.choice(COMPRESSIONS), False))
         else:
-            key, value, headers, producer = bad_message(rng, keys, room, dlq_room)
-            fuzz.sent.append(Sent(key, value, headers, producer, False))
+            fuzz.sent.append(bad_message(rng, keys, room, dlq_room))
     return fuzz
 
 
@@ -161,7 +161,8 @@ def send(made: dict[str, Producer], topic: str, messages: list[Sent]) -> None:
         return report
 
     for sent in messages:
-        made[sent.producer].produce(topic, key=sent.key, value=sent.value, headers=sent.headers, on_delivery=delivered(sent))
+        value = bytes(sent.zeros) if sent.zeros else sent.value
+        made[sent.producer].produce(topic, key=sent.key, value=value, headers=sent.headers, on_delivery=delivered(sent))
         made[sent.producer].poll(0)
     for producer in made.values():
         assert producer.flush(60) == 0
@@ -203,7 +204,7 @@ class ValidatorThread:
         else:
             self.ends.update(ends)
         self.thread.join(300)
-        assert not self.thread.is_alive(), "the validator did not stop within 300 s"
+        assert not self.thread.is_alive(), f"the validator did not stop within 300 s\n{self.log.getvalue()[-2000:]}"
         assert self.outcome == {"code": 0}, f"{self.outcome}\n{self.log.getvalue()}"
         counts = self.runner.counts
         return counts.processed, counts.rejected, counts.duplicates
@@ -237,7 +238,7 @@ def check_dead_letters(config: dict[str, Any], fuzz: Fuzz, dlq_topic: str) -> st
     cut = sum(dict(m.headers()).get("source.value.truncated") == b"true" for m in letters)
     unreadable = sum(dict(m.headers())["error.rule"] == b"unreadable_batch" for m in letters)
     largest = max(record_size(m.key(), m.value(), m.headers()) for m in letters)
-    sent_bytes = sum(len(sent.value or b"") for sent in fuzz.sent)
+    sent_bytes = sum(len(sent.value or b"") + sent.zeros for sent in fuzz.sent)
     return (f"{len(letters)} dead letters ({cut} cut, {unreadable} unreadable), largest {largest:,} bytes of {limit:,}; "
             f"{sent_bytes / 2**20:,.0f} MiB of values sent")
 
@@ -354,7 +355,11 @@ def test_consume_validate_survives_the_issue_s_oversized_value_an_unreadable_hea
     produce_with_raw_header(kafka_bootstrap, epochs, raw_key, b"\x00garbage", b"name\xff\xfe", b"v")
 
     validator = consumers("validate", "--namespace", namespace.name)
-    letters = wait_for(lambda: (found := read_topic(kafka_config, dlq)) and len(found) >= 4 and found, 120, "four dead letters")
+    try:
+        letters = wait_for(lambda: (found := read_topic(kafka_config, dlq)) and len(found) >= 4 and found, 120,
+                           "four dead letters")
+    finally:
+        print(validator.log())  # shown when the test fails
     assert validator.process.poll() is None, validator.log()
     by_key = {m.key(): [] for m in letters}
     for letter in letters:
@@ -374,3 +379,27 @@ def test_consume_validate_survives_the_issue_s_oversized_value_an_unreadable_hea
     assert dict(unknown.headers())["error.rule"] == b"unknown_schema"
     assert validator.terminate() == 0, validator.log()
     assert "not a schema" in validator.log() and "1 processed, 4 rejected" in validator.log()
+
+
+def test_a_batch_of_several_records_the_validator_cannot_read_gives_one_dead_letter_per_record(kafka_config):
+    """Three records in one zstd batch that decompresses past the validator's read limit: librdkafka
+    reports the batch's first offset at every fetch from inside it; each offset is dead-lettered once and
+    the record after the batch is processed."""
+    namespace = Namespace(f"unreadable-{uuid.uuid4().hex[:8]}")
+    ensure_topics(kafka_config, {namespace.epochs_topic: (1, {})})
+    bomb = Producer({**kafka_config, "compression.type": "zstd", "message.max.bytes": 64_000_000,
+                     "batch.size": 64_000_000, "linger.ms": 1000})  # the three in one batch
+    for _ in range(3):
+        bomb.produce(namespace.epochs_topic, key=b"bomb", value=bytes(7_000_000))
+    assert bomb.flush(60) == 0
+    good = Producer(kafka_config)
+    good.produce(namespace.epochs_topic, key=b"fuzz-run",
+                 value=epoch_summary_codec().encode(synthetic_run("fuzz-run", 1, 5, False)[0]))
+    assert good.flush(60) == 0
+    validator = ValidatorThread(kafka_config, namespace)
+    assert validator.finish(end_offsets(kafka_config, namespace.epochs_topic)) == (1, 3, 0), validator.log.getvalue()
+    letters = read_topic(kafka_config, namespace.dlq_topic)
+    assert sorted(int(dict(m.headers())["source.offset"]) for m in letters) == [0, 1, 2]
+    assert {dict(m.headers())["error.rule"] for m in letters} == {b"unreadable_batch"}
+    # kafka_io.read_to_end (state, schema topic, a drift baseline) steps over it too
+    assert [m.key() for m in read_topic({**kafka_config, **READER_LIMITS}, namespace.epochs_topic)] == [b"fuzz-run"]
