@@ -155,21 +155,24 @@ _LEADER_SETTLING = frozenset({
 })
 
 
+def _reader(config: dict[str, Any]) -> Consumer:
+    """A group-less `read_committed` consumer that reports each partition's end."""
+    return Consumer({
+        **config,
+        "group.id": "ppo-telemetry-reader",  # required by the client; no offsets are committed
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "isolation.level": "read_committed",
+        "logger": quiet_logger(),
+    })
+
+
 def read_to_end(config: dict[str, Any], partitions: Iterable[TopicPartition], timeout: float = 60.0) -> Iterator[Any]:
     """Every committed message of the given partitions, from their beginnings to their current ends.
 
     A group-less consumer, `read_committed`: the end of a partition is its last stable offset, so an
     open transaction (a zombie's) neither blocks nor leaks into what is read."""
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": "ppo-telemetry-reader",  # required by the client; no offsets are committed
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-            "logger": quiet_logger(),
-        }
-    )
+    consumer = _reader(config)
     try:
         assignment = [TopicPartition(tp.topic, tp.partition, -2) for tp in partitions]  # -2: beginning
         pending = {(tp.topic, tp.partition) for tp in assignment}
@@ -215,10 +218,7 @@ def _skipped_unreadable(config: dict[str, Any], consumer: Consumer, message: Any
 def _first_fetched(config: dict[str, Any], start: TopicPartition, timeout: float) -> tuple[int | None, int | None]:
     """(error code or None, offset) of the first thing a fresh reader gets from `start` (its offset set):
     a fresh one, so nothing fetched before can be mistaken for the answer."""
-    consumer = Consumer({
-        **config, "group.id": "ppo-telemetry-reader", "enable.auto.commit": False, "enable.partition.eof": True,
-        "isolation.level": "read_committed", "logger": quiet_logger(),
-    })
+    consumer = _reader(config)
     try:
         consumer.assign([start])
         deadline = time.monotonic() + timeout
