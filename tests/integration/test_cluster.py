@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from avro_schemas.topics import DLQ_TOPIC, EPOCHS_TOPIC, SCHEMAS_TOPIC
@@ -59,7 +60,7 @@ def partition_leader(broker: LocalBroker, topic: str, partition: int) -> int | N
     """The node leading `topic`'s partition now (None while none does, or the cluster cannot say)."""
     try:
         metadata = _admin(broker).list_topics(topic=topic, timeout=5)
-    except Exception:  # KafkaException: no answer now, ask again
+    except KafkaException:  # no answer now: ask again
         return None
     info = metadata.topics.get(topic)
     if info is None or partition not in info.partitions:
@@ -72,7 +73,7 @@ def fully_replicated(broker: LocalBroker) -> bool:
     """Every node registered and every partition of every topic with all its replicas in sync."""
     try:
         metadata = _admin(broker).list_topics(timeout=5)
-    except Exception:  # KafkaException: no answer now, ask again
+    except KafkaException:  # no answer now: ask again
         return False
     if len(metadata.brokers) < NODES:
         return False
