@@ -387,13 +387,15 @@ class LocalBroker:
 
     def _check_ports_free(self, nodes: list[BrokerNode]) -> None:
         for node in nodes:
-            if answers(node.bootstrap, timeout=1.0):
-                raise BrokerError(f"port {node.port} is served by a Kafka broker this project did not start; "
-                                  f"use it (KAFKA_BOOTSTRAP_SERVERS={node.bootstrap}) or pick another --port")
             for port in (node.port, node.controller_port):
-                if _port_taken(port):
-                    raise BrokerError(f"port {port} (node {node.node_id}) is in use by another program; "
-                                      "pick another --port")
+                if not _port_taken(port):
+                    continue
+                # a taken client port that answers Kafka is someone's broker: say how to use it
+                if port == node.port and answers(node.bootstrap, timeout=1.0):
+                    raise BrokerError(f"port {port} is served by a Kafka broker this project did not start; "
+                                      f"use it (KAFKA_BOOTSTRAP_SERVERS={node.bootstrap}) or pick another --port")
+                raise BrokerError(f"port {port} (node {node.node_id}) is in use by another program; "
+                                  "pick another --port")
 
     def start(self, timeout: float | None = None) -> str:
         """Start every node that does not run yet; returns the bootstrap address once every node answers
