@@ -4,7 +4,7 @@ but must never hang: the test's supervisor loop starts an exited consumer again,
 systemd would, and at the end every group has caught up, ends within a bound on SIGTERM, and wrote each
 output exactly once (the supervisor and the checks: `supervision.py`, shared with the cluster's test).
 
-The short plan (one outage of each kind) runs in `make test`; `make soak` runs the long one (five of
+The short plan (one kill -9) runs in `make test`; `make soak` runs the long one (five of
 each, as issue 9 asks).
 """
 
@@ -25,7 +25,9 @@ OUTAGE_SECONDS = 15.0  # as in issue 9's report of the wedge
 
 @pytest.mark.parametrize(
     "outages",
-    [pytest.param(["stop", "kill"], id="short"), pytest.param(["stop", "kill"] * 5, id="soak", marks=pytest.mark.soak)],
+    # make test: one kill -9 (log recovery, the harder restart; the stop is the soak's and test_faults' too),
+    # keeping the suite under 15 minutes; make soak: five of each, as issue 9 asks
+    [pytest.param(["kill"], id="short"), pytest.param(["stop", "kill"] * 5, id="soak", marks=pytest.mark.soak)],
 )
 def test_groups_come_through_broker_outages_with_every_output_exactly_once(tmp_path, unique_run_id, outages: list[str]):
     broker = LocalBroker(port=free_ports(29347, 2), home=tmp_path / "broker")  # its own: the session's is shared
