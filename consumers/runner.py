@@ -65,7 +65,8 @@ from avro_schemas.errors import DecodeError, EmptyMessageError, TelemetryError, 
 from avro_schemas.models import EpochSummary
 from avro_schemas.topics import DEFAULT_NAMESPACE, EPOCHS_TOPIC, Namespace, state_topic
 from kafka_io import (
-    UNREADABLE, ensure_topics, max_message_bytes, partition_count, quiet_logger, read_to_end, reason, unreadable_batch_end,
+    UNREADABLE, ensure_topics, kafka_error, max_message_bytes, partition_count, quiet_logger, read_to_end, reason,
+    unreadable_batch_end,
 )
 
 from .watchdog import Watchdog
@@ -582,7 +583,7 @@ class TransactionalRunner:
                     if not messages or now - self._idle_asked_at >= self.idle_interval:
                         self.process_idle(now)
                 except KafkaException as exc:
-                    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                    error = kafka_error(exc)
                     if error is not None and error.txn_requires_abort():
                         self._say(f"transaction aborted, its batch or idle outputs will be redone: {error.str()}")
                         self._transactional("abort_transaction", 60, self._producer.abort_transaction)
@@ -635,9 +636,8 @@ class TransactionalRunner:
                     call(timeout)
                 return
             except KafkaException as exc:
-                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                if error is None or not error.retriable() or error.txn_requires_abort():
-                    raise
-                if attempt == TRANSACTION_ATTEMPTS - 1:
+                error = kafka_error(exc)
+                last = attempt == TRANSACTION_ATTEMPTS - 1
+                if error is None or not error.retriable() or error.txn_requires_abort() or last:
                     raise
 

@@ -18,8 +18,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 from avro_schemas.errors import TelemetryError
 
 __all__ = [
-    "KafkaIOError", "UNREADABLE", "ensure_topics", "max_message_bytes", "partition_count", "quiet_logger", "read_to_end",
-    "reason", "replication_for", "unreadable_batch_end",
+    "KafkaIOError", "UNREADABLE", "ensure_topics", "kafka_error", "max_message_bytes", "partition_count", "quiet_logger",
+    "read_to_end", "reason", "replication_for", "unreadable_batch_end",
 ]
 
 # Consume errors about a record batch the client cannot read: one it cannot decompress (corrupt, or larger
@@ -32,11 +32,15 @@ class KafkaIOError(TelemetryError):
     """Kafka cannot be reached, a topic cannot be set up, or a partition cannot be read to its end."""
 
 
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The `KafkaError` a confluent-kafka exception carries (None when it carries none)."""
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
 def reason(exc: BaseException) -> str:
     """The one-line text of a confluent-kafka exception."""
-    if exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0].str()
-    return str(exc)
+    error = kafka_error(exc)
+    return error.str() if error is not None else str(exc)
 
 
 def quiet_logger() -> logging.Logger:
@@ -124,7 +128,7 @@ def max_message_bytes(config: dict[str, Any], topics: Iterable[str], timeout: fl
             except KafkaException as exc:
                 # on a cluster, a topic just created reaches each broker's metadata a moment apart: the
                 # broker asked may not know it yet
-                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                error = kafka_error(exc)
                 if error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and time.monotonic() < deadline:
                     unknown.append(ConfigResource(ResourceType.TOPIC, resource.name))
                     continue
@@ -142,7 +146,7 @@ def _watermarks(consumer: Consumer, partition: TopicPartition, deadline: float) 
         try:
             return consumer.get_watermark_offsets(partition, timeout=max(1.0, deadline - time.monotonic()))
         except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            error = kafka_error(exc)
             settling = error is not None and (error.retriable() or error.code() in _LEADER_SETTLING)
             if not settling or time.monotonic() >= deadline:
                 raise

@@ -172,7 +172,7 @@ def delete_namespace(config: dict[str, Any], namespace: Namespace, timeout: floa
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
-    from kafka_io import quiet_logger, reason
+    from kafka_io import kafka_error, quiet_logger, reason
 
     if namespace.is_default:
         raise DemoError("the default namespace's topics are never deleted by the demo")
@@ -189,7 +189,7 @@ def delete_namespace(config: dict[str, Any], namespace: Namespace, timeout: floa
         try:
             future.result()
         except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            error = kafka_error(exc)
             if error is None or error.code() not in absent:
                 problems.append(f"{name}: {reason(exc)}")
     return problems

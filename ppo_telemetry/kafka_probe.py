@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from kafka_io import reason
 from ppo_telemetry.kafka_settings import SettingsError, scrub
 
 __all__ = ["CHECK_SECONDS", "BrokerReport", "ListenerMismatchError", "check_listener", "diagnose"]
@@ -171,9 +172,7 @@ def _client(client_config: dict[str, object], config: Mapping[str, str]) -> Admi
     try:
         return AdminClient(client_config)
     except KafkaException as exc:
-        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-        text = error.str() if error is not None else str(exc)
-        raise SettingsError(scrub(f"invalid Kafka settings: librdkafka: {' '.join(text.split())}", config)) from None
+        raise SettingsError(scrub(f"invalid Kafka settings: librdkafka: {' '.join(reason(exc).split())}", config)) from None
 
 
 def _look(admin: AdminClient, reports: list[BrokerReport], config: Mapping[str, str], timeout: float) -> None:
