@@ -30,7 +30,7 @@ from ppo_telemetry.broker import LocalBroker
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tests import kafka_testing (importlib mode)
 
-from kafka_testing import ConsumerProcess, free_ports, wait_for  # noqa: E402
+from kafka_testing import ConsumerProcess, free_ports, running, wait_for  # noqa: E402
 
 
 def _docker_answers() -> bool:
@@ -60,12 +60,10 @@ def local_broker() -> Iterator[LocalBroker | None]:
     # SIGTERM (a CI timeout, `timeout`) would end pytest without its finalizers and leave the broker
     # running: make it an interrupt, which pytest unwinds through them
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    broker.start()
     try:
-        yield broker
+        with running(broker, home):
+            yield broker
     finally:
-        broker.stop()
-        shutil.rmtree(home, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
 
 

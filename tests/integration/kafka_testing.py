@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 
 __all__ = [
     "ConsumerProcess", "committed_offsets", "default_group_offsets", "end_offsets", "free_ports", "read_topic",
-    "wait_for",
+    "running", "wait_for",
 ]
 
 
@@ -117,6 +119,17 @@ class ConsumerProcess:
         self.process.kill()
         self.process.wait(30)
         self._log.close()
+
+
+@contextlib.contextmanager
+def running(broker: Any, home: Path) -> Iterator[Any]:
+    """A local broker started for the block, then stopped and its directory `home` removed."""
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def free_ports(first: int, count: int) -> int:

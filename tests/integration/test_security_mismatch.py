@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kafka_testing import free_ports
+from kafka_testing import free_ports, running
 from ppo_telemetry.broker import LocalBroker
 from ppo_telemetry.kafka_probe import ListenerMismatchError, check_listener
 
@@ -109,13 +108,8 @@ def sasl_listener() -> Iterator[SaslListenerBroker]:
     """A broker of this module's own whose SASL_PLAINTEXT listener offers PLAIN to one user."""
     home = Path(tempfile.mkdtemp(prefix="ppo-telemetry-sasl-broker-"))
     port = free_ports(29500, 3)
-    broker = SaslListenerBroker(port=port, home=home, sasl_port=port + 2)
-    broker.start()
-    try:
+    with running(SaslListenerBroker(port=port, home=home, sasl_port=port + 2), home) as broker:
         yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def sasl_config(broker: SaslListenerBroker, **changes: str) -> dict[str, str]:
