@@ -350,6 +350,22 @@ class KafkaSettings(pydantic_settings.BaseSettings):
         with _loading(table):
             return cls(**overrides)
 
+    @classmethod
+    def from_properties(cls, properties: Mapping[str, Any], **overrides: Any) -> KafkaSettings:
+        """Settings from librdkafka properties as a program gives them (`{"security.protocol": ...}`):
+        a property with a typed setting goes to that setting (`security_protocol`), any other to
+        `extra`, where it gets the same checks as from a file. `overrides` win over `properties`."""
+        typed = {_librdkafka_key(name): name for name in cls.model_fields if name not in ("extra", "namespace")}
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in properties.items():
+            name = typed.get(canonical_key(key)) if isinstance(key, str) else None
+            if name is None:
+                extra[key] = value
+            else:
+                values[name] = value
+        return cls(**{**values, "extra": extra, **overrides})
+
     @field_validator("extra", mode="before")
     @classmethod
     def _stringify_extra(cls, value: Any) -> Any:

@@ -33,9 +33,10 @@ from avro_schemas.errors import TelemetryError
 from . import envs as _register_envs  # noqa: F401  (registers Conflict-v0)
 from .faults import Fault, FaultSchedule, check_fault_steps
 from .ppo import ActorCritic, Adam
-from .records import DATA_MODE_NAMES, RowBatch, build_record, cycle_block, pack_epoch
+from .recorder import EpochRecorder
+from .records import RowBatch
 from .rollout import Dataset, DatasetMeta, RolloutBuffer
-from .stats import EpochStats, mean_or_none
+from .stats import mean_or_none
 
 __all__ = ["HarnessConfig", "HarnessError", "TrainingHarness", "DATA_MODES", "PRESETS", "preset_for"]
 
@@ -163,13 +164,13 @@ Publish = Callable[[dict[str, Any]], None]
 
 
 class TrainingHarness:
-    """Runs PPO and hands each epoch's record to `publish` (a sink's publish method, or None).
-
-    `publish_rows` (instead of `publish`) takes each batch as packed rows (`producer.records.RowBatch`),
-    for a publisher in another process. Records are published in batches: when an epoch ends and the previous batch is more than
-    `max_publish_delay` seconds old, and when the run ends (or stops); `flush` (optional) is called
-    after each batch. Records reach readers within about a second of their epoch, and building,
-    serialising and writing them in batches keeps telemetry's cost under 1% of training time.
+    """Runs PPO and reports every minibatch and epoch to an `EpochRecorder` (`producer.recorder`), which
+    hands each epoch's record to `publish` (a sink's publish method) or, as packed rows
+    (`producer.records.RowBatch`), to `publish_rows` (a publisher in another process); with neither,
+    nothing is recorded. Records are handed over in batches: when an epoch ends and the previous batch
+    is more than `max_publish_delay` seconds old, and when the run ends (or stops); `flush` (optional)
+    is called after each batch. Records reach readers within about a second of their epoch, and
+    batching keeps telemetry's cost under 1% of training time.
     """
 
     def __init__(
@@ -187,9 +188,13 @@ class TrainingHarness:
             raise HarnessError("faults start at an environment step; data_mode replay consumes none")
         check_fault_steps(config.faults, config.total_steps)
         self.config = config
-        self.publish = publish
-        self.flush = flush
-        self.publish_rows = publish_rows
+        self.recorder: EpochRecorder | None = None
+        """Where the epochs are recorded (None: not published)."""
+        if publish is not None or publish_rows is not None:
+            self.recorder = EpochRecorder(
+                config.run_id, publish=publish, publish_rows=publish_rows, flush=flush,
+                telemetry_version="1.1" if config.enable_telemetry_v1_1 else "1.0", data_mode=config.data_mode,
+            )
         self.envs = self._make_envs(config)
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         self.continuous = isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1
@@ -217,12 +222,6 @@ class TrainingHarness:
         self.cycle_id = 0
         self.episodes = EpisodeLog()
         self.stop_requested = False
-        self.telemetry_seconds = 0.0
-        """Time spent building and publishing records (cycle statistics included): telemetry's cost."""
-        self.max_publish_delay = 1.0
-        """Seconds between record batches (a record waits at most about this long to be published)."""
-        self._pending = bytearray()  # packed rows of finished epochs not yet published
-        self._pending_since = time.perf_counter()
         self._lr = config.learning_rate
         self._clip = config.clip_range
         self._obs: np.ndarray | None = None
@@ -308,30 +307,30 @@ class TrainingHarness:
             return actions
         return np.clip(actions, *self._action_bounds)
 
-    @property
-    def _publishing(self) -> bool:
-        return self.publish is not None or self.publish_rows is not None
-
     # ------------------------------------------------------------------------------------- training
 
     def train_epochs(self, cycle: CycleData, data_mode: str) -> int:
-        """PPO epochs on one cycle's dataset, one record published per epoch; returns epochs run."""
+        """PPO epochs on one cycle's dataset, one record per epoch to the recorder; returns epochs run."""
         cfg = self.config
         data = cycle.dataset
         n = len(data)
         batch = max(1, n // cfg.num_minibatches)
-        agent, optimizer, faults = self.agent, self.optimizer, self.faults
+        agent, optimizer, faults, recorder = self.agent, self.optimizer, self.faults, self.recorder
         # the knobs in use for this cycle: the healthy ones unless an active fault changes them
         faults.reset_critic_if_due(agent, optimizer)
         optimizer.lr = faults.learning_rate(self._lr)
         clip_range, ent_coef = faults.clip_range(self._clip), faults.ent_coef(cfg.ent_coef)
         max_grad_norm = faults.max_grad_norm(cfg.max_grad_norm)
+        if recorder is not None:
+            recorder.begin_cycle(
+                data.rewards, data.advantages, data.returns, data.values, global_step=self.global_step,
+                learning_rate=optimizer.lr, episode_returns=cycle.meta.episode_returns,
+                rollout_ticks=cycle.meta.rollout_ticks, data_mode=data_mode, cycle_id=cycle.cycle_id,
+            )
         epochs_run = 0
-        publishing = self._publishing
-        finished: list[EpochStats] = []  # this cycle's epochs whose rows are not packed yet
         for _ in range(cfg.update_epochs):
-            started = time.monotonic()
-            stats = EpochStats()
+            if recorder is not None:
+                recorder.begin_epoch()
             stop = False
             order = self.rng.permutation(n)
             for start in range(0, n - batch + 1, batch):
@@ -346,66 +345,45 @@ class TrainingHarness:
                 if max_grad_norm is not None and result.grad_norm > max_grad_norm:
                     agent.grad *= max_grad_norm / (result.grad_norm + 1e-6)
                 optimizer.step(agent.params, agent.grad)
-                stats.add(result, len(idx))
+                if recorder is not None:
+                    recorder.minibatch(
+                        result.pg_loss, result.v_loss, result.entropy, result.approx_kl, result.grad_norm,
+                        result.clipped / len(idx), len(idx),
+                    )
                 if cfg.target_kl is not None and result.approx_kl > 1.5 * cfg.target_kl:
                     stop = True
                     break
-            stats.duration_sec = time.monotonic() - started
             self.epoch += 1
             epochs_run += 1
-            if publishing:
-                mark = time.perf_counter()
-                stats.timestamp_ms = time.time_ns() // 1_000_000
-                finished.append(stats)
-                if mark - self._pending_since > self.max_publish_delay:
-                    self._pack_rows(finished, cycle, data_mode)
-                    finished = []
-                    self.publish_pending()
-                self.telemetry_seconds += time.perf_counter() - mark
+            if recorder is not None:
+                recorder.end_epoch()
             if stop or self.stop_requested:
                 break
-        if finished:
-            mark = time.perf_counter()
-            self._pack_rows(finished, cycle, data_mode)
-            self.telemetry_seconds += time.perf_counter() - mark
+        if recorder is not None:
+            recorder.end_cycle()
         return epochs_run
 
-    def _pack_rows(self, finished: list[EpochStats], cycle: CycleData, data_mode: str) -> None:
-        """Pack the rows of a cycle's finished epochs (the last `len(finished)` epochs run).
-
-        One block per cycle (or per publish batch): the cycle's fields and the arrays its dataset-level
-        statistics come from, which the publisher computes (`producer.records`), then a row per epoch,
-        packed in one tight loop: between two epochs' numpy work a row costs several times what it
-        costs here. The stats objects are then dropped: pending rows hold no live objects.
-        """
-        data = cycle.dataset
-        pending, global_step, lr = self._pending, self.global_step, self.optimizer.lr  # the rate in use
-        cycle_block(
-            pending, len(finished), (data.returns, data.values, data.rewards, data.advantages),
-            cycle.mean_episode_return, DATA_MODE_NAMES.index(data_mode), cycle.cycle_id,
-            cycle.meta.rollout_ticks,
-        )
-        for epoch, stats in enumerate(finished, self.epoch - len(finished)):
-            pg, vl, kl, kl_max, clip, entropy_mean, entropy_std, grad_max = stats.values()
-            pending += pack_epoch(
-                epoch, global_step, stats.timestamp_ms, pg, vl, kl, clip, lr, stats.num_minibatches,
-                stats.duration_sec, entropy_mean, entropy_std, grad_max, kl_max,
-            )
+    @property
+    def telemetry_seconds(self) -> float:
+        """Time spent recording epochs and handing them to the sink: telemetry's cost to training."""
+        return 0.0 if self.recorder is None else self.recorder.seconds
 
     def publish_pending(self) -> None:
         """Publish (and flush) the records of the epochs finished since the last batch."""
-        # Batched: the sink's work runs in one tight loop (or another process) and pays its write once.
-        pending = RowBatch(self._pending)  # handed over, not copied: a new buffer takes its place
-        self._pending = bytearray()
-        self._pending_since = time.perf_counter()
-        if self.publish_rows is not None:
-            self.publish_rows(pending)
-        else:
-            run_id, v1_1 = self.config.run_id, self.config.enable_telemetry_v1_1
-            for row in pending:
-                self.publish(build_record(row, run_id, v1_1))
-        if self.flush is not None:
-            self.flush()
+        if self.recorder is not None:
+            mark = time.perf_counter()
+            self.recorder.flush()
+            self.recorder.seconds += time.perf_counter() - mark
+
+    @property
+    def max_publish_delay(self) -> float:
+        """Seconds between record batches (a record waits at most about this long to be published)."""
+        return 1.0 if self.recorder is None else self.recorder.max_publish_delay
+
+    @max_publish_delay.setter
+    def max_publish_delay(self, seconds: float) -> None:
+        if self.recorder is not None:
+            self.recorder.max_publish_delay = seconds
 
     def _anneal(self, progress: float) -> None:
         """Linear decay of the learning rate (and clip range) with the share of the run done."""
@@ -431,10 +409,7 @@ class TrainingHarness:
             with threadpool_limits(limits=1, user_api="blas"):
                 self._run()
         finally:
-            if self._publishing:
-                mark = time.perf_counter()
-                self.publish_pending()
-                self.telemetry_seconds += time.perf_counter() - mark
+            self.publish_pending()
 
     def _run(self) -> None:
         cfg = self.config

@@ -26,7 +26,10 @@ from avro_schemas.models import V1_1_ADDED_FIELDS, VERSION_FIELDS
 
 from .stats import dataset_statistics
 
-__all__ = ["DATA_MODE_NAMES", "ROW_FIELDS", "RowBatch", "build_record", "cycle_block", "pack_epoch"]
+__all__ = [
+    "DATA_MODE_NAMES", "ROW_FIELDS", "RowBatch", "build_record", "cycle_block", "cycle_header", "dataset_arrays",
+    "pack_epoch",
+]
 
 DATA_MODE_NAMES = ("mixed", "rollout", "replay")
 
@@ -69,6 +72,19 @@ def _header(epochs: int, samples: int, cycle: tuple) -> bytes:
     )
 
 
+def cycle_header(
+    epochs: int, samples: int, mean_episode_return: float | None, data_mode: int, cycle_id: int, rollout_ticks: int
+) -> bytes:
+    """A block's header: `epochs` rows follow the dataset's arrays (`dataset_arrays`) of `samples` values each."""
+    return _header(epochs, samples, (None, None, mean_episode_return, samples, data_mode, cycle_id, rollout_ticks))
+
+
+def dataset_arrays(arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> bytes:
+    """The four dataset arrays (returns, values, rewards, advantages) as a block carries them: float64,
+    flattened, one after the other. A copy: the caller may reuse its arrays at once."""
+    return b"".join(np.ascontiguousarray(array, dtype=_F64).tobytes() for array in arrays)
+
+
 def cycle_block(
     out: bytearray,
     epochs: int,
@@ -80,10 +96,8 @@ def cycle_block(
 ) -> None:
     """Append a block's header and arrays (returns, values, rewards, advantages) to `out`; the block's
     `epochs` rows (`pack_epoch`) must follow. `num_samples` is the arrays' length."""
-    samples = len(arrays[0])
-    out += _header(epochs, samples, (None, None, mean_episode_return, samples, data_mode, cycle_id, rollout_ticks))
-    for array in arrays:
-        out += memoryview(np.ascontiguousarray(array, dtype=_F64))  # (a bare array would be added by numpy)
+    out += cycle_header(epochs, len(arrays[0]), mean_episode_return, data_mode, cycle_id, rollout_ticks)
+    out += dataset_arrays(arrays)
 
 
 class RowBatch:

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ppo import MinibatchResult
-
 __all__ = ["EpochStats", "explained_variance", "pearson_or_none", "dataset_statistics", "mean_or_none"]
 
 
@@ -87,23 +85,27 @@ class EpochStats:
     kl_max: float = -math.inf
     grad_norm_max: float = 0.0
     entropies: list[float] = field(default_factory=list)  # kept whole: the std is taken in two passes
-    clipped: int = 0
+    clipped: float = 0  # samples clipped (a sum of clip fraction x minibatch size)
     samples: int = 0
     duration_sec: float = 0.0  # set by the harness when the epoch ends (monotonic clock)
     timestamp_ms: int = 0  # likewise (wall clock)
 
-    def add(self, result: MinibatchResult, batch_size: int) -> None:
-        """Take one minibatch's result."""
-        self.pg_loss_sum += result.pg_loss
-        self.v_loss_sum += result.v_loss
-        self.kl_sum += result.approx_kl
-        if result.approx_kl > self.kl_max:
-            self.kl_max = result.approx_kl
-        if result.grad_norm > self.grad_norm_max:
-            self.grad_norm_max = result.grad_norm
-        self.entropies.append(result.entropy)
-        self.clipped += result.clipped
-        self.samples += batch_size
+    def add(
+        self, policy_loss: float, value_loss: float, entropy: float, kl: float, grad_norm: float,
+        clipped: float, samples: int,
+    ) -> None:
+        """Take one minibatch's numbers: its mean losses, mean entropy and k3 KL, its pre-clip gradient
+        norm, and how many of its `samples` were clipped (a count, or clip fraction x samples)."""
+        self.pg_loss_sum += policy_loss
+        self.v_loss_sum += value_loss
+        self.kl_sum += kl
+        if kl > self.kl_max:
+            self.kl_max = kl
+        if grad_norm > self.grad_norm_max:
+            self.grad_norm_max = grad_norm
+        self.entropies.append(entropy)
+        self.clipped += clipped
+        self.samples += samples
 
     @property
     def num_minibatches(self) -> int:

@@ -41,14 +41,20 @@ class Collector:
         self.records.append(record)
 
 
-def run(harness: TrainingHarness) -> list[dict]:
+def publishing(config: HarnessConfig) -> TrainingHarness:
+    """A harness whose records a `Collector` keeps (`harness.collected`)."""
     collector = Collector()
-    harness.publish = collector.publish
+    harness = TrainingHarness(config, publish=collector.publish)
+    harness.collected = collector.records
+    return harness
+
+
+def run(harness: TrainingHarness) -> list[dict]:
     try:
         harness.run_ppo()
     finally:
         harness.close()
-    return collector.records
+    return harness.collected
 
 
 def assert_all_valid(records: list[dict]) -> None:
@@ -60,7 +66,7 @@ def assert_all_valid(records: list[dict]) -> None:
 
 
 def test_a_pendulum_run_publishes_valid_v1_1_records_with_the_gaussian_entropy():
-    harness = TrainingHarness(tiny())
+    harness = publishing(tiny())
     assert harness.continuous and harness.n_actions == 1 and harness.agent.continuous
     records = run(harness)
     assert len(records) == TOTAL_STEPS // (NUM_ENVS * NUM_STEPS) * UPDATE_EPOCHS
@@ -71,7 +77,7 @@ def test_a_pendulum_run_publishes_valid_v1_1_records_with_the_gaussian_entropy()
 
 
 def test_a_narrow_gaussian_policy_publishes_negative_entropy_in_valid_records():
-    harness = TrainingHarness(tiny())
+    harness = publishing(tiny())
     harness.agent.log_std[:] = -3.0
     records = run(harness)
     assert_all_valid(records)
@@ -103,14 +109,14 @@ def test_actions_are_stored_unclipped_and_reach_the_environment_clipped_to_the_b
 
 
 def test_the_log_std_is_trained_with_the_other_parameters():
-    harness = TrainingHarness(tiny(ent_coef=0.5))  # a large bonus: the log-std must move
+    harness = publishing(tiny(ent_coef=0.5))  # a large bonus: the log-std must move
     run(harness)
     assert harness.agent.log_std[0] > 0.0
     assert np.shares_memory(harness.agent.log_std, harness.agent.params)
 
 
 def test_the_same_seed_gives_the_same_continuous_run():
-    first, second = run(TrainingHarness(tiny())), run(TrainingHarness(tiny()))
+    first, second = run(publishing(tiny())), run(publishing(tiny()))
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("timestamp_ms", "epoch_duration_sec")} for r in rs]
     assert strip(first) == strip(second)
 

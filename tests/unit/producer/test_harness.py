@@ -623,9 +623,10 @@ def test_truncated_episodes_bootstrap_from_the_value_of_their_final_observation(
 # --------------------------------------------------------------------------------------- stopping
 
 
-def stoppable(data_mode: str, directory: Path) -> TrainingHarness:
+def stoppable(data_mode: str, directory: Path, publish) -> TrainingHarness:
     return TrainingHarness(
-        tiny(data_mode=data_mode, update_epochs=4, replay_manifest=directory if data_mode == "replay" else None)
+        tiny(data_mode=data_mode, update_epochs=4, replay_manifest=directory if data_mode == "replay" else None),
+        publish=publish,
     )
 
 
@@ -648,9 +649,8 @@ def count_minibatches(harness: TrainingHarness, monkeypatch, on_call=None) -> li
 def test_stop_requested_during_an_epoch_finishes_that_epoch_publishes_it_and_stops(data_mode, recording, monkeypatch):
     # as the CLI's Ctrl-C handler does: the flag is set while a minibatch runs
     directory, _, _ = recording
-    harness = stoppable(data_mode, directory)
     published: list[dict] = []
-    harness.publish = published.append
+    harness = stoppable(data_mode, directory, published.append)
 
     def request_stop(call):
         if call == 1:
@@ -671,7 +671,6 @@ def test_stop_requested_during_an_epoch_finishes_that_epoch_publishes_it_and_sto
 @pytest.mark.parametrize("data_mode", ["mixed", "rollout", "replay"])
 def test_stop_requested_from_the_publish_callback_stops_training(data_mode, recording, monkeypatch):
     directory, _, _ = recording
-    harness = stoppable(data_mode, directory)
     published: list[dict] = []
     trained_after_stop: list[int] = []
 
@@ -679,7 +678,7 @@ def test_stop_requested_from_the_publish_callback_stops_training(data_mode, reco
         published.append(record)
         harness.stop_requested = True
 
-    harness.publish = publish
+    harness = stoppable(data_mode, directory, publish)
     epochs = count_minibatches(
         harness, monkeypatch, lambda call: trained_after_stop.append(call) if harness.stop_requested else None
     )
@@ -695,15 +694,14 @@ def test_stop_requested_from_the_publish_callback_stops_training(data_mode, reco
 @pytest.mark.parametrize("data_mode", ["mixed", "rollout"])
 def test_stop_requested_from_the_publish_callback_without_publish_delay_stops_after_the_current_epoch(data_mode, recording, monkeypatch):
     directory, _, _ = recording
-    harness = stoppable(data_mode, directory)
-    harness.max_publish_delay = 0.0  # publish each record as soon as its epoch ends
     published: list[dict] = []
 
     def publish(record):
         published.append(record)
         harness.stop_requested = True
 
-    harness.publish = publish
+    harness = stoppable(data_mode, directory, publish)
+    harness.max_publish_delay = 0.0  # publish each record as soon as its epoch ends
     epochs = count_minibatches(harness, monkeypatch)
     try:
         harness.run_ppo()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from producer.ppo import MinibatchResult
 from producer.stats import EpochStats, explained_variance, mean_or_none, pearson_or_none
 
 
@@ -86,10 +85,6 @@ def test_mean_or_none():
 # -------------------------------------------------------------------------------------- EpochStats
 
 
-def result(pg, v, entropy, kl, clipped, grad_norm) -> MinibatchResult:
-    return MinibatchResult(loss=pg + v, pg_loss=pg, v_loss=v, entropy=entropy, approx_kl=kl, clipped=clipped, grad_norm=grad_norm)
-
-
 KNOWN = [
     # pg, v, entropy, kl, clipped, grad_norm, batch size
     (0.10, 2.0, 0.69, 0.004, 3, 1.5, 16),
@@ -102,7 +97,7 @@ KNOWN = [
 def test_epoch_stats_fields_equal_direct_computations_on_known_arrays():
     stats = EpochStats()
     for pg, v, ent, kl, clipped, gn, size in KNOWN:
-        stats.add(result(pg, v, ent, kl, clipped, gn), size)
+        stats.add(pg, v, ent, kl, gn, clipped, size)
     cols = np.array([row[:6] for row in KNOWN], dtype=float).T
     pg, v, ent, kl, clipped, gn = cols
     samples = sum(row[6] for row in KNOWN)
@@ -129,7 +124,7 @@ def test_epoch_stats_fields_equal_direct_computations_on_known_arrays():
 
 def test_epoch_stats_of_one_minibatch_has_zero_entropy_std_and_max_equal_to_mean():
     stats = EpochStats()
-    stats.add(result(0.1, 1.0, 0.5, 0.03, 2, 1.2), 8)
+    stats.add(0.1, 1.0, 0.5, 0.03, 1.2, 2, 8)
     fields = stats.fields()
     assert fields["batch_entropy_std"] == 0.0
     assert fields["kl_divergence_max"] == fields["kl_divergence"] == 0.03
@@ -141,7 +136,7 @@ def test_epoch_stats_kl_max_is_at_least_the_mean_and_both_are_not_negative():
     stats = EpochStats()
     for _ in range(10):
         # the k3 estimator is >= 0 analytically; rounding can give -1e-17
-        stats.add(result(0.0, 0.0, 1.0, float(rng.choice([0.0, -1e-17, 1e-3])), 0, 0.0), 4)
+        stats.add(0.0, 0.0, 1.0, float(rng.choice([0.0, -1e-17, 1e-3])), 0.0, 0, 4)
     fields = stats.fields()
     assert fields["kl_divergence"] >= 0.0
     assert fields["kl_divergence_max"] >= fields["kl_divergence"]
@@ -150,7 +145,7 @@ def test_epoch_stats_kl_max_is_at_least_the_mean_and_both_are_not_negative():
 def test_epoch_stats_values_are_plain_floats():
     stats = EpochStats()
     for pg, v, ent, kl, clipped, gn, size in KNOWN:
-        stats.add(result(pg, v, ent, kl, clipped, gn), size)
+        stats.add(pg, v, ent, kl, gn, clipped, size)
     for name, value in stats.fields().items():
         assert type(value) is float, name  # the validator wants JSON numbers, not numpy scalars
 
