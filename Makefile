@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+SB3_STAMP := $(VENV)/.installed-sb3-stamp
 
 .PHONY: install test soak demo bench endurance samples clean
 
@@ -14,17 +15,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-test: $(STAMP)
+# the [sb3] extra (stable-baselines3 and PyTorch, ~5 GB) for the tests of the integrations and the example;
+# `make demo` needs only the base install
+$(SB3_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,sb3]'
+	touch $@
+
+test: $(STAMP) $(SB3_STAMP)
 	$(PY) -m pytest -q
 
 # the long versions of the integration tests (marker `soak`): see docs/performance.md for their figures
-soak: $(STAMP)
+soak: $(STAMP) $(SB3_STAMP)
 	$(PY) -m pytest -q -m soak
 
 demo: $(STAMP)
 	$(VENV)/bin/ppo-telemetry demo
 
-bench: $(STAMP)
+bench: $(STAMP) $(SB3_STAMP)
 	$(PY) bench/codec_validate.py
 	$(PY) bench/watch_drift_cores.py
 	$(PY) bench/learning.py
