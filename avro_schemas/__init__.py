@@ -5,6 +5,7 @@ This package imports neither Kafka nor the training harness; producers and consu
 
 from .codec import HEADER_SIZE, MAGIC, SingleObjectCodec, epoch_summary_codec
 from .errors import CompatibilityError, DecodeError, EncodeError, SchemaLoadError, TelemetryError
+from .fields import CROSS_FIELD_RULES, FIELDS, NULLABLE_FIELDS, RUN_ID_PATTERN, Field, is_valid_run_id
 from .models import (
     FIELD_TYPES,
     LATEST_VERSION,
@@ -26,6 +27,12 @@ __all__ = [
     "EncodeError",
     "SchemaLoadError",
     "TelemetryError",
+    "CROSS_FIELD_RULES",
+    "FIELDS",
+    "NULLABLE_FIELDS",
+    "RUN_ID_PATTERN",
+    "Field",
+    "is_valid_run_id",
     "FIELD_TYPES",
     "LATEST_VERSION",
     "SUPPORTED_VERSIONS",
