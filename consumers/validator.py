@@ -17,25 +17,39 @@ Rule names, stable because other programs read them (`errors[].rule`, the DLQ he
 | `type` | wrong JSON type (integers only for int/long fields; numbers, not booleans, for doubles) |
 | `not_null` | null where the field must carry a value |
 | `finite` | NaN or ±Infinity, anywhere in the record |
-| `pattern` | `run_id` is not 1–128 chars of `[A-Za-z0-9._:-]` |
+| `pattern` | a string does not match its field's pattern (`run_id`: 1–128 chars of `[A-Za-z0-9._:-]`) |
 | `range` | a value outside its field's range (including the Avro int/long range) |
-| `enum` | `data_mode` is not `replay`, `rollout` or `mixed` |
+| `enum` | an enum value that is not one of its field's valid symbols (`data_mode`: `replay`, `rollout`, `mixed`) |
 | `num_minibatches_le_num_samples` | `num_minibatches > num_samples` |
 | `kl_divergence_max_ge_mean` | `kl_divergence_max < kl_divergence - 1e-9` |
 | `replay_zero` | `cycle_id` / `rollout_ticks` must be 0 exactly when `data_mode == "replay"` |
 | `rollout_positive` | `cycle_id` / `rollout_ticks` must be ≥ 1 for `rollout` and `mixed` |
+
+Every field's type, range, pattern, symbols and cross-field rules come from the field table
+(`avro_schemas.fields`): the full check reads it, and the fast path is Python source generated from it.
 """
 
 from __future__ import annotations
 
 import json
+import keyword
 import math
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from avro_schemas.errors import TelemetryError
-from avro_schemas.models import FIELD_TYPES, SUPPORTED_VERSIONS, VERSION_FIELDS
+from avro_schemas.fields import (
+    AVRO_INT_BOUNDS,
+    CROSS_FIELD_RULES,
+    FIELDS,
+    NULLABLE_FIELDS,
+    SUPPORTED_VERSIONS,
+    VERSION_FIELDS,
+    Field,
+    Pattern,
+    is_valid_run_id,
+)
 from avro_schemas.ndjson import OverlongLine
 
 __all__ = [
@@ -72,17 +86,7 @@ RULES = (
     "rollout_positive",
 )
 
-# Fields that may be null in a valid record; every other field must carry a value even where its
-# Avro type is a ["null", T] union (v1.1 fields are nullable in Avro only for schema evolution).
-NULLABLE_FIELDS = frozenset({"explained_variance", "mean_episode_return", "reward_advantage_corr"})
-
-_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_INT_BOUNDS = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _INF = math.inf
-# run_ids already seen to match _RUN_ID: a stream repeats a few ids, and a set lookup is ~5x a regex match.
-_KNOWN_RUN_IDS: set[str] = set()
-_KNOWN_RUN_IDS_MAX = 4096
-_KL_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,83 +222,99 @@ def _identity(data: dict[str, Any]) -> tuple[str | None, str | None, int | None]
     )
 
 
-def is_valid_run_id(run_id: str) -> bool:
-    """True for 1-128 chars of [A-Za-z0-9._:-] (SPEC §1)."""
-    return isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) is not None
+class _KnownMatches:
+    """The values of one pattern field already seen to match: a stream repeats a few run_ids, and a set
+    lookup is ~5x a regex match."""
+
+    MAX_SIZE = 4096
+
+    def __init__(self, pattern: Pattern) -> None:
+        self.pattern = pattern
+        self.values: set[str] = set()
+
+    def remember(self, value: str) -> bool:
+        """True when `value` matches the pattern; remembered then, while there is room."""
+        if not self.pattern.matches(value):
+            return False
+        if len(self.values) < self.MAX_SIZE:
+            self.values.add(value)
+        return True
 
 
-def _remember_run_id(run_id: str) -> bool:
-    if _RUN_ID.fullmatch(run_id) is None:
-        return False
-    if len(_KNOWN_RUN_IDS) < _KNOWN_RUN_IDS_MAX:
-        _KNOWN_RUN_IDS.add(run_id)
-    return True
+# Names the generated fast path uses besides its locals, which are named after the fields.
+_FAST_PATH_NAMES = frozenset({"record", "type", "int", "float", "str", "len", "KeyError", "INF"})
 
 
-def _fast_valid_1_1(r: dict[str, Any]) -> bool:
-    """True only for a clean v1.1 record: exactly its fields, right types, every rule met.
+def _python_literal(bound: float, avro_type: str) -> str:
+    """A range bound as a literal of the field's Python type (a float against a float compares fastest)."""
+    return repr(float(bound)) if avro_type == "double" else repr(bound)
 
-    A hot-path shortcut for the common case; anything it does not accept goes through the full check,
-    which names the errors. It must never accept a record the full check rejects (a property test
-    holds it to that).
-    """
-    try:
-        run_id = r["run_id"]
-        ns = r["num_samples"]
-        nm = r["num_minibatches"]
-        ev = r["explained_variance"]
-        mr = r["mean_episode_return"]
-        kl = r["kl_divergence"]
-        klm = r["kl_divergence_max"]
-        mode = r["data_mode"]
-        cyc = r["cycle_id"]
-        ticks = r["rollout_ticks"]
-        corr = r["reward_advantage_corr"]
-        pl = r["policy_loss"]
-        vl = r["value_loss"]
-        cf = r["clip_fraction"]
-        lr = r["learning_rate"]
-        dur = r["epoch_duration_sec"]
-        em = r["batch_entropy_mean"]
-        es = r["batch_entropy_std"]
-        gn = r["grad_norm_max"]
-        ep = r["epoch"]
-        gs = r["global_step"]
-        ts = r["timestamp_ms"]
-        off = r["log_stream_offset"]
-    except KeyError:
-        return False
-    F = float
-    I = int
-    return (
-        len(r) == 24
-        and type(run_id) is str
-        and (run_id in _KNOWN_RUN_IDS or _remember_run_id(run_id))
-        and type(ep) is I and 0 <= ep < 2147483648
-        and type(gs) is I and 0 <= gs < 9223372036854775808
-        and type(ts) is I and 0 < ts < 9223372036854775808
-        and type(ns) is I and 1 <= ns < 2147483648
-        and type(nm) is I and 1 <= nm <= ns
-        and type(pl) is F and -_INF < pl < _INF
-        and type(vl) is F and 0.0 <= vl < _INF
-        and type(kl) is F and 0.0 <= kl < _INF
-        and type(cf) is F and 0.0 <= cf <= 1.0
-        and type(lr) is F and 0.0 < lr < _INF
-        and (ev is None or (type(ev) is F and -_INF < ev <= 1.0))
-        and (mr is None or (type(mr) is F and -_INF < mr < _INF))
-        and type(dur) is F and 0.0 <= dur < _INF
-        and type(em) is F and -_INF < em < _INF
-        and type(es) is F and 0.0 <= es < _INF
-        and type(gn) is F and 0.0 <= gn < _INF
-        and type(klm) is F and 0.0 <= klm < _INF and klm >= kl - _KL_TOLERANCE
-        and (corr is None or (type(corr) is F and -1.0 <= corr <= 1.0))
-        and type(off) is I and 0 <= off < 9223372036854775808
-        and type(cyc) is I and type(ticks) is I
-        and (
-            (mode == "replay" and cyc == 0 and ticks == 0)
-            or ((mode == "rollout" or mode == "mixed") and 1 <= cyc < 9223372036854775808 and 1 <= ticks < 9223372036854775808)
-        )
-    )
+
+def _fast_range(f: Field) -> str:
+    """`low <= name < high` for a numeric field: its range, else its Avro int range or ±INF (finite)."""
+    if f.avro_type == "double":
+        low, high = ("-INF", "<"), ("INF", "<")
+    else:
+        avro_low, avro_high = AVRO_INT_BOUNDS[f.avro_type]
+        low, high = (repr(avro_low), "<="), (repr(avro_high), "<=")
+    bounds = f.range
+    if bounds is not None and bounds.min is not None:
+        low = (_python_literal(bounds.min, f.avro_type), "<=" if bounds.min_inclusive else "<")
+    if bounds is not None and bounds.max is not None:
+        high = (_python_literal(bounds.max, f.avro_type), "<=" if bounds.max_inclusive else "<")
+    return f"{low[0]} {low[1]} {f.name} {high[1]} {high[0]}"
+
+
+def _fast_condition(f: Field) -> str:
+    """The Python condition that `f`'s value (in a local of its name) is of its type and meets its rules."""
+    name = f.name
+    if f.avro_type == "string":
+        check = f"type({name}) is str"
+        if f.pattern is not None:
+            check += f" and ({name} in known_{name} or remember_{name}({name}))"
+    elif f.avro_type == "enum":
+        check = f"type({name}) is str and {name} in {f.valid_symbols!r}"
+    else:
+        python_type = "float" if f.avro_type == "double" else "int"
+        check = f"type({name}) is {python_type} and {_fast_range(f)}"
+    return f"({name} is None or ({check}))" if f.nullable else check
+
+
+def _fast_path_source(version: str) -> str:
+    """The source of `fast_valid(record) -> bool` for records of `version`, generated from the field table."""
+    names = VERSION_FIELDS[version]
+    checked = [FIELDS[name] for name in names if name != "telemetry_version"]  # the caller has checked it
+    for f in checked:
+        assert f.name.isidentifier() and not keyword.iskeyword(f.name), f"{f.name} cannot be a local"
+        assert f.name not in _FAST_PATH_NAMES, f"{f.name} would shadow a name the fast path uses"
+    lines = ["def fast_valid(record):", "    try:"]
+    lines += [f"        {f.name} = record[{f.name!r}]" for f in checked]
+    lines += ["    except KeyError:", "        return False", "    return (", f"        len(record) == {len(names)}"]
+    lines += [f"        and {_fast_condition(f)}" for f in checked]
+    lines += [f"        and {rule.python_condition()}" for rule in CROSS_FIELD_RULES if set(rule.fields) <= set(names)]
+    lines.append("    )")
+    return "\n".join(lines) + "\n"
+
+
+def _compile_fast_path(version: str) -> Callable[[dict[str, Any]], bool]:
+    """`_fast_path_source(version)` compiled, with a `_KnownMatches` for each pattern field."""
+    namespace: dict[str, Any] = {"INF": _INF}
+    for f in FIELDS.values():
+        if f.pattern is not None:
+            known = _KnownMatches(f.pattern)
+            namespace[f"known_{f.name}"], namespace[f"remember_{f.name}"] = known.values, known.remember
+    code = compile(_fast_path_source(version), f"<fast path of v{version}, generated from avro_schemas.fields>", "exec")
+    exec(code, namespace)  # noqa: S102 - our own source, generated from the field table
+    return namespace["fast_valid"]
+
+
+_fast_valid_1_1 = _compile_fast_path("1.1")
+"""True only for a clean v1.1 record: exactly its fields, right types, every rule met.
+
+A hot-path shortcut for the common case; anything it does not accept goes through the full check,
+which names the errors. It must never accept a record the full check rejects (a property test
+holds it to that). Generated from the field table, so it is as fast as a hand-written one.
+"""
 
 
 def _contains_non_finite(value: Any) -> bool:
@@ -329,14 +349,14 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_type(name: str, value: Any, errors: list[FieldError]) -> bool:
-    """Type, null and finiteness of one field; True when its value may go on to the range checks."""
-    ftype = FIELD_TYPES[name]
+def _check_type(f: Field, value: Any, errors: list[FieldError]) -> bool:
+    """Type, null and finiteness of one field; True when its value may go on to its rules."""
+    name = f.name
     if value is None:
-        if name not in NULLABLE_FIELDS:
+        if not f.nullable:
             errors.append(FieldError(name, "not_null", f"{name} must not be null"))
         return False
-    kind = ftype.avro_type
+    kind = f.avro_type
     if type(value) is float and not -_INF < value < _INF:
         # NaN is "not allowed anywhere" (SPEC §2): say so, whatever type the field expects
         errors.append(FieldError(name, "finite", f"{name} must be finite, got {_short(value)}"))
@@ -345,7 +365,7 @@ def _check_type(name: str, value: Any, errors: list[FieldError]) -> bool:
         if type(value) is not int:
             errors.append(FieldError(name, "type", f"{name} must be an integer, got {_describe(value)} {_short(value)}"))
             return False
-        low, high = _INT_BOUNDS[kind]
+        low, high = AVRO_INT_BOUNDS[kind]
         if not low <= value <= high:
             errors.append(FieldError(name, "range", f"{name} = {_short(value)} is outside the Avro {kind} range"))
             return False
@@ -384,35 +404,22 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-# Per-field range rules: (predicate, description). Values reaching them have the right type and are finite.
-_RANGES: dict[str, tuple[Any, str]] = {
-    "epoch": (lambda v: v >= 0, "≥ 0"),
-    "global_step": (lambda v: v >= 0, "≥ 0"),
-    "timestamp_ms": (lambda v: v > 0, "> 0"),
-    "value_loss": (lambda v: v >= 0, "≥ 0"),
-    "kl_divergence": (lambda v: v >= 0, "≥ 0"),
-    "clip_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "explained_variance": (lambda v: v <= 1, "≤ 1"),
-    "learning_rate": (lambda v: v > 0, "> 0"),
-    "num_samples": (lambda v: v >= 1, "≥ 1"),
-    "num_minibatches": (lambda v: v >= 1, "≥ 1"),
-    "epoch_duration_sec": (lambda v: v >= 0, "≥ 0"),
-    "cycle_id": (lambda v: v >= 0, "≥ 0"),
-    "batch_entropy_std": (lambda v: v >= 0, "≥ 0"),
-    "grad_norm_max": (lambda v: v >= 0, "≥ 0"),
-    "kl_divergence_max": (lambda v: v >= 0, "≥ 0"),
-    "reward_advantage_corr": (lambda v: -1 <= v <= 1, "in [-1, 1]"),
-    "rollout_ticks": (lambda v: v >= 0, "≥ 0"),
-    "log_stream_offset": (lambda v: v >= 0, "≥ 0"),
-}
-
-_VALID_MODES = ("replay", "rollout", "mixed")
+def _rule_error(f: Field, value: Any) -> FieldError | None:
+    """The error of a value of the right type that breaks its field's own rule: pattern, symbols or range."""
+    name = f.name
+    if f.pattern is not None and not f.pattern.matches(value):
+        return FieldError(name, "pattern", f"{name} must be {f.pattern.description}, got {_short(value)}")
+    if f.valid_symbols and value not in f.valid_symbols:
+        return FieldError(name, "enum", f"{name} must be one of {', '.join(f.valid_symbols)}, got {_short(value)}")
+    if f.range is not None and not f.range.contains(value):
+        return FieldError(name, "range", f"{name} must be {f.range.describe()}, got {_short(value)}")
+    return None
 
 
 def _check_record(data: dict[str, Any], version: str, verdict: Verdict) -> None:
     errors = verdict.errors
     names = VERSION_FIELDS[version]
-    ok: dict[str, Any] = {}  # fields whose value passed type and range checks
+    ok: dict[str, Any] = {}  # fields whose value passed its own checks
     for name in names:
         if name == "telemetry_version":
             continue
@@ -420,42 +427,17 @@ def _check_record(data: dict[str, Any], version: str, verdict: Verdict) -> None:
             errors.append(FieldError(name, "required", f"{name} is required in a v{version} record"))
             continue
         value = data[name]
-        if not _check_type(name, value, errors):
+        f = FIELDS[name]
+        if not _check_type(f, value, errors):
             continue
-        if name == "run_id":
-            if _RUN_ID.fullmatch(value) is None:
-                errors.append(FieldError(name, "pattern", f"run_id must be 1-128 chars of [A-Za-z0-9._:-], got {_short(value)}"))
-                continue
-        elif name == "data_mode":
-            if value not in _VALID_MODES:
-                errors.append(FieldError(name, "enum", f"data_mode must be one of replay, rollout, mixed, got {_short(value)}"))
-                continue
-        else:
-            rule = _RANGES.get(name)
-            if rule is not None and not rule[0](value):
-                errors.append(FieldError(name, "range", f"{name} must be {rule[1]}, got {_short(value)}"))
-                continue
+        error = _rule_error(f, value)
+        if error is not None:
+            errors.append(error)
+            continue
         ok[name] = value
 
-    if "num_minibatches" in ok and "num_samples" in ok and ok["num_minibatches"] > ok["num_samples"]:
-        errors.append(FieldError(
-            "num_minibatches", "num_minibatches_le_num_samples",
-            f"num_minibatches ({ok['num_minibatches']}) must be ≤ num_samples ({ok['num_samples']})",
-        ))
-    if "kl_divergence_max" in ok and "kl_divergence" in ok and ok["kl_divergence_max"] < ok["kl_divergence"] - _KL_TOLERANCE:
-        errors.append(FieldError(
-            "kl_divergence_max", "kl_divergence_max_ge_mean",
-            f"kl_divergence_max ({ok['kl_divergence_max']}) must be ≥ kl_divergence ({ok['kl_divergence']})",
-        ))
-    mode = ok.get("data_mode")
-    if mode is not None:
-        for name in ("cycle_id", "rollout_ticks"):
-            if name not in ok:
-                continue
-            if mode == "replay" and ok[name] != 0:
-                errors.append(FieldError(name, "replay_zero", f"{name} must be 0 when data_mode is replay, got {ok[name]}"))
-            elif mode != "replay" and ok[name] < 1:
-                errors.append(FieldError(name, "rollout_positive", f"{name} must be ≥ 1 when data_mode is {mode}, got {ok[name]}"))
+    for rule in CROSS_FIELD_RULES:
+        errors.extend(FieldError(*violation) for violation in rule.violations(ok))
 
     known = set(names)
     for key, value in data.items():
