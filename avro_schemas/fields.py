@@ -302,7 +302,8 @@ def _row(meaning: str, example: Any, **rules: Any) -> dict[str, Any]:
     return {"meaning": meaning, "example": example, **rules}
 
 
-# Per field: meaning, a valid example (together a valid record), and the rules the .avsc cannot carry.
+# Per field: meaning, a valid example, and the rules the .avsc cannot carry. The examples make a valid,
+# healthy-looking record (the consumer tests build on it: no default alert rule trips on it).
 _SPEC_ROWS: dict[str, dict[str, Any]] = {
     "telemetry_version": _row(
         "the record's schema version: " + " or ".join(f'"{v}"' for v in SUPPORTED_VERSIONS) + " exactly", LATEST_VERSION
@@ -384,13 +385,14 @@ NULLABLE_FIELDS: frozenset[str] = frozenset(f.name for f in FIELDS.values() if f
 
 def _check_table() -> None:
     """The written rules must fit the schema they describe; a mismatch is a bug in this module."""
-    for f in FIELDS.values():
-        assert not f.nullable or f.type.nullable, f"{f.name}: null allowed but the Avro type has no null"
-        assert f.since != SUPPORTED_VERSIONS[0] or f.nullable == f.type.nullable, f"{f.name}: nullability"
-        assert set(f.valid_symbols) <= set(f.type.symbols), f"{f.name}: symbols not in the schema"
-        assert bool(f.valid_symbols) == (f.avro_type == "enum"), f"{f.name}: valid symbols"
-        assert f.range is None or f.struct_code is not None, f"{f.name}: a range on a non-numeric field"
-        assert f.pattern is None or f.avro_type == "string", f"{f.name}: a pattern on a non-string field"
+    for field in FIELDS.values():
+        assert not field.nullable or field.type.nullable, f"{field.name}: null allowed but the Avro type has no null"
+        # SPEC §1 makes a first-version field nullable exactly where its Avro type is
+        assert field.since != SUPPORTED_VERSIONS[0] or field.nullable == field.type.nullable, f"{field.name}: nullability"
+        assert set(field.valid_symbols) <= set(field.type.symbols), f"{field.name}: symbols not in the schema"
+        assert bool(field.valid_symbols) == (field.avro_type == "enum"), f"{field.name}: valid symbols"
+        assert field.range is None or field.struct_code is not None, f"{field.name}: a range on a non-numeric field"
+        assert field.pattern is None or field.avro_type == "string", f"{field.name}: a pattern on a non-string field"
     for rule in CROSS_FIELD_RULES:
         assert set(rule.fields) <= set(FIELDS), f"{rule}: unknown field"
 
@@ -419,11 +421,11 @@ def struct_format(names: Iterable[str], byte_order: str = "<") -> str:
 def markdown_table() -> str:
     """The field table as Markdown: name, Avro type, version added, rules, meaning; then the cross-field rules."""
     lines = ["| field | Avro type | since | rule | meaning |", "|---|---|---|---|---|"]
-    for f in FIELDS.values():
-        avro = f.avro_type if f.avro_type != "enum" else "enum {" + ", ".join(f.type.symbols) + "}"
-        if f.type.nullable:
+    for field in FIELDS.values():
+        avro = field.avro_type if field.avro_type != "enum" else "enum {" + ", ".join(field.type.symbols) + "}"
+        if field.type.nullable:
             avro = f'["null", {avro}]'
-        lines.append(f"| `{f.name}` | {avro} | {f.since} | {f.rule_text()} | {f.meaning} |")
+        lines.append(f"| `{field.name}` | {avro} | {field.since} | {field.rule_text()} | {field.meaning} |")
     lines += ["", "Cross-field rules:", ""]
     lines += [f"- {' / '.join(f'`{name}`' for name in rule.rules)}: {rule.describe()}" for rule in CROSS_FIELD_RULES]
     return "\n".join(lines)

@@ -250,47 +250,47 @@ def _python_literal(bound: float, avro_type: str) -> str:
     return repr(float(bound)) if avro_type == "double" else repr(bound)
 
 
-def _fast_range(f: Field) -> str:
+def _fast_range(row: Field) -> str:
     """`low <= name < high` for a numeric field: its range, else its Avro int range or ±INF (finite)."""
-    if f.avro_type == "double":
+    if row.avro_type == "double":
         low, high = ("-INF", "<"), ("INF", "<")
     else:
-        avro_low, avro_high = AVRO_INT_BOUNDS[f.avro_type]
+        avro_low, avro_high = AVRO_INT_BOUNDS[row.avro_type]
         low, high = (repr(avro_low), "<="), (repr(avro_high), "<=")
-    bounds = f.range
+    bounds = row.range
     if bounds is not None and bounds.min is not None:
-        low = (_python_literal(bounds.min, f.avro_type), "<=" if bounds.min_inclusive else "<")
+        low = (_python_literal(bounds.min, row.avro_type), "<=" if bounds.min_inclusive else "<")
     if bounds is not None and bounds.max is not None:
-        high = (_python_literal(bounds.max, f.avro_type), "<=" if bounds.max_inclusive else "<")
-    return f"{low[0]} {low[1]} {f.name} {high[1]} {high[0]}"
+        high = (_python_literal(bounds.max, row.avro_type), "<=" if bounds.max_inclusive else "<")
+    return f"{low[0]} {low[1]} {row.name} {high[1]} {high[0]}"
 
 
-def _fast_condition(f: Field) -> str:
-    """The Python condition that `f`'s value (in a local of its name) is of its type and meets its rules."""
-    name = f.name
-    if f.avro_type == "string":
+def _fast_condition(row: Field) -> str:
+    """The Python condition that `row`'s field's value (in a local of its name) is of its type and meets its rules."""
+    name = row.name
+    if row.avro_type == "string":
         check = f"type({name}) is str"
-        if f.pattern is not None:
+        if row.pattern is not None:
             check += f" and ({name} in known_{name} or remember_{name}({name}))"
-    elif f.avro_type == "enum":
-        check = f"type({name}) is str and {name} in {f.valid_symbols!r}"
+    elif row.avro_type == "enum":
+        check = f"type({name}) is str and {name} in {row.valid_symbols!r}"
     else:
-        python_type = "float" if f.avro_type == "double" else "int"
-        check = f"type({name}) is {python_type} and {_fast_range(f)}"
-    return f"({name} is None or ({check}))" if f.nullable else check
+        python_type = "float" if row.avro_type == "double" else "int"
+        check = f"type({name}) is {python_type} and {_fast_range(row)}"
+    return f"({name} is None or ({check}))" if row.nullable else check
 
 
 def _fast_path_source(version: str) -> str:
     """The source of `fast_valid(record) -> bool` for records of `version`, generated from the field table."""
     names = VERSION_FIELDS[version]
     checked = [FIELDS[name] for name in names if name != "telemetry_version"]  # the caller has checked it
-    for f in checked:
-        assert f.name.isidentifier() and not keyword.iskeyword(f.name), f"{f.name} cannot be a local"
-        assert f.name not in _FAST_PATH_NAMES, f"{f.name} would shadow a name the fast path uses"
+    for row in checked:
+        assert row.name.isidentifier() and not keyword.iskeyword(row.name), f"{row.name} cannot be a local"
+        assert row.name not in _FAST_PATH_NAMES, f"{row.name} would shadow a name the fast path uses"
     lines = ["def fast_valid(record):", "    try:"]
-    lines += [f"        {f.name} = record[{f.name!r}]" for f in checked]
+    lines += [f"        {row.name} = record[{row.name!r}]" for row in checked]
     lines += ["    except KeyError:", "        return False", "    return (", f"        len(record) == {len(names)}"]
-    lines += [f"        and {_fast_condition(f)}" for f in checked]
+    lines += [f"        and {_fast_condition(row)}" for row in checked]
     lines += [f"        and {rule.python_condition()}" for rule in CROSS_FIELD_RULES if set(rule.fields) <= set(names)]
     lines.append("    )")
     return "\n".join(lines) + "\n"
@@ -299,10 +299,10 @@ def _fast_path_source(version: str) -> str:
 def _compile_fast_path(version: str) -> Callable[[dict[str, Any]], bool]:
     """`_fast_path_source(version)` compiled, with a `_KnownMatches` for each pattern field."""
     namespace: dict[str, Any] = {"INF": _INF}
-    for f in FIELDS.values():
-        if f.pattern is not None:
-            known = _KnownMatches(f.pattern)
-            namespace[f"known_{f.name}"], namespace[f"remember_{f.name}"] = known.values, known.remember
+    for row in FIELDS.values():
+        if row.pattern is not None:
+            known = _KnownMatches(row.pattern)
+            namespace[f"known_{row.name}"], namespace[f"remember_{row.name}"] = known.values, known.remember
     code = compile(_fast_path_source(version), f"<fast path of v{version}, generated from avro_schemas.fields>", "exec")
     exec(code, namespace)  # noqa: S102 - our own source, generated from the field table
     return namespace["fast_valid"]
@@ -349,14 +349,14 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_type(f: Field, value: Any, errors: list[FieldError]) -> bool:
+def _check_type(row: Field, value: Any, errors: list[FieldError]) -> bool:
     """Type, null and finiteness of one field; True when its value may go on to its rules."""
-    name = f.name
+    name = row.name
     if value is None:
-        if not f.nullable:
+        if not row.nullable:
             errors.append(FieldError(name, "not_null", f"{name} must not be null"))
         return False
-    kind = f.avro_type
+    kind = row.avro_type
     if type(value) is float and not -_INF < value < _INF:
         # NaN is "not allowed anywhere" (SPEC §2): say so, whatever type the field expects
         errors.append(FieldError(name, "finite", f"{name} must be finite, got {_short(value)}"))
@@ -404,15 +404,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _rule_error(f: Field, value: Any) -> FieldError | None:
+def _rule_error(row: Field, value: Any) -> FieldError | None:
     """The error of a value of the right type that breaks its field's own rule: pattern, symbols or range."""
-    name = f.name
-    if f.pattern is not None and not f.pattern.matches(value):
-        return FieldError(name, "pattern", f"{name} must be {f.pattern.description}, got {_short(value)}")
-    if f.valid_symbols and value not in f.valid_symbols:
-        return FieldError(name, "enum", f"{name} must be one of {', '.join(f.valid_symbols)}, got {_short(value)}")
-    if f.range is not None and not f.range.contains(value):
-        return FieldError(name, "range", f"{name} must be {f.range.describe()}, got {_short(value)}")
+    name = row.name
+    if row.pattern is not None and not row.pattern.matches(value):
+        return FieldError(name, "pattern", f"{name} must be {row.pattern.description}, got {_short(value)}")
+    if row.valid_symbols and value not in row.valid_symbols:
+        return FieldError(name, "enum", f"{name} must be one of {', '.join(row.valid_symbols)}, got {_short(value)}")
+    if row.range is not None and not row.range.contains(value):
+        return FieldError(name, "range", f"{name} must be {row.range.describe()}, got {_short(value)}")
     return None
 
 
@@ -427,10 +427,10 @@ def _check_record(data: dict[str, Any], version: str, verdict: Verdict) -> None:
             errors.append(FieldError(name, "required", f"{name} is required in a v{version} record"))
             continue
         value = data[name]
-        f = FIELDS[name]
-        if not _check_type(f, value, errors):
+        row = FIELDS[name]
+        if not _check_type(row, value, errors):
             continue
-        error = _rule_error(f, value)
+        error = _rule_error(row, value)
         if error is not None:
             errors.append(error)
             continue
