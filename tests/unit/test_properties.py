@@ -1,6 +1,7 @@
 """Property tests: the validator and the codec agree with SPEC §1–§3 on any input, not just examples.
 
-`valid_records()` generates any record the SPEC calls valid, of either version; the properties check that
+`valid_records()` generates any record the SPEC calls valid, of either version, from the field table
+(`avro_schemas.fields`: types, ranges, null rules, pattern, symbols, cross-field rules); the properties check that
 the validator accepts all of them, that the codec round-trips them, that no bytes and no JSON value can
 crash the decoder or the validator, and that the validator's fast path never accepts what its full check
 rejects.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import string
 from typing import Any
 
 import pytest
@@ -19,6 +19,16 @@ from hypothesis import strategies as st
 
 from avro_schemas.codec import HEADER_SIZE, MAGIC, epoch_summary_codec
 from avro_schemas.errors import DecodeError
+from avro_schemas.fields import (
+    AVRO_INT_BOUNDS,
+    CROSS_FIELD_RULES,
+    FIELDS,
+    RUN_ID_PATTERN,
+    Comparison,
+    Field,
+    Range,
+    ZeroExactlyInMode,
+)
 from avro_schemas.models import FIELD_TYPES, VERSION_FIELDS
 from consumers.validator import RULES, Validator, Verdict, _check_record, _fast_valid_1_1, validate_record
 
@@ -26,11 +36,6 @@ CODEC = epoch_summary_codec()
 FINGERPRINTS = [v.fingerprint for v in CODEC.versions.values()]
 ALL_FIELDS = VERSION_FIELDS["1.1"]
 DOUBLE_FIELDS = frozenset(name for name, t in FIELD_TYPES.items() if t.avro_type == "double")
-
-INT32_MAX = 2**31 - 1
-INT64_MAX = 2**63 - 1
-RUN_ID_ALPHABET = string.ascii_letters + string.digits + "._:-"
-KL_TOLERANCE = 1e-9
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -43,6 +48,7 @@ def _doubles(
     min_value: float | None = None,
     max_value: float | None = None,
     exclude_min: bool = False,
+    exclude_max: bool = False,
     ints: bool = False,
 ) -> st.SearchStrategy[float | int]:
     """Finite doubles in a range; with `ints`, sometimes a JSON integer, which a double field also takes."""
@@ -50,64 +56,100 @@ def _doubles(
         min_value=min_value,
         max_value=max_value,
         exclude_min=exclude_min,
+        exclude_max=exclude_max,
         allow_nan=False,
         allow_infinity=False,
     )
     if not ints:
         return floats
     low = -(2**53) if min_value is None else math.ceil(min_value) + (1 if exclude_min and float(min_value).is_integer() else 0)
-    high = 2**53 if max_value is None else math.floor(max_value)
+    high = 2**53 if max_value is None else math.floor(max_value) - (1 if exclude_max and float(max_value).is_integer() else 0)
     return st.one_of(floats, st.integers(low, high)) if low <= high else floats
 
 
-def _nullable(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.one_of(st.none(), strategy)
+def _integers(row: Field, low: float | None, high: float | None, exclude_low: bool, exclude_high: bool) -> st.SearchStrategy[int]:
+    """Integers in a range, within the field's Avro int or long range."""
+    avro_low, avro_high = AVRO_INT_BOUNDS[row.avro_type]
+    low = avro_low if low is None else max(avro_low, math.floor(low) + 1 if exclude_low else math.ceil(low))
+    high = avro_high if high is None else min(avro_high, math.ceil(high) - 1 if exclude_high else math.floor(high))
+    return st.integers(low, high)
+
+
+def _is_compared_with_tolerance(row: Field) -> bool:
+    """True for a field another field must stay within a tolerance of (a KL mean, which its max may undercut)."""
+    return any(isinstance(rule, Comparison) and rule.tolerance and rule.other == row.name for rule in CROSS_FIELD_RULES)
+
+
+def _constrained_by_others(name: str) -> bool:
+    """True for a field a cross-field rule bounds by another field's value."""
+    return any(
+        (isinstance(rule, Comparison) and rule.field == name)
+        or (isinstance(rule, ZeroExactlyInMode) and name in rule.counters)
+        for rule in CROSS_FIELD_RULES
+    )
+
+
+def _raised(low: float | None, exclude_low: bool, value: float) -> tuple[float, bool]:
+    """The lower bound (and whether it is excluded) after adding the inclusive lower bound `value`."""
+    return (value, False) if low is None or value > low else (low, exclude_low)
+
+
+def _lowered(high: float | None, exclude_high: bool, value: float) -> tuple[float, bool]:
+    """The upper bound (and whether it is excluded) after adding the inclusive upper bound `value`."""
+    return (value, False) if high is None or value < high else (high, exclude_high)
+
+
+def _bounds(row: Field, record: dict[str, Any]) -> tuple[float | None, bool, float | None, bool]:
+    """(low, exclude_low, high, exclude_high): `row`'s range, narrowed by the cross-field rules given the
+    fields of `record` already drawn."""
+    own = row.range or Range()
+    low, exclude_low, high, exclude_high = own.min, not own.min_inclusive, own.max, not own.max_inclusive
+    for rule in CROSS_FIELD_RULES:
+        if isinstance(rule, Comparison) and rule.field == row.name and record.get(rule.other) is not None:
+            other = record[rule.other]
+            # the rule's own expression as the bound, so the boundary case (e.g. kl - 1e-9 exactly) is drawn too
+            if rule.op == "≤":
+                high, exclude_high = _lowered(high, exclude_high, other + rule.tolerance if rule.tolerance else other)
+            else:
+                low, exclude_low = _raised(low, exclude_low, other - rule.tolerance if rule.tolerance else other)
+        elif isinstance(rule, ZeroExactlyInMode) and row.name in rule.counters:
+            if record[rule.mode_field] == rule.zero_mode:
+                high, exclude_high = _lowered(high, exclude_high, 0)
+                low, exclude_low = _raised(low, exclude_low, 0)
+            else:
+                low, exclude_low = _raised(low, exclude_low, 1)
+    return low, exclude_low, high, exclude_high
+
+
+def _value_strategy(row: Field, record: dict[str, Any], ints_in_doubles: bool) -> st.SearchStrategy[Any]:
+    """Valid values of `row`'s field, given the fields of `record` already drawn (cross-field rules)."""
+    if row.pattern is not None:
+        return st.from_regex(row.pattern.regex, fullmatch=True)
+    if row.valid_symbols:
+        return st.sampled_from(row.valid_symbols)
+    low, exclude_low, high, exclude_high = _bounds(row, record)
+    if row.avro_type != "double":
+        return _integers(row, low, high, exclude_low, exclude_high)
+    values = _doubles(low, high, exclude_low, exclude_high, ints=ints_in_doubles)
+    if _is_compared_with_tolerance(row):
+        # Realistic KLs are small; that is also where a tolerance of 1e-9 matters.
+        start = 0.0 if low is None else low
+        values = st.one_of(values, st.floats(start, start + 0.1, exclude_min=exclude_low))
+    return values
 
 
 @st.composite
 def valid_records(draw, version: str | None = None, ints_in_doubles: bool = False) -> dict[str, Any]:
-    """Any record valid under SPEC §1: every range, the cross-field rules, the null rules."""
+    """Any record valid under SPEC §1, from the field table: every range, the cross-field rules, the null rules."""
     version = version or draw(st.sampled_from(["1.0", "1.1"]))
-    d = lambda **kw: _doubles(ints=ints_in_doubles, **kw)  # noqa: E731
-    num_samples = draw(st.integers(1, INT32_MAX))
-    # Realistic KLs are small; that is also where the 1e-9 tolerance of kl_divergence_max matters.
-    kl = draw(st.one_of(d(min_value=0.0), st.floats(0.0, 0.1)))
-    record: dict[str, Any] = {
-        "telemetry_version": version,
-        "run_id": draw(st.text(RUN_ID_ALPHABET, min_size=1, max_size=128)),
-        "epoch": draw(st.integers(0, INT32_MAX)),
-        "global_step": draw(st.integers(0, INT64_MAX)),
-        "timestamp_ms": draw(st.integers(1, INT64_MAX)),
-        "policy_loss": draw(d()),
-        "value_loss": draw(d(min_value=0.0)),
-        "kl_divergence": kl,
-        "clip_fraction": draw(d(min_value=0.0, max_value=1.0)),
-        "explained_variance": draw(_nullable(d(max_value=1.0))),
-        "learning_rate": draw(d(min_value=0.0, exclude_min=True)),
-        "mean_episode_return": draw(_nullable(d())),
-        "num_samples": num_samples,
-        "num_minibatches": draw(st.integers(1, num_samples)),
-    }
-    if version == "1.0":
-        return record
-    mode = draw(st.sampled_from(["replay", "rollout", "mixed"]))
-    positive = st.integers(1, INT64_MAX)
-    record.update(
-        {
-            "epoch_duration_sec": draw(d(min_value=0.0)),
-            "data_mode": mode,
-            "cycle_id": 0 if mode == "replay" else draw(positive),
-            "batch_entropy_mean": draw(d()),
-            "batch_entropy_std": draw(d(min_value=0.0)),
-            "grad_norm_max": draw(d(min_value=0.0)),
-            # Same expression as the rule, so the boundary case (kl - 1e-9 exactly) is generated too.
-            "kl_divergence_max": draw(d(min_value=max(0.0, kl - KL_TOLERANCE))),
-            "reward_advantage_corr": draw(_nullable(d(min_value=-1.0, max_value=1.0))),
-            "rollout_ticks": 0 if mode == "replay" else draw(positive),
-            "log_stream_offset": draw(st.integers(0, INT64_MAX)),
-        }
-    )
-    return record
+    names = VERSION_FIELDS[version]
+    record: dict[str, Any] = {"telemetry_version": version}
+    # fields bounded by other fields are drawn after them
+    for name in sorted((n for n in names if n != "telemetry_version"), key=_constrained_by_others):
+        row = FIELDS[name]
+        values = _value_strategy(row, record, ints_in_doubles)
+        record[name] = draw(st.one_of(st.none(), values) if row.nullable else values)
+    return {name: record[name] for name in names}
 
 
 # JSON-like values: everything json.loads can return (and more: NaN, ±inf, ints too big for a double).
@@ -272,7 +314,7 @@ def _avro_string(text: str) -> bytes:
 bodies_past_the_strings = st.builds(
     lambda version, run_id, rest: _avro_string(version) + _avro_string(run_id) + rest,
     st.sampled_from(["1.0", "1.1", ""]),
-    st.text(RUN_ID_ALPHABET, max_size=12),
+    st.from_regex(RUN_ID_PATTERN.regex, fullmatch=True).map(lambda run_id: run_id[:12]),
     st.one_of(st.binary(max_size=200), st.binary(min_size=60, max_size=200)),
 )
 
@@ -426,29 +468,27 @@ _RUN_ID_EDGES = ["a" * 128, "a" * 129, "a b", "a\n", "\n", "é", "a\x00", "run/1
 _MODE_EDGES = ["replay", "rollout", "mixed", "unknown", "Replay", "replay ", "null"]
 _NEAR_DELTAS = [1e-12, 1e-10, 1e-9, 1e-8, 1e-6]
 
-# Each numeric field's rule bounds; a string names the field the bound depends on.
+def _rule_bounds(row: Field) -> list[Any]:
+    """The bounds of a numeric field's rules: its range, the end of its Avro int range, 0 and 1 for a counter
+    of the mode rule, and (as (field, offset)) the value of a field it is compared with; 0.0 where none."""
+    bounds: list[Any] = []
+    if row.range is not None:
+        bounds += [bound for bound in (row.range.min, row.range.max) if bound is not None]
+    if row.avro_type in AVRO_INT_BOUNDS:
+        bounds.append(AVRO_INT_BOUNDS[row.avro_type][1] + 1)
+    for rule in CROSS_FIELD_RULES:
+        if isinstance(rule, ZeroExactlyInMode) and row.name in rule.counters:
+            bounds += [0, 1]
+        elif isinstance(rule, Comparison) and row.name in rule.fields:
+            # field ≤ other + t puts field's bound at other + t and other's at field - t (≥: the reverse)
+            sign = 1 if rule.op == "≤" else -1
+            bounds.append((rule.other, sign * rule.tolerance) if row.name == rule.field else (rule.field, -sign * rule.tolerance))
+    return list(dict.fromkeys(bounds)) or [0.0]
+
+
+# Each numeric field's rule bounds; a (field, offset) pair names the field the bound depends on.
 _BOUNDS: dict[str, list[Any]] = {
-    "epoch": [0, 2**31],
-    "global_step": [0, 2**63],
-    "timestamp_ms": [0, 2**63],
-    "num_samples": [1, 2**31, "num_minibatches"],
-    "num_minibatches": [1, "num_samples"],
-    "cycle_id": [0, 1, 2**63],
-    "rollout_ticks": [0, 1, 2**63],
-    "log_stream_offset": [0, 2**63],
-    "policy_loss": [0.0],
-    "value_loss": [0.0],
-    "kl_divergence": [0.0, "kl_divergence_max"],
-    "clip_fraction": [0.0, 1.0],
-    "explained_variance": [1.0],
-    "learning_rate": [0.0],
-    "mean_episode_return": [0.0],
-    "epoch_duration_sec": [0.0],
-    "batch_entropy_mean": [0.0],
-    "batch_entropy_std": [0.0],
-    "grad_norm_max": [0.0],
-    "kl_divergence_max": [0.0, "kl_divergence"],
-    "reward_advantage_corr": [-1.0, 1.0],
+    name: _rule_bounds(row) for name, row in FIELDS.items() if row.struct_code is not None
 }
 
 
@@ -462,12 +502,9 @@ def _anchors(record: dict[str, Any], name: str) -> list[float | int]:
     """The bounds of `name`'s rules, resolved against `record`."""
     out = []
     for anchor in _BOUNDS[name]:
-        if anchor == "kl_divergence_max":
-            anchor = float(record[anchor]) + KL_TOLERANCE
-        elif anchor == "kl_divergence":
-            anchor = float(record[anchor]) - KL_TOLERANCE
-        elif isinstance(anchor, str):
-            anchor = record[anchor]
+        if isinstance(anchor, tuple):
+            other, offset = anchor
+            anchor = float(record[other]) + offset if offset else record[other]
         out.append(anchor)
     return out
 
