@@ -19,43 +19,41 @@ from io import BytesIO
 from fastavro import schemaless_reader
 
 from avro_schemas import HEADER_SIZE, epoch_summary_codec
+from avro_schemas.fields import CROSS_FIELD_RULES, FIELDS, Field, example_record
 from consumers.validator import Validator
 
 
+def _varied(row: Field, rng: random.Random) -> float:
+    """The field's example scaled by a random factor in [0.5, 1.5], kept within its range."""
+    while True:
+        value = row.example * rng.uniform(0.5, 1.5)
+        if row.range is None or row.range.contains(value):
+            return value
+
+
+def _varied_record(base: dict, rng: random.Random) -> dict:
+    """`base` with each double varied around its example and each nullable field null one time in seven,
+    drawn again until the cross-field rules hold."""
+    while True:
+        record = {**base, **{row.name: _varied(row, rng) for row in FIELDS.values() if row.avro_type == "double"}}
+        record.update({row.name: None for row in FIELDS.values() if row.nullable and rng.random() < 1 / 7})
+        if not any(list(rule.violations(record)) for rule in CROSS_FIELD_RULES):
+            return record
+
+
 def make_records(n: int, seed: int = 0) -> list[dict]:
-    """`n` valid v1.1 records of a few runs, values varied like a real training stream."""
+    """`n` valid v1.1 records of a few runs, from the field table (`_varied_record` of its example record),
+    with epochs, steps, times, cycles and offsets advancing like a real training stream."""
     rng = random.Random(seed)
+    example = example_record("1.1")
     records = []
     for i in range(n):
-        run = i % 4
         epoch = i // 4
-        kl = rng.uniform(0.0, 0.03)
-        records.append({
-            "telemetry_version": "1.1",
-            "run_id": f"bench-run-{run}",
-            "epoch": epoch,
-            "global_step": epoch * 2048,
-            "timestamp_ms": 1_764_000_000_000 + i * 37,
-            "policy_loss": rng.uniform(-0.1, 0.1),
-            "value_loss": rng.uniform(0.0, 50.0),
-            "kl_divergence": kl,
-            "clip_fraction": rng.uniform(0.0, 0.3),
-            "explained_variance": rng.uniform(-1.0, 1.0) if i % 10 else None,
-            "learning_rate": 3e-4,
-            "mean_episode_return": rng.uniform(0.0, 500.0) if i % 7 else None,
-            "num_samples": 2048,
-            "num_minibatches": 32,
-            "epoch_duration_sec": rng.uniform(0.01, 0.2),
-            "data_mode": "mixed",
-            "cycle_id": epoch // 10 + 1,
-            "batch_entropy_mean": rng.uniform(0.1, 0.7),
-            "batch_entropy_std": rng.uniform(0.0, 0.05),
-            "grad_norm_max": rng.uniform(0.1, 5.0),
-            "kl_divergence_max": kl + rng.uniform(0.0, 0.02),
-            "reward_advantage_corr": rng.uniform(-1.0, 1.0) if i % 5 else None,
-            "rollout_ticks": 2048,
-            "log_stream_offset": epoch,
-        })
+        stream_position = {
+            "run_id": f"bench-run-{i % 4}", "epoch": epoch, "global_step": epoch * 2048,
+            "timestamp_ms": 1_764_000_000_000 + i * 37, "cycle_id": epoch // 10 + 1, "log_stream_offset": epoch,
+        }
+        records.append(_varied_record({**example, **stream_position}, rng))
     return records
 
 
