@@ -227,7 +227,7 @@ class Comparison:
 
 @dataclass(frozen=True, slots=True)
 class ZeroExactlyInMode:
-    """Each of `fields` is 0 exactly when `mode_field` is `zero_mode`, and ≥ 1 under any other valid mode."""
+    """Each of `counters` is 0 exactly when `mode_field` is `zero_mode`, and ≥ 1 under any other valid mode."""
 
     mode_field: str
     zero_mode: str
@@ -259,16 +259,18 @@ class ZeroExactlyInMode:
         for name in self.counters:
             if name not in values or self.holds(mode, values[name]):
                 continue
+            value = values[name]
             if mode == self.zero_mode:
-                yield name, self.zero_rule, f"{name} must be 0 when {self.mode_field} is {mode}, got {values[name]}"
+                yield name, self.zero_rule, f"{name} must be 0 when {self.mode_field} is {mode}, got {value}"
             else:
-                yield name, self.positive_rule, f"{name} must be ≥ 1 when {self.mode_field} is {mode}, got {values[name]}"
+                yield name, self.positive_rule, f"{name} must be ≥ 1 when {self.mode_field} is {mode}, got {value}"
 
     def python_condition(self) -> str:
         """The rule as a Python expression over variables named after the fields (the mode already valid)."""
+        mode, zero_mode = self.mode_field, repr(self.zero_mode)
         zero = " and ".join(f"{name} == 0" for name in self.counters)
         positive = " and ".join(f"{name} >= 1" for name in self.counters)
-        return f"(({self.mode_field} == {self.zero_mode!r} and {zero}) or ({self.mode_field} != {self.zero_mode!r} and {positive}))"
+        return f"(({mode} == {zero_mode} and {zero}) or ({mode} != {zero_mode} and {positive}))"
 
     def describe(self) -> str:
         """The rule in words, for the docs."""
@@ -388,7 +390,8 @@ def _check_table() -> None:
     for field in FIELDS.values():
         assert not field.nullable or field.type.nullable, f"{field.name}: null allowed but the Avro type has no null"
         # SPEC §1 makes a first-version field nullable exactly where its Avro type is
-        assert field.since != SUPPORTED_VERSIONS[0] or field.nullable == field.type.nullable, f"{field.name}: nullability"
+        first_version = field.since == SUPPORTED_VERSIONS[0]
+        assert not first_version or field.nullable == field.type.nullable, f"{field.name}: nullability"
         assert set(field.valid_symbols) <= set(field.type.symbols), f"{field.name}: symbols not in the schema"
         assert bool(field.valid_symbols) == (field.avro_type == "enum"), f"{field.name}: valid symbols"
         assert field.range is None or field.struct_code is not None, f"{field.name}: a range on a non-numeric field"

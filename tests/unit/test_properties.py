@@ -67,7 +67,9 @@ def _doubles(
     return st.one_of(floats, st.integers(low, high)) if low <= high else floats
 
 
-def _integers(row: Field, low: float | None, high: float | None, exclude_low: bool, exclude_high: bool) -> st.SearchStrategy[int]:
+def _integers(
+    row: Field, low: float | None, high: float | None, exclude_low: bool, exclude_high: bool
+) -> st.SearchStrategy[int]:
     """Integers in a range, within the field's Avro int or long range."""
     avro_low, avro_high = AVRO_INT_BOUNDS[row.avro_type]
     low = avro_low if low is None else max(avro_low, math.floor(low) + 1 if exclude_low else math.ceil(low))
@@ -482,7 +484,10 @@ def _rule_bounds(row: Field) -> list[Any]:
         elif isinstance(rule, Comparison) and row.name in rule.fields:
             # field ≤ other + t puts field's bound at other + t and other's at field - t (≥: the reverse)
             sign = 1 if rule.op == "≤" else -1
-            bounds.append((rule.other, sign * rule.tolerance) if row.name == rule.field else (rule.field, -sign * rule.tolerance))
+            if row.name == rule.field:
+                bounds.append((rule.other, sign * rule.tolerance))
+            else:
+                bounds.append((rule.field, -sign * rule.tolerance))
     return list(dict.fromkeys(bounds)) or [0.0]
 
 

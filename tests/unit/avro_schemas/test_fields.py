@@ -186,7 +186,8 @@ def test_comparison_python_condition_agrees_with_its_violations(rule: Comparison
         broken = list(rule.violations(values))
         assert _condition_holds(rule, values) == (not broken), values
         if broken:
-            assert broken == [(rule.field, rule.rule, f"{rule.field} ({value}) must be {rule.op} {rule.other} ({other})")]
+            message = f"{rule.field} ({value}) must be {rule.op} {rule.other} ({other})"
+            assert broken == [(rule.field, rule.rule, message)]
 
 
 def test_mode_rule_python_condition_agrees_with_its_violations():
