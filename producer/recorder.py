@@ -28,7 +28,6 @@ sinks as it is (the NDJSON sink refuses it, a validator rejects it), so a diverg
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from avro_schemas.errors import TelemetryError
+from avro_schemas.fields import RUN_ID_PATTERN, is_valid_run_id
 
 from .records import DATA_MODE_NAMES, RowBatch, build_record, cycle_header, dataset_arrays, pack_epoch
 from .stats import EpochStats, mean_or_none
@@ -43,7 +43,6 @@ from .stats import EpochStats, mean_or_none
 __all__ = ["EpochRecorder", "RecorderError", "TELEMETRY_VERSIONS"]
 
 TELEMETRY_VERSIONS = ("1.1", "1.0")
-_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class RecorderError(TelemetryError):
@@ -92,8 +91,8 @@ class EpochRecorder:
     ) -> None:
         if (publish_rows is None) == (publish is None):
             raise RecorderError("an EpochRecorder publishes through publish_rows or publish: give exactly one")
-        if not isinstance(run_id, str) or _RUN_ID.fullmatch(run_id) is None:
-            raise RecorderError(f"run_id must be 1-128 chars of [A-Za-z0-9._:-], got {run_id!r}")
+        if not is_valid_run_id(run_id):
+            raise RecorderError(f"run_id must be {RUN_ID_PATTERN.description}, got {run_id!r}")
         if telemetry_version not in TELEMETRY_VERSIONS:
             raise RecorderError(f"telemetry_version must be 1.1 or 1.0, got {telemetry_version!r}")
         self.data_mode = _data_mode_index(data_mode)

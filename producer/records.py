@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from avro_schemas.models import V1_1_ADDED_FIELDS, VERSION_FIELDS
+from avro_schemas.fields import FIELDS, VERSION_FIELDS, struct_format
+from avro_schemas.models import V1_1_ADDED_FIELDS
 
 from .stats import dataset_statistics
 
@@ -31,27 +32,32 @@ __all__ = [
     "pack_epoch",
 ]
 
+# data_mode travels as an index into these (the order is the row format's, not the schema's)
 DATA_MODE_NAMES = ("mixed", "rollout", "replay")
+assert set(DATA_MODE_NAMES) == set(FIELDS["data_mode"].valid_symbols)
 
 # An unpacked row: the record's fields in schema order, less telemetry_version, run_id and
 # log_stream_offset, with data_mode as an index into DATA_MODE_NAMES.
-ROW_FIELDS = tuple(
-    name for name in VERSION_FIELDS["1.1"] if name not in ("telemetry_version", "run_id", "log_stream_offset")
-)
+_NOT_IN_ROWS = ("telemetry_version", "run_id", "log_stream_offset")
+ROW_FIELDS = tuple(name for name in VERSION_FIELDS["1.1"] if name not in _NOT_IN_ROWS)
 
-_EPOCH = struct.Struct("<qqqdddddqddddd")
+# Which fields an epoch's row holds and which its cycle's header holds is the layout's choice; their
+# struct codes come from the field table (avro_schemas.fields).
 _EPOCH_FIELDS = (
     "epoch", "global_step", "timestamp_ms", "policy_loss", "value_loss", "kl_divergence", "clip_fraction",
     "learning_rate", "num_minibatches", "epoch_duration_sec", "batch_entropy_mean", "batch_entropy_std",
     "grad_norm_max", "kl_divergence_max",
 )
+_EPOCH = struct.Struct(struct_format(_EPOCH_FIELDS))
+# the nullable fields first: a null is a flag bit in the header, its slot then holds 0.0
+_NULLABLE = tuple(name for name in ROW_FIELDS if FIELDS[name].nullable)
+_COUNTS = ("num_samples", "cycle_id", "rollout_ticks")
+_CYCLE_FIELDS = _NULLABLE + ("data_mode",) + _COUNTS
 # a block's header: epochs in the block, samples per array (0: no arrays, the statistics are given),
-# a null-flags byte (bits 0, 1, 2: the three nullable fields below), then the cycle's fields
-_HEADER = struct.Struct("<IqBdddqqqq")
-_CYCLE_FIELDS = (
-    "explained_variance", "reward_advantage_corr", "mean_episode_return",
-    "num_samples", "data_mode", "cycle_id", "rollout_ticks",
-)
+# the null flags (bit i: _NULLABLE[i] is null), then the cycle's fields (data_mode as its index)
+_HEADER = struct.Struct("<IqB" + struct_format(_NULLABLE, "") + "q" + struct_format(_COUNTS, ""))
+_EXPLAINED_VARIANCE = _CYCLE_FIELDS.index("explained_variance")
+_CORRELATION = _CYCLE_FIELDS.index("reward_advantage_corr")
 _TAKE = tuple((_EPOCH_FIELDS + _CYCLE_FIELDS).index(name) for name in ROW_FIELDS)
 assert sorted(_EPOCH_FIELDS + _CYCLE_FIELDS) == sorted(ROW_FIELDS)
 _F64 = np.dtype("<f8")
@@ -63,20 +69,19 @@ kl_divergence_max) -> bytes: one epoch's row within its cycle's block."""
 
 
 def _header(epochs: int, samples: int, cycle: tuple) -> bytes:
-    explained_variance, corr, mean_return, num_samples, data_mode, cycle_id, rollout_ticks = cycle
-    nullable = (explained_variance, corr, mean_return)
+    """A header for `cycle`, the values of `_CYCLE_FIELDS` in order."""
+    nullable = cycle[: len(_NULLABLE)]
     nulls = sum(1 << i for i, value in enumerate(nullable) if value is None)
-    return _HEADER.pack(
-        epochs, samples, nulls, *(0.0 if value is None else value for value in nullable),
-        num_samples, data_mode, cycle_id, rollout_ticks,
-    )
+    return _HEADER.pack(epochs, samples, nulls, *(0.0 if value is None else value for value in nullable), *cycle[len(_NULLABLE):])
 
 
 def cycle_header(
     epochs: int, samples: int, mean_episode_return: float | None, data_mode: int, cycle_id: int, rollout_ticks: int
 ) -> bytes:
     """A block's header: `epochs` rows follow the dataset's arrays (`dataset_arrays`) of `samples` values each."""
-    return _header(epochs, samples, (None, None, mean_episode_return, samples, data_mode, cycle_id, rollout_ticks))
+    values = {"mean_episode_return": mean_episode_return, "num_samples": samples, "data_mode": data_mode,
+              "cycle_id": cycle_id, "rollout_ticks": rollout_ticks}  # the statistics: computed by the reader
+    return _header(epochs, samples, tuple(values.get(name) for name in _CYCLE_FIELDS))
 
 
 def dataset_arrays(arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> bytes:
@@ -129,7 +134,7 @@ class RowBatch:
                 raise ValueError(f"a row batch ends inside a block header at byte {offset}")
             epochs, samples, nulls, *cycle = _HEADER.unpack_from(data, offset)
             offset += _HEADER.size
-            for bit in range(3):
+            for bit in range(len(_NULLABLE)):
                 if nulls >> bit & 1:
                     cycle[bit] = None
             if samples:
@@ -137,7 +142,7 @@ class RowBatch:
                 if end - offset < 4 * size:
                     raise ValueError(f"a row batch ends inside a block's arrays at byte {offset}")
                 arrays = [np.frombuffer(data, _F64, samples, offset + i * size) for i in range(4)]
-                cycle[0], cycle[1] = dataset_statistics(*arrays)
+                cycle[_EXPLAINED_VARIANCE], cycle[_CORRELATION] = dataset_statistics(*arrays)
                 offset += 4 * size
             if end - offset < epochs * _EPOCH.size:
                 raise ValueError(f"a row batch ends inside a block's rows at byte {offset}")
@@ -153,38 +158,17 @@ class RowBatch:
             yield tuple(values[i] for i in take)
 
 
+_DATA_MODE = ROW_FIELDS.index("data_mode")
+assert VERSION_FIELDS["1.1"] == ("telemetry_version", "run_id", *ROW_FIELDS, "log_stream_offset")
+
+
 def build_record(row: tuple, run_id: str, v1_1: bool) -> dict[str, Any]:
-    """The record of one epoch row: v1.1 (with `log_stream_offset` None, for the writer) or v1.0."""
-    (epoch, global_step, timestamp_ms, policy_loss, value_loss, kl_divergence, clip_fraction,
-     explained_variance, learning_rate, mean_episode_return, num_samples, num_minibatches,
-     epoch_duration_sec, data_mode, cycle_id, batch_entropy_mean, batch_entropy_std, grad_norm_max,
-     kl_divergence_max, reward_advantage_corr, rollout_ticks) = row
-    record: dict[str, Any] = {
-        "telemetry_version": "1.1",
-        "run_id": run_id,
-        "epoch": epoch,
-        "global_step": global_step,
-        "timestamp_ms": timestamp_ms,
-        "policy_loss": policy_loss,
-        "value_loss": value_loss,
-        "kl_divergence": kl_divergence,
-        "clip_fraction": clip_fraction,
-        "explained_variance": explained_variance,
-        "learning_rate": learning_rate,
-        "mean_episode_return": mean_episode_return,
-        "num_samples": num_samples,
-        "num_minibatches": num_minibatches,
-        "epoch_duration_sec": epoch_duration_sec,
-        "data_mode": DATA_MODE_NAMES[data_mode],
-        "cycle_id": cycle_id,
-        "batch_entropy_mean": batch_entropy_mean,
-        "batch_entropy_std": batch_entropy_std,
-        "grad_norm_max": grad_norm_max,
-        "kl_divergence_max": kl_divergence_max,
-        "reward_advantage_corr": reward_advantage_corr,
-        "rollout_ticks": rollout_ticks,
-        "log_stream_offset": None,  # the stream writer numbers records
-    }
+    """The record of one epoch row, fields in schema order: v1.1 (with `log_stream_offset` None, for the
+    writer, which numbers records) or v1.0."""
+    record: dict[str, Any] = {"telemetry_version": "1.1", "run_id": run_id}
+    record.update(zip(ROW_FIELDS, row))
+    record["data_mode"] = DATA_MODE_NAMES[row[_DATA_MODE]]
+    record["log_stream_offset"] = None
     if not v1_1:
         record["telemetry_version"] = "1.0"
         for name in V1_1_ADDED_FIELDS:
