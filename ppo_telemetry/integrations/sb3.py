@@ -269,19 +269,15 @@ class TelemetryCallback(BaseCallback):
             self._end_epoch(stopped=not exhausted)
 
     def _evaluate_actions(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The policy's `evaluate_actions`; the first call after `get` hands out a minibatch is its evaluation.
-        The probability ratio is computed here, on this minibatch alone as `train()` computes it (see
-        `_minibatch_statistics`); the rest when the epoch ends."""
+        """The policy's `evaluate_actions`; the first call after `get` hands out a minibatch is its evaluation."""
         evaluated = self._original_evaluate_actions(*args, **kwargs)
         samples = self._samples
         if samples is not None:
             self._samples = None
             values, log_prob, entropy = evaluated
-            log_prob = log_prob.detach()
-            log_ratio = log_prob - samples.old_log_prob
             self._minibatches.append(_Minibatch(
-                log_prob.shape[0], samples.advantages, samples.returns, samples.old_values, log_prob,
-                log_ratio, torch.exp(log_ratio), values.detach().flatten(), None if entropy is None else entropy.detach(),
+                log_prob.shape[0], samples.advantages, samples.returns, samples.old_values, samples.old_log_prob,
+                values.detach(), log_prob.detach(), None if entropy is None else entropy.detach(),
             ))
         return evaluated
 
@@ -363,11 +359,10 @@ class _Minibatch:
     advantages: torch.Tensor
     returns: torch.Tensor
     old_values: torch.Tensor
-    log_prob: torch.Tensor
-    log_ratio: torch.Tensor
-    ratio: torch.Tensor
+    old_log_prob: torch.Tensor
     values: torch.Tensor
-    """The new value estimates, flattened as `train()` flattens them."""
+    """The new value estimates, as `evaluate_actions` gives them (`train()` flattens them)."""
+    log_prob: torch.Tensor
     entropy: torch.Tensor | None
     grad_norm: torch.Tensor | None = None
     """What `clip_grad_norm_` returned for it; None: not trained on (a target-KL stop)."""
@@ -377,10 +372,10 @@ def _minibatch_statistics(
     minibatches: list[_Minibatch], clip_range: float, clip_range_vf: float | None, normalize_advantage: bool
 ) -> list[list[float]]:
     """Per minibatch: (policy loss, value loss, entropy mean, k3 KL, clip share), each as `PPO.train()`
-    computes it. Minibatches of one size are computed together, one row each: elementwise IEEE
-    arithmetic and reductions along a row give what they give on the row alone, and the one
-    transcendental function, `exp`, was applied to each minibatch alone (its ratio), so each value
-    equals train()'s bit for bit."""
+    computes it. Minibatches of one size are computed together, one row each: elementwise operations
+    give each element what they give it in the row alone (IEEE arithmetic; PyTorch's `exp` computes
+    every element alike wherever it sits), and reductions along a row what they give on the row
+    alone, so each value equals train()'s bit for bit (the tests hold it to that, uneven sizes too)."""
     statistics: list[list[float]] = [[] for _ in minibatches]
     by_size: dict[int, list[int]] = {}
     for index, minibatch in enumerate(minibatches):
@@ -400,22 +395,24 @@ def _same_size_statistics(
     advantages = torch.stack([minibatch.advantages for minibatch in group])
     if normalize_advantage:
         advantages = (advantages - advantages.mean(dim=1, keepdim=True)) / (advantages.std(dim=1, keepdim=True) + 1e-8)
-    log_ratio = torch.stack([minibatch.log_ratio for minibatch in group])
-    ratio = torch.stack([minibatch.ratio for minibatch in group])
+    log_prob = torch.stack([minibatch.log_prob for minibatch in group])
+    log_ratio = log_prob - torch.stack([minibatch.old_log_prob for minibatch in group])
+    ratio = torch.exp(log_ratio)
     clipped_ratio = torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
     policy_loss = -torch.min(advantages * ratio, advantages * clipped_ratio).mean(dim=1)
-    clip_share = (torch.abs(ratio - 1) > clip_range).float().mean(dim=1)
-    values = torch.stack([minibatch.values for minibatch in group])
+    ratio_change = ratio - 1
+    clip_share = (torch.abs(ratio_change) > clip_range).float().mean(dim=1)
+    kl = (ratio_change - log_ratio).mean(dim=1)
+    values = torch.stack([minibatch.values for minibatch in group]).view(len(group), -1)
     if clip_range_vf is not None:
         old_values = torch.stack([minibatch.old_values for minibatch in group])
         values = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
     returns = torch.stack([minibatch.returns for minibatch in group])
     value_loss = F.mse_loss(returns, values, reduction="none").mean(dim=1)
     if group[0].entropy is None:  # no analytic entropy: SB3's entropy loss takes -mean(log_prob)
-        entropy = (-torch.stack([minibatch.log_prob for minibatch in group])).mean(dim=1)
+        entropy = (-log_prob).mean(dim=1)
     else:
         entropy = torch.stack([minibatch.entropy for minibatch in group]).mean(dim=1)
-    kl = ((ratio - 1) - log_ratio).mean(dim=1)
     return torch.stack((policy_loss, value_loss, entropy, kl, clip_share), dim=1)
 
 
