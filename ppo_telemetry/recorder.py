@@ -41,7 +41,10 @@ class EpochRecorder(_Recorder):
     `--kafka-config` file of the command line). `namespace`: the topics' prefix (SPEC §4). At least one
     of `ndjson_dir` and `kafka` (or a `kafka_config` naming the servers). Errors are one-line
     `TelemetryError`s: a broker whose listener does not fit the security settings is reported here,
-    in seconds, before training starts.
+    in seconds, before training starts. The publisher's sinks are open when the constructor returns;
+    with `wait_for_start=False` it returns at once and the publisher starts beside the training (about
+    0.1 s): a sink that cannot open is then reported by the next `poll` after the publisher has
+    answered, or by the first call that hands it records.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class EpochRecorder(_Recorder):
         kafka_partitions: int = 3,
         telemetry_version: str = "1.1",
         data_mode: str = "mixed",
+        wait_for_start: bool = True,
     ) -> None:
         if ndjson_dir is None and kafka is None and kafka_config is None:
             raise RecorderError("an EpochRecorder needs somewhere to publish: ndjson_dir, kafka or both")
@@ -67,9 +71,15 @@ class EpochRecorder(_Recorder):
         self.publisher = PublisherProcess(
             None if ndjson_dir is None else Path(ndjson_dir), ndjson_max_bytes, run_id, telemetry_version == "1.1",
             kafka=client, kafka_partitions=kafka_partitions, kafka_namespace=topic_prefix,
+            wait_for_start=wait_for_start,
         )
         """The child process that builds, numbers and writes the records (`producer.publisher`)."""
         self._publish_rows = self.publisher.publish_rows
+
+    def poll(self) -> None:
+        """Raise a publisher failure known by now (without waiting), then hand finished epochs over if due."""
+        self.publisher.check()
+        super().poll()
 
     @property
     def next_offset(self) -> int | None:

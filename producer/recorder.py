@@ -212,10 +212,20 @@ class EpochRecorder:
             clip_fraction * samples, samples,
         )
 
-    def end_epoch(self, *, learning_rate: float | None = None, global_step: int | None = None) -> None:
+    def end_epoch(
+        self,
+        *,
+        learning_rate: float | None = None,
+        global_step: int | None = None,
+        duration_sec: float | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
         """The epoch is over: its record is built from the minibatches since the last `end_epoch`.
 
-        `learning_rate` and `global_step` default to the cycle's."""
+        `learning_rate` and `global_step` default to the cycle's. A trainer that reports an epoch after
+        the fact (its values computed later, on a device, or in one batch per update) gives the epoch's
+        own `duration_sec` and `timestamp_ms` (Unix milliseconds at its end); by default they are
+        measured here (since the previous epoch ended, its cycle began, or `begin_epoch`)."""
         finished_at = time.monotonic()
         started = time.perf_counter()
         stats, cycle = self._stats, self._cycle
@@ -226,9 +236,9 @@ class EpochRecorder:
         # epochs' numpy work, packing a row costs several times what it costs in a tight loop
         cycle.finished.append((
             stats, self.epoch, cycle.global_step if global_step is None else int(global_step),
-            time.time_ns() // 1_000_000,
+            time.time_ns() // 1_000_000 if timestamp_ms is None else int(timestamp_ms),
             cycle.learning_rate if learning_rate is None else _learning_rate(learning_rate),
-            finished_at - self._epoch_started,
+            finished_at - self._epoch_started if duration_sec is None else float(duration_sec),
         ))
         self.epoch += 1
         self._epoch_started = finished_at

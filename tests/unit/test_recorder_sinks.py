@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -68,3 +69,35 @@ def test_a_bad_run_id_is_refused_before_the_publisher_starts(tmp_path):
     with pytest.raises(RecorderError, match="run_id"):
         EpochRecorder("not a run id", ndjson_dir=tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_recorder_that_does_not_wait_for_its_publisher_writes_the_same_records(tmp_path):
+    stream = tmp_path / "telemetry"
+    with EpochRecorder("eager-run", ndjson_dir=stream, wait_for_start=False) as recorder:
+        recorder.poll()  # before or after the publisher has answered: nothing to raise
+        record_cycles(recorder, cycles=2)
+    records = [json.loads(line) for line in iter_segment_lines(stream)]
+    assert [r["log_stream_offset"] for r in records] == list(range(6))
+
+
+def test_a_sink_that_cannot_open_is_raised_by_poll_once_the_publisher_has_answered(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    recorder = EpochRecorder("late-error", ndjson_dir=blocker, wait_for_start=False)  # returns at once
+    deadline = time.monotonic() + 30.0
+    with pytest.raises(TelemetryError) as caught:
+        while time.monotonic() < deadline:
+            recorder.poll()
+            time.sleep(0.01)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(TelemetryError):  # and again on every later call that needs the publisher
+        recorder.flush()
+
+
+def test_a_sink_that_cannot_open_is_raised_by_the_first_hand_over_without_a_poll(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    recorder = EpochRecorder("late-error", ndjson_dir=blocker, wait_for_start=False)
+    with pytest.raises(TelemetryError):
+        record_cycles(recorder, cycles=1)
+        recorder.flush()

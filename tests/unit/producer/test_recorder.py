@@ -235,3 +235,14 @@ def test_a_nan_loss_reaches_the_sink_as_it_is():
     rec.close()
     assert math.isnan(collector.records[0]["policy_loss"])
     assert validate_record(collector.records[0]).status == "invalid"
+
+
+def test_an_epoch_reported_after_the_fact_keeps_its_own_duration_and_timestamp():
+    rec, collector = recorder()
+    rec.begin_cycle(REWARDS, ADVANTAGES, RETURNS, VALUES, global_step=64, learning_rate=1e-3)
+    rec.minibatch(*MINIBATCHES[0])
+    rec.end_epoch(duration_sec=0.25, timestamp_ms=1_700_000_000_123, learning_rate=5e-4, global_step=70)
+    rec.close()
+    (record,) = collector.records
+    assert (record["epoch_duration_sec"], record["timestamp_ms"]) == (0.25, 1_700_000_000_123)
+    assert (record["learning_rate"], record["global_step"]) == (5e-4, 70)
