@@ -12,8 +12,9 @@ the callback wraps what `train()` calls, and unwraps it at the end:
   so each call starts an epoch, and its generator ending (exhausted, or closed by `train()`'s `break`)
   ends it; it hands the callback each minibatch (`RolloutBufferSamples`) as `train()` gets it;
 - the policy's `evaluate_actions` (likewise): the minibatch's new log-probabilities, entropies and
-  values, kept (detached) until the epoch ends. Then the callback computes from them, as `train()`
-  does and with the same values bit for bit, each minibatch's clipped surrogate loss (advantages
+  values, kept (detached) until the update ends (the next rollout starts, or training ends). Then the
+  callback computes from them, for all the update's epochs at once, as `train()` does and with the
+  same values bit for bit, each minibatch's clipped surrogate loss (advantages
   normalised per minibatch when `normalize_advantage` and the minibatch has more than one sample),
   value loss (MSE against the returns, with `clip_range_vf` if set), k3 KL
   `mean((ratio - 1) - log ratio)`, share of samples with `|ratio - 1| > clip_range` and mean entropy
@@ -61,10 +62,12 @@ that ends by an exception skips it, so use the callback as a context manager, or
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -87,6 +90,7 @@ from ppo_telemetry.recorder import EpochRecorder
 __all__ = ["TelemetryCallback", "TelemetryCallbackError", "default_run_id"]
 
 _NOT_IN_RUN_ID = re.compile(r"[^A-Za-z0-9.:-]+")
+_POLL_EVERY = 64  # environment steps between polls of the recorder while a rollout is collected
 _ABSENT = object()  # an attribute the owner did not hold itself (its class's method): removed on restore
 
 
@@ -114,8 +118,10 @@ class TelemetryCallback(BaseCallback):
     `ndjson_dir`, `kafka`, `kafka_config`, `namespace`: the sinks, as `ppo_telemetry.recorder.EpochRecorder`
     takes them (at least one of `ndjson_dir` and `kafka`/`kafka_config`). `run_id`: default
     `sb3-<env id>-<seed or noseed>-<UTC start time>` (`default_run_id`), fixed when training starts.
-    The sinks open when training starts (a bad directory or an unreachable broker fails `learn` there,
-    before the first step); every error is a one-line `TelemetryError`.
+    The sinks open when training starts, beside the first rollout (a listener that does not fit the
+    security settings fails `learn` before the first step; a directory that cannot hold a stream, at
+    the first poll after the publisher has answered, within the first rollout); every error is a
+    one-line `TelemetryError`, and the model is unwrapped when `learn` fails.
     """
 
     def __init__(
@@ -151,6 +157,8 @@ class TelemetryCallback(BaseCallback):
         self._clip_range_vf: float | None = None
         self._samples: RolloutBufferSamples | None = None  # the minibatch `get` handed out, not yet evaluated
         self._minibatches: list[_Minibatch] = []  # evaluated this epoch
+        self._epochs_run: list[_Epoch] = []  # this update's finished epochs, reported when the update ends
+        self._epoch_started = 0.0
         self._first_parameter: torch.Tensor | None = None  # of policy.parameters(): whose clip_grad_norm_ calls are ours
         self._warned_no_norm = False
         self._restore: list[tuple[object, str, Any]] = []  # (owner, attribute, its own value or _ABSENT)
@@ -170,12 +178,14 @@ class TelemetryCallback(BaseCallback):
         self._check_not_wrapped()
         if self.run_id is None:
             self.run_id = default_run_id(self.model)
-        self.recorder = EpochRecorder(self.run_id, data_mode="mixed", **self._sinks)
+        # the publisher starts beside the first rollout; a sink it cannot open stops learn at a poll
+        self.recorder = EpochRecorder(self.run_id, data_mode="mixed", wait_for_start=False, **self._sinks)
         self.recorder.epoch = self._epochs
         self._wrap_model()
 
     def _on_rollout_start(self) -> None:
-        self._end_epoch()
+        with self._closed_on_failure():
+            self._end_update()
         self._episode_returns = []
 
     def _on_step(self) -> bool:
@@ -183,8 +193,20 @@ class TelemetryCallback(BaseCallback):
             episode = info.get("episode")
             if episode is not None:
                 self._episode_returns.append(float(episode["r"]))
-        self.recorder.poll()
+        if self.n_calls % _POLL_EVERY == 0:  # hand the last update's records over while collecting
+            with self._closed_on_failure():
+                self.recorder.poll()
         return True
+
+    @contextlib.contextmanager
+    def _closed_on_failure(self) -> Iterator[None]:
+        """A sink's failure ends `learn`, and SB3 then skips `on_training_end`: close (unwrap) here."""
+        try:
+            yield
+        except TelemetryError:
+            with contextlib.suppress(TelemetryError):
+                self.close()
+            raise
 
     def _on_rollout_end(self) -> None:
         buffer = self.model.rollout_buffer
@@ -206,7 +228,7 @@ class TelemetryCallback(BaseCallback):
         """End the open epoch, unwrap the model, write every record and close the sinks. Idempotent;
         `on_training_end` calls it."""
         try:
-            self._end_epoch()
+            self._end_update()
         finally:
             self._unwrap_model()
             recorder, self.recorder = self.recorder, None
@@ -300,8 +322,7 @@ class TelemetryCallback(BaseCallback):
             self._clip_range = float(model.clip_range(progress))
             self._clip_range_vf = None if model.clip_range_vf is None else float(model.clip_range_vf(progress))
             self._recording = self._begin_cycle(rollout, model.policy.optimizer.param_groups[0]["lr"])
-        if self._recording:
-            self.recorder.begin_epoch()
+        self._epoch_started = time.monotonic()
 
     def _begin_cycle(self, rollout: _Rollout, learning_rate: float) -> bool:
         """Begin the update's cycle in the recorder; False (and a warning) when its rate cannot be recorded."""
@@ -320,23 +341,40 @@ class TelemetryCallback(BaseCallback):
         return True
 
     def _end_epoch(self, stopped: bool = True) -> None:
-        """The epoch's record from the minibatches evaluated since it began (nothing if none were).
+        """Keep the epoch's minibatches and times (nothing if none were evaluated) for `_end_update`.
         `stopped`: `train()` may have left the epoch after evaluating its last minibatch, untrained."""
         minibatches = self._minibatches
         if not minibatches:
             return
         self._minibatches = []
-        if not self._recording or self.recorder is None:
+        if self._recording and self.recorder is not None:
+            self._epochs_run.append(_Epoch(
+                minibatches, time.monotonic() - self._epoch_started, time.time_ns() // 1_000_000, stopped,
+            ))
+
+    def _end_update(self) -> None:
+        """The update is over (the next rollout starts, or training ends): its epochs' records.
+
+        The statistics of all its minibatches are computed together, once per update rather than once
+        per epoch: fewer, larger tensor operations (the values are the same, bit for bit)."""
+        self._end_epoch()
+        epochs, self._epochs_run = self._epochs_run, []
+        if not epochs or self.recorder is None:
             return
-        self._check_norms(minibatches, stopped)
-        statistics = _minibatch_statistics(minibatches, self._clip_range, self._clip_range_vf, self.model.normalize_advantage)
+        for epoch in epochs:
+            self._check_norms(epoch.minibatches, epoch.stopped)
+        minibatches = [minibatch for epoch in epochs for minibatch in epoch.minibatches]
+        statistics = iter(_minibatch_statistics(minibatches, self._clip_range, self._clip_range_vf, self.model.normalize_advantage))
         trained = [minibatch.grad_norm for minibatch in minibatches if minibatch.grad_norm is not None]
         norms = iter(torch.stack(trained).tolist() if trained else ())
         recorder = self.recorder
-        for (policy_loss, value_loss, entropy, kl, clip_share), minibatch in zip(statistics, minibatches):
-            grad_norm = 0.0 if minibatch.grad_norm is None else next(norms)
-            recorder.minibatch(policy_loss, value_loss, entropy, kl, grad_norm, clip_share, minibatch.size)
-        recorder.end_epoch()
+        for epoch in epochs:
+            for minibatch in epoch.minibatches:
+                policy_loss, value_loss, entropy, kl, clip_share = next(statistics)
+                grad_norm = 0.0 if minibatch.grad_norm is None else next(norms)
+                recorder.minibatch(policy_loss, value_loss, entropy, kl, grad_norm, clip_share, minibatch.size)
+            recorder.end_epoch(duration_sec=epoch.duration_sec, timestamp_ms=epoch.timestamp_ms)
+        recorder.end_cycle()
 
     def _check_norms(self, minibatches: list[_Minibatch], stopped: bool) -> None:
         """Warn once if a minibatch was trained on without `torch.nn.utils.clip_grad_norm_` clipping the
@@ -366,6 +404,19 @@ class _Minibatch:
     entropy: torch.Tensor | None
     grad_norm: torch.Tensor | None = None
     """What `clip_grad_norm_` returned for it; None: not trained on (a target-KL stop)."""
+
+
+@dataclass(slots=True)
+class _Epoch:
+    """A finished epoch of the current update, its record not yet made."""
+
+    minibatches: list[_Minibatch]
+    duration_sec: float
+    """From the epoch's `get` to its end (monotonic clock)."""
+    timestamp_ms: int
+    """Wall clock at its end."""
+    stopped: bool
+    """`train()` may have left it after evaluating its last minibatch, untrained (a target-KL stop)."""
 
 
 def _minibatch_statistics(

@@ -376,11 +376,13 @@ def test_a_model_other_than_ppo_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "telemetry").exists()
 
 
-def test_a_directory_that_cannot_hold_a_stream_fails_learn_before_training_in_one_line(tmp_path):
+def test_a_directory_that_cannot_hold_a_stream_fails_learn_in_one_line_and_unwraps_the_model(tmp_path):
+    # the publisher starts beside the first rollout: its failure stops learn at the next poll (or at the
+    # first hand-over of records, if the publisher answers later than that)
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     model = PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, device="cpu")
     with pytest.raises(TelemetryError) as caught:
-        model.learn(64, callback=TelemetryCallback(ndjson_dir=blocker))
-    assert "\n" not in str(caught.value) and model.num_timesteps == 0
+        model.learn(64 * 64, callback=TelemetryCallback(ndjson_dir=blocker))
+    assert "\n" not in str(caught.value) and "file" in str(caught.value)
     assert_unwrapped(model, torch.nn.utils.clip_grad.clip_grad_norm_)
