@@ -36,6 +36,7 @@ bench: $(STAMP) $(SB3_STAMP)
 	$(PY) bench/watch_drift_cores.py
 	$(PY) bench/learning.py
 	$(PY) bench/telemetry_overhead.py
+	$(PY) bench/sb3_overhead.py
 	$(PY) bench/kafka_validator.py
 	$(PY) bench/alert_latency.py
 	$(PY) bench/signal_quality.py

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,25 +50,22 @@ class RecorderError(TelemetryError):
     """A recorder called out of order, or with values no record can hold."""
 
 
+@dataclass(slots=True)
 class _Cycle:
     """The dataset feeding the current cycle's epochs, as the records need it."""
 
-    __slots__ = ("arrays", "samples", "mean_episode_return", "data_mode", "cycle_id", "rollout_ticks",
-                 "global_step", "learning_rate", "finished")
-
-    def __init__(self, arrays: bytes, samples: int, mean_episode_return: float | None, data_mode: int,
-                 cycle_id: int, rollout_ticks: int, global_step: int, learning_rate: float) -> None:
-        self.arrays = arrays
-        self.samples = samples
-        self.mean_episode_return = mean_episode_return
-        self.data_mode = data_mode
-        self.cycle_id = cycle_id
-        self.rollout_ticks = rollout_ticks
-        self.global_step = global_step
-        self.learning_rate = learning_rate
-        self.finished: list[tuple] = []
-        """This cycle's finished epochs not yet packed: (EpochStats, epoch, global_step, timestamp_ms,
-        learning_rate, duration)."""
+    arrays: bytes
+    """The four dataset arrays as a block carries them (`records.dataset_arrays`)."""
+    samples: int
+    mean_episode_return: float | None
+    data_mode: int
+    cycle_id: int
+    rollout_ticks: int
+    global_step: int
+    learning_rate: float
+    finished: list[tuple] = field(default_factory=list)
+    """This cycle's finished epochs not yet packed: (EpochStats, epoch, global_step, timestamp_ms,
+    learning_rate, duration)."""
 
 
 class EpochRecorder:
