@@ -36,8 +36,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from avro_schemas.errors import TelemetryError  # telemetry
-from ppo_telemetry.recorder import EpochRecorder  # telemetry
+from ppo_telemetry.recorder import EpochRecorder, TelemetryError  # telemetry
 
 PROG = "ppo_torch.py"
 

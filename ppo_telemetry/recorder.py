@@ -24,12 +24,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from avro_schemas.errors import TelemetryError
 from producer.ndjson_sink import DEFAULT_MAX_SEGMENT_BYTES
 from producer.publisher import PublisherProcess
 from producer.recorder import EpochRecorder as _Recorder
 from producer.recorder import RecorderError
 
-__all__ = ["EpochRecorder", "RecorderError", "kafka_client_config"]
+__all__ = ["EpochRecorder", "RecorderError", "TelemetryError", "kafka_client_config"]
 
 
 class EpochRecorder(_Recorder):

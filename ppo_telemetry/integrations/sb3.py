@@ -10,15 +10,18 @@ the callback wraps what `train()` calls, and unwraps it at the end:
 
 - the rollout buffer's `get` (an instance attribute over the method): `train()` calls it once per epoch,
   so each call starts an epoch, and its generator ending (exhausted, or closed by `train()`'s `break`)
-  ends it; it hands the callback each minibatch (`RolloutBufferSamples`) as `train()` gets it;
+  ends it; and the buffer's `_get_samples`, which `get` calls for each minibatch: the minibatch's rows
+  in the flattened buffer, from which its advantages, returns, old values and old log-probabilities
+  are read back when the update ends;
 - the policy's `evaluate_actions` (likewise): the minibatch's new log-probabilities, entropies and
-  values, kept (detached) until the update ends (the next rollout starts, or training ends). Then the
-  callback computes from them, for all the update's epochs at once, as `train()` does and with the
-  same values bit for bit, each minibatch's clipped surrogate loss (advantages
+  values, stacked when the epoch ends. When the update ends (the next rollout starts, or training
+  ends), the callback computes from them, for all the update's minibatches at once and as `train()`
+  does, with the same values bit for bit, each minibatch's clipped surrogate loss (advantages
   normalised per minibatch when `normalize_advantage` and the minibatch has more than one sample),
   value loss (MSE against the returns, with `clip_range_vf` if set), k3 KL
   `mean((ratio - 1) - log ratio)`, share of samples with `|ratio - 1| > clip_range` and mean entropy
-  (`-mean(log_prob)` when the distribution has none, as SB3's entropy loss does);
+  (`-mean(log_prob)` when the distribution has none, as SB3's entropy loss does), and the records go
+  to the recorder with each epoch's own duration and end time;
 - `torch.nn.utils.clip_grad_norm_`, which `train()` calls as `th.nn.utils.clip_grad_norm_(
   self.policy.parameters(), max_grad_norm)` after each backward pass: while a TelemetryCallback
   trains, that module attribute is a wrapper that calls the function and hands the norm it returns
@@ -28,9 +31,10 @@ the callback wraps what `train()` calls, and unwraps it at the end:
   The attribute is restored when the last TelemetryCallback stops training. A `train()` that steps
   without clipping through `torch.nn.utils.clip_grad_norm_` gets a warning, and 0 for those norms.
 
-No extra forward or backward pass, no conversion per minibatch: the statistics of an epoch's
-minibatches are computed together and converted once. The wrappers change nothing SB3 computes: a
-run with the callback learns the same parameters, bit for bit, as one without.
+No extra forward or backward pass, no conversion per minibatch: the statistics of an update's
+minibatches are computed together and converted once (`bench/sb3_overhead.py` measures the cost).
+The wrappers change nothing SB3 computes: a run with the callback learns the same parameters, bit for
+bit, as one without.
 
 What a record means under SB3:
 
@@ -155,14 +159,16 @@ class TelemetryCallback(BaseCallback):
         self._recording = False  # the current update's cycle is begun in the recorder
         self._clip_range = 0.0
         self._clip_range_vf: float | None = None
-        self._samples: RolloutBufferSamples | None = None  # the minibatch `get` handed out, not yet evaluated
+        self._batch_indices: np.ndarray | None = None  # the minibatch `get` handed out, not yet evaluated
+        self._buffer_arrays: _BufferArrays | None = None  # the flattened rollout buffer this update trains on
         self._minibatches: list[_Minibatch] = []  # evaluated this epoch
-        self._epochs_run: list[_Epoch] = []  # this update's finished epochs, reported when the update ends
+        self._epochs_run: list[_Epoch] = []  # this update's finished epochs, recorded when the update ends
         self._epoch_started = 0.0
         self._first_parameter: torch.Tensor | None = None  # of policy.parameters(): whose clip_grad_norm_ calls are ours
         self._warned_no_norm = False
         self._restore: list[tuple[object, str, Any]] = []  # (owner, attribute, its own value or _ABSENT)
         self._original_get: Any = None
+        self._original_get_samples: Any = None
         self._original_evaluate_actions: Any = None
 
     # --------------------------------------------------------------------------------- SB3's calls
@@ -189,10 +195,9 @@ class TelemetryCallback(BaseCallback):
         self._episode_returns = []
 
     def _on_step(self) -> bool:
-        for info in self.locals.get("infos", ()):
-            episode = info.get("episode")
-            if episode is not None:
-                self._episode_returns.append(float(episode["r"]))
+        for info in self.locals["infos"]:
+            if "episode" in info:
+                self._episode_returns.append(float(info["episode"]["r"]))
         if self.n_calls % _POLL_EVERY == 0:  # hand the last update's records over while collecting
             with self._closed_on_failure():
                 self.recorder.poll()
@@ -260,8 +265,13 @@ class TelemetryCallback(BaseCallback):
         buffer: RolloutBuffer = self.model.rollout_buffer
         self._original_evaluate_actions = policy.evaluate_actions
         self._original_get = buffer.get
+        self._original_get_samples = buffer._get_samples
         self._first_parameter = next(iter(policy.parameters()), None)
-        for owner, name, hook in ((policy, "evaluate_actions", self._evaluate_actions), (buffer, "get", self._epoch_minibatches)):
+        hooks = (
+            (policy, "evaluate_actions", self._evaluate_actions), (buffer, "get", self._epoch_minibatches),
+            (buffer, "_get_samples", self._minibatch_at),
+        )
+        for owner, name, hook in hooks:
             self._restore.append((owner, name, vars(owner).get(name, _ABSENT)))
             setattr(owner, name, hook)
         _CLIP_GRAD_NORM.add(self)
@@ -281,25 +291,32 @@ class TelemetryCallback(BaseCallback):
         self._begin_epoch()
         exhausted = False
         try:
-            for samples in self._original_get(batch_size):
-                if self._recording:
-                    self._samples = samples
-                yield samples
+            yield from self._original_get(batch_size)
             exhausted = True
         finally:  # exhausted, or closed by train()'s break at a target-KL stop
-            self._samples = None
+            self._batch_indices = None
             self._end_epoch(stopped=not exhausted)
 
-    def _evaluate_actions(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _minibatch_at(self, batch_indices: np.ndarray, *args: Any, **kwargs: Any) -> RolloutBufferSamples:
+        """The rollout buffer's `_get_samples`, which its `get` calls for each minibatch: which samples
+        it takes (the minibatch's advantages, returns, old values and log-probabilities are read from the
+        buffer by these indices when the update ends, rather than kept as tensors)."""
+        if self._recording:
+            if self._buffer_arrays is None:  # flattened by `get` before its first minibatch
+                self._buffer_arrays = _BufferArrays.of(self.model.rollout_buffer)
+            self._batch_indices = batch_indices
+        return self._original_get_samples(batch_indices, *args, **kwargs)
+
+    def _evaluate_actions(self, observations: Any, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The policy's `evaluate_actions`; the first call after `get` hands out a minibatch is its evaluation."""
-        evaluated = self._original_evaluate_actions(*args, **kwargs)
-        samples = self._samples
-        if samples is not None:
-            self._samples = None
+        evaluated = self._original_evaluate_actions(observations, actions)
+        batch_indices = self._batch_indices
+        if batch_indices is not None:
+            self._batch_indices = None
             values, log_prob, entropy = evaluated
             self._minibatches.append(_Minibatch(
-                log_prob.shape[0], samples.advantages, samples.returns, samples.old_values, samples.old_log_prob,
-                values.detach(), log_prob.detach(), None if entropy is None else entropy.detach(),
+                len(batch_indices), batch_indices, values.detach(), log_prob.detach(),
+                None if entropy is None else entropy.detach(),
             ))
         return evaluated
 
@@ -341,38 +358,45 @@ class TelemetryCallback(BaseCallback):
         return True
 
     def _end_epoch(self, stopped: bool = True) -> None:
-        """Keep the epoch's minibatches and times (nothing if none were evaluated) for `_end_update`.
-        `stopped`: `train()` may have left the epoch after evaluating its last minibatch, untrained."""
+        """Keep the epoch's minibatches, stacked, for `_end_update` (nothing if none were evaluated).
+        `stopped`: `train()` may have left the epoch after evaluating its last minibatch, untrained.
+
+        Two costs decide where the work goes: torch calls on small tensors cost about the same whatever
+        their size, so the statistics are computed once per update on all its epochs; and objects kept
+        alive for a whole update reach the garbage collector's oldest generation and make its full
+        collections more frequent and slower, so each epoch's minibatches are stacked into a few
+        tensors as it ends (measured: keeping every minibatch's tensors for an update cost more in
+        collections than the torch calls it saved)."""
         minibatches = self._minibatches
         if not minibatches:
             return
         self._minibatches = []
         if self._recording and self.recorder is not None:
-            self._epochs_run.append(_Epoch(
-                minibatches, time.monotonic() - self._epoch_started, time.time_ns() // 1_000_000, stopped,
-            ))
+            self._check_norms(minibatches, stopped)
+            with torch.no_grad():
+                self._epochs_run.append(_Epoch.stack(
+                    minibatches, time.monotonic() - self._epoch_started, time.time_ns() // 1_000_000,
+                ))
 
     def _end_update(self) -> None:
-        """The update is over (the next rollout starts, or training ends): its epochs' records.
-
-        The statistics of all its minibatches are computed together, once per update rather than once
-        per epoch: fewer, larger tensor operations (the values are the same, bit for bit)."""
+        """The update is over (the next rollout starts, or training ends): its epochs' records, with each
+        epoch's own duration and end time, and the update's cycle ended in the recorder."""
         self._end_epoch()
         epochs, self._epochs_run = self._epochs_run, []
         if not epochs or self.recorder is None:
+            self._buffer_arrays = None
             return
-        for epoch in epochs:
-            self._check_norms(epoch.minibatches, epoch.stopped)
-        minibatches = [minibatch for epoch in epochs for minibatch in epoch.minibatches]
-        statistics = iter(_minibatch_statistics(minibatches, self._clip_range, self._clip_range_vf, self.model.normalize_advantage))
-        trained = [minibatch.grad_norm for minibatch in minibatches if minibatch.grad_norm is not None]
-        norms = iter(torch.stack(trained).tolist() if trained else ())
+        arrays, self._buffer_arrays = self._buffer_arrays, None
+        normalize = self.model.normalize_advantage
+        with torch.no_grad():
+            rows = _update_statistics(epochs, arrays, normalize, self._clip_range, self._clip_range_vf)
+            norms = [epoch.grad_norms for epoch in epochs if epoch.grad_norms is not None]
+            trained_norms = iter(torch.cat(norms).tolist() if norms else ())
         recorder = self.recorder
-        for epoch in epochs:
-            for minibatch in epoch.minibatches:
-                policy_loss, value_loss, entropy, kl, clip_share = next(statistics)
-                grad_norm = 0.0 if minibatch.grad_norm is None else next(norms)
-                recorder.minibatch(policy_loss, value_loss, entropy, kl, grad_norm, clip_share, minibatch.size)
+        for epoch, epoch_rows in zip(epochs, rows):
+            for (policy_loss, value_loss, entropy, kl, clip_share), size, trained in zip(epoch_rows, epoch.sizes, epoch.trained):
+                grad_norm = next(trained_norms) if trained else 0.0
+                recorder.minibatch(policy_loss, value_loss, entropy, kl, grad_norm, clip_share, size)
             recorder.end_epoch(duration_sec=epoch.duration_sec, timestamp_ms=epoch.timestamp_ms)
         recorder.end_cycle()
 
@@ -391,13 +415,13 @@ class TelemetryCallback(BaseCallback):
 
 @dataclass(slots=True)
 class _Minibatch:
-    """A minibatch `train()` evaluated: what its statistics need, kept (detached) until its epoch ends."""
+    """A minibatch `train()` evaluated: which samples it took and what `evaluate_actions` gave for them
+    (detached: kept with its autograd graph until the epoch ends, an output slowed the training around
+    it), kept until its epoch ends."""
 
     size: int
-    advantages: torch.Tensor
-    returns: torch.Tensor
-    old_values: torch.Tensor
-    old_log_prob: torch.Tensor
+    batch_indices: np.ndarray
+    """Its samples' rows in the flattened rollout buffer."""
     values: torch.Tensor
     """The new value estimates, as `evaluate_actions` gives them (`train()` flattens them)."""
     log_prob: torch.Tensor
@@ -406,64 +430,120 @@ class _Minibatch:
     """What `clip_grad_norm_` returned for it; None: not trained on (a target-KL stop)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _BufferArrays:
+    """The flattened rollout buffer's arrays an update's minibatches are read from (float32, one row a sample)."""
+
+    advantages: np.ndarray
+    returns: np.ndarray
+    old_values: np.ndarray
+    old_log_prob: np.ndarray
+
+    @classmethod
+    def of(cls, buffer: RolloutBuffer) -> _BufferArrays:
+        return cls(buffer.advantages, buffer.returns, buffer.values, buffer.log_probs)
+
+    def rows(self, name: str, indices: np.ndarray, size: int) -> torch.Tensor:
+        """Field `name` of the samples at `indices`, one row per minibatch of `size` (as `_get_samples`
+        gives each minibatch: the same float32 values)."""
+        return torch.from_numpy(getattr(self, name)[indices].reshape(-1, size))
+
+
+@dataclass(slots=True)
+class _Stacked:
+    """An epoch's minibatches of one size, one row each."""
+
+    batch_indices: np.ndarray
+    values: torch.Tensor
+    log_prob: torch.Tensor
+    entropy: torch.Tensor | None
+
+
 @dataclass(slots=True)
 class _Epoch:
-    """A finished epoch of the current update, its record not yet made."""
+    """A finished epoch of the current update: its minibatches stacked by size, its times."""
 
-    minibatches: list[_Minibatch]
+    sizes: list[int]
+    """Each minibatch's size, in the order `train()` ran them."""
+    trained: list[bool]
+    """Whether each minibatch was trained on (has a gradient norm); not the one a target-KL stop left."""
+    groups: dict[int, _Stacked]
+    grad_norms: torch.Tensor | None
+    """The norms `clip_grad_norm_` returned for the trained minibatches, in order."""
     duration_sec: float
-    """From the epoch's `get` to its end (monotonic clock)."""
     timestamp_ms: int
-    """Wall clock at its end."""
-    stopped: bool
-    """`train()` may have left it after evaluating its last minibatch, untrained (a target-KL stop)."""
+
+    @classmethod
+    def stack(cls, minibatches: list[_Minibatch], duration_sec: float, timestamp_ms: int) -> _Epoch:
+        """Stack the epoch's minibatches (call under `torch.no_grad()`)."""
+        by_size: dict[int, list[_Minibatch]] = {}
+        for minibatch in minibatches:
+            by_size.setdefault(minibatch.size, []).append(minibatch)
+        groups = {
+            size: _Stacked(
+                np.concatenate([minibatch.batch_indices for minibatch in group]),
+                torch.stack([minibatch.values for minibatch in group]).view(len(group), -1),
+                torch.stack([minibatch.log_prob for minibatch in group]),
+                None if group[0].entropy is None else torch.stack([minibatch.entropy for minibatch in group]),
+            )
+            for size, group in by_size.items()
+        }
+        norms = [minibatch.grad_norm for minibatch in minibatches if minibatch.grad_norm is not None]
+        return cls(
+            [minibatch.size for minibatch in minibatches], [minibatch.grad_norm is not None for minibatch in minibatches],
+            groups, torch.stack(norms) if norms else None, duration_sec, timestamp_ms,
+        )
 
 
-def _minibatch_statistics(
-    minibatches: list[_Minibatch], clip_range: float, clip_range_vf: float | None, normalize_advantage: bool
-) -> list[list[float]]:
-    """Per minibatch: (policy loss, value loss, entropy mean, k3 KL, clip share), each as `PPO.train()`
-    computes it. Minibatches of one size are computed together, one row each: elementwise operations
-    give each element what they give it in the row alone (IEEE arithmetic; PyTorch's `exp` computes
-    every element alike wherever it sits), and reductions along a row what they give on the row
-    alone, so each value equals train()'s bit for bit (the tests hold it to that, uneven sizes too)."""
-    statistics: list[list[float]] = [[] for _ in minibatches]
-    by_size: dict[int, list[int]] = {}
-    for index, minibatch in enumerate(minibatches):
-        by_size.setdefault(minibatch.size, []).append(index)
-    for size, indices in by_size.items():
-        group = [minibatches[index] for index in indices]
-        rows = _same_size_statistics(group, size > 1 and normalize_advantage, clip_range, clip_range_vf)
-        for index, row in zip(indices, rows.tolist()):
-            statistics[index] = row
-    return statistics
+def _update_statistics(
+    epochs: list[_Epoch], arrays: _BufferArrays, normalize_advantage: bool, clip_range: float, clip_range_vf: float | None
+) -> list[list[list[float]]]:
+    """Per epoch, per minibatch in order: (policy loss, value loss, entropy mean, k3 KL, clip share), each
+    as `PPO.train()` computes it. All minibatches of one size in the update are computed together, one
+    row each: elementwise operations give each element what they give it in the row alone (IEEE
+    arithmetic; PyTorch's `exp` computes every element alike wherever it sits), and reductions along a
+    row what they give on the row alone, so each value equals train()'s bit for bit (the tests hold it
+    to that, uneven sizes too). Call under `torch.no_grad()`."""
+    rows_by_size: dict[int, Iterator[list[float]]] = {}
+    for size in {size for epoch in epochs for size in epoch.groups}:
+        parts = [epoch.groups[size] for epoch in epochs if size in epoch.groups]
+        indices = np.concatenate([part.batch_indices for part in parts])
+        fields = {name: arrays.rows(name, indices, size) for name in ("advantages", "returns", "old_log_prob")}
+        if clip_range_vf is not None:
+            fields["old_values"] = arrays.rows("old_values", indices, size)
+        fields["values"] = torch.cat([part.values for part in parts])
+        fields["log_prob"] = torch.cat([part.log_prob for part in parts])
+        if parts[0].entropy is not None:
+            fields["entropy"] = torch.cat([part.entropy for part in parts])
+        rows = _statistics_rows(fields, size > 1 and normalize_advantage, clip_range, clip_range_vf)
+        rows_by_size[size] = iter(rows.tolist())
+    return [[next(rows_by_size[size]) for size in epoch.sizes] for epoch in epochs]
 
 
-def _same_size_statistics(
-    group: list[_Minibatch], normalize_advantage: bool, clip_range: float, clip_range_vf: float | None
+def _statistics_rows(
+    fields: dict[str, torch.Tensor], normalize_advantage: bool, clip_range: float, clip_range_vf: float | None
 ) -> torch.Tensor:
-    """`_minibatch_statistics` of minibatches of one size, as a (minibatches, 5) tensor."""
-    advantages = torch.stack([minibatch.advantages for minibatch in group])
+    """The statistics of minibatches of one size, one per row of `fields`, as a (minibatches, 5) tensor."""
+    advantages = fields["advantages"]
     if normalize_advantage:
         advantages = (advantages - advantages.mean(dim=1, keepdim=True)) / (advantages.std(dim=1, keepdim=True) + 1e-8)
-    log_prob = torch.stack([minibatch.log_prob for minibatch in group])
-    log_ratio = log_prob - torch.stack([minibatch.old_log_prob for minibatch in group])
+    log_prob = fields["log_prob"]
+    log_ratio = log_prob - fields["old_log_prob"]
     ratio = torch.exp(log_ratio)
     clipped_ratio = torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
     policy_loss = -torch.min(advantages * ratio, advantages * clipped_ratio).mean(dim=1)
     ratio_change = ratio - 1
     clip_share = (torch.abs(ratio_change) > clip_range).float().mean(dim=1)
     kl = (ratio_change - log_ratio).mean(dim=1)
-    values = torch.stack([minibatch.values for minibatch in group]).view(len(group), -1)
+    values = fields["values"]
     if clip_range_vf is not None:
-        old_values = torch.stack([minibatch.old_values for minibatch in group])
+        old_values = fields["old_values"]
         values = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
-    returns = torch.stack([minibatch.returns for minibatch in group])
-    value_loss = F.mse_loss(returns, values, reduction="none").mean(dim=1)
-    if group[0].entropy is None:  # no analytic entropy: SB3's entropy loss takes -mean(log_prob)
+    value_loss = F.mse_loss(fields["returns"], values, reduction="none").mean(dim=1)
+    if "entropy" in fields:
+        entropy = fields["entropy"].mean(dim=1)
+    else:  # no analytic entropy: SB3's entropy loss takes -mean(log_prob)
         entropy = (-log_prob).mean(dim=1)
-    else:
-        entropy = torch.stack([minibatch.entropy for minibatch in group]).mean(dim=1)
     return torch.stack((policy_loss, value_loss, entropy, kl, clip_share), dim=1)
 
 
@@ -504,7 +584,7 @@ class _ClipGradNormWatch:
             if not isinstance(parameters, torch.Tensor):
                 parameters = list(parameters)  # what clip_grad_norm_ does first; here the callbacks see them too
             total_norm = clip_grad_norm(parameters, max_norm, norm_type, *args, **kwargs)
-            if float(norm_type) == 2.0 and isinstance(parameters, list):
+            if norm_type == 2.0 and isinstance(parameters, list):
                 for callback in callbacks:
                     callback._clipped(parameters, total_norm)
             return total_norm
