@@ -409,6 +409,10 @@ def _namespace(flag: str | None, settings: Any) -> Any:
     return Namespace(settings.namespace) if settings is not None else Namespace()
 
 
+def _already_stopping(signum: int, frame: object) -> None:
+    """A stop signal once the consumer has stopped consuming: it is leaving already."""
+
+
 def cmd_consume(args: argparse.Namespace) -> int:
     """`consume validate|drift|watch`: one instance of a consumer group, until SIGTERM/SIGINT."""
     from consumers.runner import TransactionalRunner
@@ -435,13 +439,29 @@ def cmd_consume(args: argparse.Namespace) -> int:
         config, core, instance_id=args.instance_id, namespace=namespace, batch_size=args.batch_size,
         session_timeout_ms=args.session_timeout_ms, scrub=lambda text: scrub(text, config),
     )
+    # Until this command returns, a SIGTERM or SIGINT asks for nothing more than the runner already does:
+    # the runner's handlers hand back to these when it returns, not to the default, which would kill a
+    # process that is already leaving (its clients closing, its last line not yet printed) by the signal.
+    previous = {sig: signal.signal(sig, _already_stopping) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _run_consumer(runner, args.group, config)
+    finally:
+        del runner  # its clients are destroyed while the handlers still hold
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_consumer(runner: Any, group: str, config: dict[str, str]) -> int:
+    """Run a consumer group's runner; the last line on stderr counts what it did."""
+    from ppo_telemetry.kafka_settings import scrub
+
     try:
         code = runner.run()
     except TelemetryError as exc:
         raise TelemetryError(scrub(str(exc), config)) from None
     counts = runner.counts
     print(
-        f"{PROG} consume {args.group}: stopped after {counts.consumed} records: {counts.processed} processed, "
+        f"{PROG} consume {group}: stopped after {counts.consumed} records: {counts.processed} processed, "
         f"{counts.rejected} rejected, {counts.duplicates} duplicate; {counts.outputs} outputs in "
         f"{counts.batches} transactions",
         file=sys.stderr,

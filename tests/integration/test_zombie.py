@@ -64,9 +64,10 @@ def test_a_frozen_instance_is_fenced_when_it_wakes_and_every_output_is_written_o
         offsets.close()
     a_log = a.log()
     assert "Traceback" not in a_log, a_log
-    if a.process.poll() is None:  # a rejoined: it leaves cleanly
-        assert a.terminate() == 0, a_log
-    else:  # a exited when it woke: with one line saying why, for a supervisor to restart it
-        assert a.process.returncode == 2 and a_log.strip().splitlines()[-1].startswith("ppo-telemetry"), a_log
+    # a rejoined and leaves cleanly when told to (0), or it exited when it woke (2, one line saying why, for a
+    # supervisor to restart it): poll() cannot tell an instance still leaving on its own from one that rejoined
+    code = a.terminate() if a.process.poll() is None else a.process.returncode
+    a_log = a.log()
+    assert code == 0 or (code == 2 and a_log.strip().splitlines()[-1].startswith("ppo-telemetry")), (code, a_log)
     assert b.terminate() == 0, b.log()
     verify_outputs(kafka_config, {r.encode() for r in run_ids}, expected_outputs(backlog, None), ("watch",))
