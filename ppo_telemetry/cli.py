@@ -373,16 +373,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     # train writes records through a pipe to its publisher process: a dead publisher must be an error
     # (BrokenPipeError), not a silent death by SIGPIPE as for a filter whose reader went away
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    settings = _kafka_settings(args.kafka, args.kafka_config) if args.kafka is not None else None
-    kafka = settings.librdkafka_config() if settings is not None else None
-    if kafka is not None:
-        from ppo_telemetry.kafka_probe import check_listener
+    kafka, topic_prefix = None, ""
+    if args.kafka is not None:
+        from ppo_telemetry.recorder import kafka_client_config
 
-        check_listener(kafka)  # a security mismatch said in seconds, before training starts (issue 9)
+        # a security mismatch said in seconds, before training starts (issue 9)
+        kafka, topic_prefix = kafka_client_config(args.kafka, args.kafka_config, args.namespace)
     publisher = PublisherProcess(
         Path(args.ndjson_dir) if args.ndjson_dir else None, args.ndjson_max_bytes, config.run_id,
-        config.enable_telemetry_v1_1, kafka=kafka, kafka_partitions=args.partitions,
-        kafka_namespace=_namespace(args.namespace, settings).name,
+        config.enable_telemetry_v1_1, kafka=kafka, kafka_partitions=args.partitions, kafka_namespace=topic_prefix,
     )
     faults_file = Path(args.ndjson_dir) / FAULTS_FILE if args.ndjson_dir and config.faults else None
     return TrainingRun(config, publisher, faults_file=faults_file).run()
@@ -392,21 +391,15 @@ def _kafka_settings(bootstrap: str | None, config_file: str | None):
     """Connection and security settings: the flag, over `PPO_TELEMETRY_KAFKA_*`, over the TOML file."""
     from ppo_telemetry.kafka_settings import KafkaSettings
 
-    # `is not None`: an empty flag is a mistake to report (KafkaSettings does), not a wish for the default
-    overrides = {"bootstrap_servers": bootstrap} if bootstrap is not None else {}
-    if config_file is not None:  # `--kafka-config ""` is a file that cannot be read, not no file
-        return KafkaSettings.from_toml(config_file, **overrides)
-    return KafkaSettings(**overrides)
+    return KafkaSettings.resolve(bootstrap, config_file)
 
 
 def _namespace(flag: str | None, settings: Any) -> Any:
     """The `Namespace` of a Kafka command: `--namespace`, over the settings' (`PPO_TELEMETRY_NAMESPACE`,
     over the settings file's `[kafka] namespace`), else the default (the SPEC's names)."""
-    from avro_schemas.topics import Namespace
+    from ppo_telemetry.kafka_settings import namespace_of
 
-    if flag is not None:
-        return Namespace(flag)
-    return Namespace(settings.namespace) if settings is not None else Namespace()
+    return namespace_of(flag, settings)
 
 
 def _already_stopping(signum: int, frame: object) -> None:

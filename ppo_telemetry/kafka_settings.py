@@ -56,7 +56,7 @@ from pydantic_settings import (
 )
 
 from avro_schemas.errors import TelemetryError
-from avro_schemas.topics import NamespaceError, check_namespace_name
+from avro_schemas.topics import Namespace, NamespaceError, check_namespace_name
 from avro_schemas.toml_file import display_path, read_toml, show
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "canonical_key",
     "check_bootstrap_servers",
     "is_secret_key",
+    "namespace_of",
     "redact_config",
     "scrub",
 ]
@@ -351,6 +352,21 @@ class KafkaSettings(pydantic_settings.BaseSettings):
             return cls(**overrides)
 
     @classmethod
+    def resolve(
+        cls, bootstrap: str | None, source: Mapping[str, Any] | str | os.PathLike[str] | None
+    ) -> KafkaSettings:
+        """Settings from a bootstrap list (over everything) and a source: librdkafka properties as a
+        program gives them (`from_properties`), the path of a TOML settings file (`from_toml`; an empty
+        path is a file that cannot be read, not no file), or None (the environment and the defaults).
+        `bootstrap` is checked whatever it is: an empty one is a mistake to report, not the default."""
+        overrides: dict[str, Any] = {} if bootstrap is None else {"bootstrap_servers": bootstrap}
+        if isinstance(source, Mapping):
+            return cls.from_properties(source, **overrides)
+        if source is not None:
+            return cls.from_toml(source, **overrides)
+        return cls(**overrides)
+
+    @classmethod
     def from_properties(cls, properties: Mapping[str, Any], **overrides: Any) -> KafkaSettings:
         """Settings from librdkafka properties as a program gives them (`{"security.protocol": ...}`):
         a property with a typed setting goes to that setting (`security_protocol`), any other to
@@ -478,6 +494,15 @@ class KafkaSettings(pydantic_settings.BaseSettings):
     def redacted(self) -> dict[str, str]:
         """`librdkafka_config()` with every secret value replaced by `"***"`, safe to log."""
         return redact_config(self.librdkafka_config())
+
+
+def namespace_of(flag: str | None, settings: KafkaSettings | None) -> Namespace:
+    """The `Namespace` a program or command asks for: `flag` (`--namespace`, an argument), over the
+    settings' (`PPO_TELEMETRY_NAMESPACE`, over the settings file's `[kafka] namespace`), else the
+    default (the SPEC's names). A name that cannot prefix topics is a one-line `NamespaceError`."""
+    if flag is not None:
+        return Namespace(flag)
+    return Namespace(settings.namespace) if settings is not None else Namespace()
 
 
 def _check_environment_names() -> None:

@@ -28,7 +28,7 @@ from avro_schemas.errors import TelemetryError
 from producer.ndjson_sink import DEFAULT_MAX_SEGMENT_BYTES
 from producer.publisher import PublisherProcess
 from producer.recorder import EpochRecorder as _Recorder
-from producer.recorder import RecorderError
+from producer.recorder import RecorderError, check_recording
 
 __all__ = ["EpochRecorder", "RecorderError", "TelemetryError", "kafka_client_config"]
 
@@ -68,14 +68,16 @@ class EpochRecorder(_Recorder):
             kafka, kafka_config, namespace
         )
         # checked before the publisher starts: a bad run_id or version is the caller's one-line error
-        _Recorder.__init__(self, run_id, publish_rows=_no_sink, telemetry_version=telemetry_version, data_mode=data_mode)
+        check_recording(run_id, telemetry_version, data_mode)
         self.publisher = PublisherProcess(
             None if ndjson_dir is None else Path(ndjson_dir), ndjson_max_bytes, run_id, telemetry_version == "1.1",
             kafka=client, kafka_partitions=kafka_partitions, kafka_namespace=topic_prefix,
             wait_for_start=wait_for_start,
         )
         """The child process that builds, numbers and writes the records (`producer.publisher`)."""
-        self._publish_rows = self.publisher.publish_rows
+        super().__init__(
+            run_id, publish_rows=self.publisher.publish_rows, telemetry_version=telemetry_version, data_mode=data_mode
+        )
 
     def poll(self) -> None:
         """Raise a publisher failure known by now (without waiting), then hand finished epochs over if due."""
@@ -100,10 +102,6 @@ class EpochRecorder(_Recorder):
             self.publisher.close()
 
 
-def _no_sink(rows: Any) -> None:  # replaced by the publisher's as soon as it runs
-    raise RecorderError("the recorder's publisher has not started")
-
-
 def kafka_client_config(
     bootstrap: str | None,
     settings: Mapping[str, Any] | str | os.PathLike[str] | None,
@@ -113,15 +111,9 @@ def kafka_client_config(
     over the `PPO_TELEMETRY_KAFKA_*` environment (`ppo_telemetry.kafka_settings`); the listener is
     checked against the security settings before anything is published."""
     from ppo_telemetry.kafka_probe import check_listener
-    from ppo_telemetry.kafka_settings import KafkaSettings
+    from ppo_telemetry.kafka_settings import KafkaSettings, namespace_of
 
-    overrides: dict[str, Any] = {} if bootstrap is None else {"bootstrap_servers": bootstrap}
-    if isinstance(settings, Mapping):
-        resolved = KafkaSettings.from_properties(settings, **overrides)
-    elif settings is not None:
-        resolved = KafkaSettings.from_toml(settings, **overrides)
-    else:
-        resolved = KafkaSettings(**overrides)
+    resolved = KafkaSettings.resolve(bootstrap, settings)
     client = resolved.librdkafka_config()
     check_listener(client)
-    return client, namespace if namespace is not None else resolved.namespace
+    return client, namespace_of(namespace, resolved).name

@@ -41,7 +41,7 @@ from avro_schemas.fields import RUN_ID_PATTERN, is_valid_run_id
 from .records import DATA_MODE_NAMES, RowBatch, build_record, cycle_header, dataset_arrays, pack_epoch
 from .stats import EpochStats, mean_or_none
 
-__all__ = ["EpochRecorder", "RecorderError", "TELEMETRY_VERSIONS"]
+__all__ = ["EpochRecorder", "RecorderError", "TELEMETRY_VERSIONS", "check_recording"]
 
 TELEMETRY_VERSIONS = ("1.1", "1.0")
 
@@ -89,10 +89,7 @@ class EpochRecorder:
     ) -> None:
         if (publish_rows is None) == (publish is None):
             raise RecorderError("an EpochRecorder publishes through publish_rows or publish: give exactly one")
-        if not is_valid_run_id(run_id):
-            raise RecorderError(f"run_id must be {RUN_ID_PATTERN.description}, got {run_id!r}")
-        if telemetry_version not in TELEMETRY_VERSIONS:
-            raise RecorderError(f"telemetry_version must be 1.1 or 1.0, got {telemetry_version!r}")
+        check_recording(run_id, telemetry_version, data_mode)
         self.data_mode = _data_mode_index(data_mode)
         self.run_id = run_id
         self.telemetry_version = telemetry_version
@@ -319,6 +316,15 @@ class EpochRecorder:
     def _check_open(self) -> None:
         if self._closed:
             raise RecorderError("the recorder is closed")
+
+
+def check_recording(run_id: str, telemetry_version: str, data_mode: str) -> None:
+    """Raise a one-line `RecorderError` unless a recorder can make records of these."""
+    if not is_valid_run_id(run_id):
+        raise RecorderError(f"run_id must be {RUN_ID_PATTERN.description}, got {run_id!r}")
+    if telemetry_version not in TELEMETRY_VERSIONS:
+        raise RecorderError(f"telemetry_version must be 1.1 or 1.0, got {telemetry_version!r}")
+    _data_mode_index(data_mode)
 
 
 def _data_mode_index(data_mode: str) -> int:

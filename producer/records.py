@@ -28,7 +28,7 @@ from avro_schemas.models import V1_1_ADDED_FIELDS
 from .stats import dataset_statistics
 
 __all__ = [
-    "DATA_MODE_NAMES", "ROW_FIELDS", "RowBatch", "build_record", "cycle_block", "cycle_header", "dataset_arrays",
+    "DATA_MODE_NAMES", "ROW_FIELDS", "RowBatch", "build_record", "cycle_header", "dataset_arrays",
     "pack_epoch",
 ]
 
@@ -88,21 +88,6 @@ def dataset_arrays(arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     """The four dataset arrays (returns, values, rewards, advantages) as a block carries them: float64,
     flattened, one after the other. A copy: the caller may reuse its arrays at once."""
     return b"".join(np.ascontiguousarray(array, dtype=_F64).tobytes() for array in arrays)
-
-
-def cycle_block(
-    out: bytearray,
-    epochs: int,
-    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    mean_episode_return: float | None,
-    data_mode: int,
-    cycle_id: int,
-    rollout_ticks: int,
-) -> None:
-    """Append a block's header and arrays (returns, values, rewards, advantages) to `out`; the block's
-    `epochs` rows (`pack_epoch`) must follow. `num_samples` is the arrays' length."""
-    out += cycle_header(epochs, len(arrays[0]), mean_episode_return, data_mode, cycle_id, rollout_ticks)
-    out += dataset_arrays(arrays)
 
 
 class RowBatch:

@@ -87,8 +87,6 @@ class EpochStats:
     entropies: list[float] = field(default_factory=list)  # kept whole: the std is taken in two passes
     clipped: float = 0  # samples clipped (a sum of clip fraction x minibatch size)
     samples: int = 0
-    duration_sec: float = 0.0  # set by the harness when the epoch ends (monotonic clock)
-    timestamp_ms: int = 0  # likewise (wall clock)
 
     def add(
         self, policy_loss: float, value_loss: float, entropy: float, kl: float, grad_norm: float,

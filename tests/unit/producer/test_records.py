@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from producer.records import ROW_FIELDS, RowBatch, build_record, cycle_block, pack_epoch
+from producer.records import ROW_FIELDS, RowBatch, build_record, cycle_header, dataset_arrays, pack_epoch
 
 
 def row(**overrides):
@@ -46,6 +46,13 @@ def test_nan_and_infinity_survive_as_values_not_nulls():
     (unpacked,) = RowBatch.from_rows([row(policy_loss=math.nan, explained_variance=math.inf)])
     named = dict(zip(ROW_FIELDS, unpacked))
     assert math.isnan(named["policy_loss"]) and named["explained_variance"] == math.inf
+
+
+def cycle_block(out: bytearray, epochs: int, arrays: tuple, mean_episode_return, data_mode: int, cycle_id: int,
+                rollout_ticks: int) -> None:
+    """A block's header and arrays, as the recorder writes them; its `epochs` rows must follow."""
+    out += cycle_header(epochs, len(arrays[0]), mean_episode_return, data_mode, cycle_id, rollout_ticks)
+    out += dataset_arrays(arrays)
 
 
 def test_a_cycle_block_carries_the_arrays_and_the_publisher_computes_the_statistics():
