@@ -17,7 +17,6 @@ rollouts recorded earlier (`producer.replay`), capturing nothing (`cycle_id` and
 from __future__ import annotations
 
 import math
-import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -329,8 +328,6 @@ class TrainingHarness:
             )
         epochs_run = 0
         for _ in range(cfg.update_epochs):
-            if recorder is not None:
-                recorder.begin_epoch()
             stop = False
             order = self.rng.permutation(n)
             for start in range(0, n - batch + 1, batch):
@@ -371,9 +368,7 @@ class TrainingHarness:
     def publish_pending(self) -> None:
         """Publish (and flush) the records of the epochs finished since the last batch."""
         if self.recorder is not None:
-            mark = time.perf_counter()
             self.recorder.flush()
-            self.recorder.seconds += time.perf_counter() - mark
 
     @property
     def max_publish_delay(self) -> float:

@@ -14,11 +14,15 @@ torch tensor is the caller's `.detach().cpu().numpy()`) and copies what the reco
 trainer may refill its buffers at once. `minibatch` takes numbers a PPO update computes anyway; a
 one-element tensor is accepted too (`float()` of it). `end_epoch` closes the epoch's record.
 
-What is kept is bytes, not records (`producer.records`): per cycle a header and the four arrays, per
-epoch a packed row. About once a second (`max_publish_delay`) the pending bytes go to `publish_rows`
-(the publisher process of `producer.publisher`, which builds, numbers and writes the records off the
-training process) or, for an in-process sink, `publish` gets each record as a dict. `poll()` lets a
-trainer that spends long between epochs (collecting a rollout) hand finished epochs over on time.
+What is kept is the numbers as reported: per cycle a copy of the four arrays, per epoch a tuple, per
+minibatch a tuple. About once a second (`max_publish_delay`) the epochs finished since the last
+hand-over are packed, in one burst, into bytes (`producer.records.cycle_block`) and go to `publish_rows`
+(the publisher process of `producer.publisher`, which computes the statistics and builds, numbers and
+writes the records off the training process) or, for an in-process sink, `publish` gets each record as
+a dict. Why so: between two epochs' numpy work (half a millisecond on CartPole), each line of Python
+the recorder runs costs several times what it costs in a tight loop, so the per-epoch path does as
+little as it can and the rest waits for the burst. `poll()` lets a trainer that spends long between
+epochs (collecting a rollout) hand finished epochs over on time.
 
 A call out of order, or a value no record can hold (an empty dataset, arrays of different lengths, no
 minibatch in an epoch), raises `RecorderError`, one line. Values are not judged: a NaN loss reaches the
@@ -38,8 +42,8 @@ import numpy as np
 from avro_schemas.errors import TelemetryError
 from avro_schemas.fields import RUN_ID_PATTERN, is_valid_run_id
 
-from .records import DATA_MODE_NAMES, RowBatch, build_record, cycle_header, dataset_arrays, pack_epoch
-from .stats import EpochStats, mean_or_none
+from .records import DATA_MODE_NAMES, RowBatch, build_record, data_block, dataset_arrays
+from .stats import mean_or_none
 
 __all__ = ["EpochRecorder", "RecorderError", "TELEMETRY_VERSIONS", "check_recording"]
 
@@ -54,18 +58,24 @@ class RecorderError(TelemetryError):
 class _Cycle:
     """The dataset feeding the current cycle's epochs, as the records need it."""
 
-    arrays: bytes
+    arrays: np.ndarray
     """The four dataset arrays as a block carries them (`records.dataset_arrays`)."""
     samples: int
-    mean_episode_return: float | None
+    episode_returns: list[float]
+    """Returns of the episodes that finished in the data (their mean is taken when the cycle is packed)."""
     data_mode: int
     cycle_id: int
     rollout_ticks: int
     global_step: int
     learning_rate: float
     finished: list[tuple] = field(default_factory=list)
-    """This cycle's finished epochs not yet packed: (EpochStats, epoch, global_step, timestamp_ms,
-    learning_rate, duration)."""
+    """This cycle's finished epochs not yet packed, as reported: (epoch, global_step, timestamp_ms,
+    learning_rate, num_minibatches, duration, monotonic end); None where the cycle's value or the
+    measured time is meant."""
+    minibatches: list[tuple] = field(default_factory=list)
+    """The minibatches of those epochs, then of the open epoch: `EpochStats.add`'s seven numbers each."""
+    open_from: int = 0
+    """Where the open epoch's minibatches begin in `minibatches`."""
 
 
 class EpochRecorder:
@@ -105,13 +115,13 @@ class EpochRecorder:
         self.records = 0
         """Records handed to the sink so far."""
         self.seconds = 0.0
-        """Time spent in the recorder's per-epoch and per-batch work: telemetry's cost to the trainer."""
+        """Time spent in `begin_cycle` and in packing and handing epochs over: telemetry's cost to the
+        trainer, less the per-minibatch and per-epoch calls (a tuple appended each; timing them would
+        cost about what they do)."""
         self._cycle: _Cycle | None = None
-        self._stats: EpochStats | None = None
+        self._ended: list[_Cycle] = []  # ended cycles whose epochs are not yet handed over
         self._epoch_started = 0.0
-        self._pending = bytearray()  # packed blocks of finished epochs not yet published
-        self._pending_rows = 0
-        self._pending_since = time.perf_counter()
+        self._pending_since = time.monotonic()  # when the last hand-over was
         self._closed = False
 
     # ---------------------------------------------------------------------------------------- cycles
@@ -142,12 +152,12 @@ class EpochRecorder:
         started = time.perf_counter()
         self._check_open()
         self.end_cycle()
-        arrays = tuple(np.ravel(np.asarray(array, dtype=np.float64)) for array in (returns, values, rewards, advantages))
-        samples = len(arrays[0])
+        arrays = [np.asarray(array) for array in (returns, values, rewards, advantages)]
+        samples = arrays[0].size
         if samples == 0:
             raise RecorderError("begin_cycle: the dataset is empty (a record needs num_samples >= 1)")
-        if any(len(array) != samples for array in arrays):
-            sizes = ", ".join(f"{name} {len(array)}" for name, array in zip(("returns", "values", "rewards", "advantages"), arrays))
+        if len({array.size for array in arrays}) != 1:
+            sizes = ", ".join(f"{name} {array.size}" for name, array in zip(("returns", "values", "rewards", "advantages"), arrays))
             raise RecorderError(f"begin_cycle: the dataset's arrays differ in length ({sizes})")
         mode = self.data_mode if data_mode is None else _data_mode_index(data_mode)
         replay = DATA_MODE_NAMES[mode] == "replay"
@@ -158,20 +168,21 @@ class EpochRecorder:
         _check_cycle_counts(replay, cycle_id, rollout_ticks, global_step)
         self.cycle_id = cycle_id
         self._cycle = _Cycle(
-            dataset_arrays(arrays), samples, mean_or_none([float(value) for value in episode_returns or ()]),
+            dataset_arrays(arrays), samples, [float(value) for value in episode_returns] if episode_returns else [],
             mode, int(cycle_id), int(rollout_ticks), int(global_step), _learning_rate(learning_rate),
         )
         self._epoch_started = time.monotonic()
         self.seconds += time.perf_counter() - started
 
     def end_cycle(self) -> None:
-        """Pack the cycle's finished epochs; nothing happens when no cycle is open."""
+        """The cycle is over (its epochs wait for the next hand-over); nothing happens when none is open."""
         cycle = self._cycle
         if cycle is None:
             return
-        if self._stats is not None:
+        if len(cycle.minibatches) > cycle.open_from:
             raise RecorderError("end_cycle: an epoch is still open (end_epoch first)")
-        self._pack(cycle)
+        if cycle.finished:
+            self._ended.append(cycle)
         self._cycle = None
 
     # ---------------------------------------------------------------------------------------- epochs
@@ -194,18 +205,16 @@ class EpochRecorder:
         """One minibatch of the current epoch: its mean clipped-surrogate loss and value loss, its mean
         policy entropy (nats), its k3 KL estimate `mean((ratio - 1) - log ratio)`, the global L2 norm of
         its gradient before clipping, the share of its `samples` with `|ratio - 1| > clip_range`."""
-        stats = self._stats
-        if stats is None:
-            if self._cycle is None:
-                raise RecorderError("minibatch: no cycle begun (begin_cycle first)")
-            stats = self._stats = EpochStats()
+        cycle = self._cycle
+        if cycle is None:
+            raise RecorderError("minibatch: no cycle begun (begin_cycle first)")
         if samples < 1:
             raise RecorderError(f"minibatch: samples must be >= 1, got {samples}")
-        clip_fraction = float(clip_fraction)
-        stats.add(
+        # kept as reported; the epoch's statistics are computed where its record is built
+        cycle.minibatches.append((
             float(policy_loss), float(value_loss), float(entropy), float(kl), float(grad_norm),
-            clip_fraction * samples, samples,
-        )
+            float(clip_fraction) * samples, samples,
+        ))
 
     def end_epoch(
         self,
@@ -222,90 +231,77 @@ class EpochRecorder:
         own `duration_sec` and `timestamp_ms` (Unix milliseconds at its end); by default they are
         measured here (since the previous epoch ended, its cycle began, or `begin_epoch`)."""
         finished_at = time.monotonic()
-        started = time.perf_counter()
-        stats, cycle = self._stats, self._cycle
-        if stats is None:
+        cycle = self._cycle
+        minibatches = 0 if cycle is None else len(cycle.minibatches) - cycle.open_from
+        if minibatches == 0:
             raise RecorderError("end_epoch: the epoch had no minibatch (a record needs num_minibatches >= 1)")
-        self._stats = None
-        # kept as it is and packed with the cycle's other epochs in one loop (`_pack`): between two
-        # epochs' numpy work, packing a row costs several times what it costs in a tight loop
+        cycle.open_from += minibatches
+        # as reported; the defaults are filled in at the hand-over (`_reported_epochs`)
         cycle.finished.append((
-            stats, self.epoch, cycle.global_step if global_step is None else int(global_step),
-            time.time_ns() // 1_000_000 if timestamp_ms is None else int(timestamp_ms),
-            cycle.learning_rate if learning_rate is None else _learning_rate(learning_rate),
-            finished_at - self._epoch_started if duration_sec is None else float(duration_sec),
+            self.epoch, global_step, timestamp_ms, None if learning_rate is None else _learning_rate(learning_rate),
+            minibatches, finished_at - self._epoch_started if duration_sec is None else float(duration_sec),
+            finished_at,
         ))
         self.epoch += 1
         self._epoch_started = finished_at
-        if started - self._pending_since > self.max_publish_delay:
-            self._pack(cycle)
-            self.publish_pending()
-        self.seconds += time.perf_counter() - started
+        if finished_at - self._pending_since > self.max_publish_delay:
+            self._hand_over()
 
     # ------------------------------------------------------------------------------------ publishing
 
     def poll(self) -> None:
         """Hand finished epochs to the sink if the oldest has waited `max_publish_delay`; cheap to call often."""
-        if self._pending_rows or (self._cycle is not None and self._cycle.finished):
-            if time.perf_counter() - self._pending_since > self.max_publish_delay:
-                started = time.perf_counter()
-                if self._cycle is not None:
-                    self._pack(self._cycle)
-                self.publish_pending()
-                self.seconds += time.perf_counter() - started
-
-    def _pack(self, cycle: _Cycle) -> None:
-        """Move the cycle's finished rows into the pending bytes, as one block."""
-        finished = cycle.finished
-        if not finished:
-            return
-        pending = self._pending
-        pending += cycle_header(len(finished), cycle.samples, cycle.mean_episode_return, cycle.data_mode,
-                                cycle.cycle_id, cycle.rollout_ticks)
-        pending += cycle.arrays
-        for stats, epoch, global_step, timestamp_ms, learning_rate, duration in finished:
-            policy_loss, value_loss, kl, kl_max, clip_fraction, entropy_mean, entropy_std, grad_max = stats.values()
-            pending += pack_epoch(
-                epoch, global_step, timestamp_ms, policy_loss, value_loss, kl, clip_fraction, learning_rate,
-                stats.num_minibatches, duration, entropy_mean, entropy_std, grad_max, kl_max,
-            )
-        self._pending_rows += len(finished)
-        cycle.finished = []
-
-    def publish_pending(self) -> None:
-        """Hand the packed epochs over to the sink, then flush it (if a flush was given)."""
-        rows = RowBatch(self._pending)  # handed over, not copied: a new buffer takes its place
-        count = self._pending_rows
-        self._pending = bytearray()
-        self._pending_rows = 0
-        self._pending_since = time.perf_counter()
-        if count:
-            if self._publish_rows is not None:
-                self._publish_rows(rows)
-            else:
-                v1_1 = self.telemetry_version == "1.1"
-                for row in rows:
-                    self._publish(build_record(row, self.run_id, v1_1))
-            self.records += count
-        if self._flush is not None:
-            self._flush()
+        waiting = self._ended or (self._cycle is not None and self._cycle.finished)
+        if waiting and time.monotonic() - self._pending_since > self.max_publish_delay:
+            self._hand_over()
 
     def flush(self) -> None:
         """Publish every finished epoch now (the open cycle's too) and flush the sink."""
-        if self._cycle is not None:
-            self._pack(self._cycle)
-        self.publish_pending()
+        self._hand_over()
 
     def close(self) -> None:
         """Publish what is left; an epoch still open (no `end_epoch`) is dropped. Idempotent."""
         if self._closed:
             return
-        self._stats = None
         if self._cycle is not None:
-            self._pack(self._cycle)
-            self._cycle = None
+            del self._cycle.minibatches[self._cycle.open_from :]
+            self.end_cycle()
         self._closed = True
-        self.publish_pending()
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Pack every finished epoch (ended cycles', then the open cycle's) into one block and hand it
+        to the sink, then flush the sink (if a flush was given)."""
+        started = time.perf_counter()
+        # monotonic time -> Unix milliseconds, for the epochs whose end was measured here
+        clock_offset_ms = time.time() * 1000.0 - time.monotonic() * 1000.0
+        cycles, arrays, epochs, minibatches = [], [], [], []
+        for cycle in self._ended + ([self._cycle] if self._cycle is not None else []):
+            if cycle.finished:
+                cycles.append((
+                    len(cycle.finished), cycle.samples, mean_or_none(cycle.episode_returns), cycle.data_mode,
+                    cycle.cycle_id, cycle.rollout_ticks,
+                ))
+                arrays.append(cycle.arrays)
+                epochs += _reported_epochs(cycle, clock_offset_ms)
+                minibatches += cycle.minibatches[: cycle.open_from]
+                cycle.finished = []
+                del cycle.minibatches[: cycle.open_from]  # the open epoch's minibatches stay
+                cycle.open_from = 0
+        self._ended = []
+        self._pending_since = time.monotonic()
+        if epochs:
+            batch = RowBatch(data_block(cycles, arrays, epochs, minibatches))
+            if self._publish_rows is not None:
+                self._publish_rows(batch)
+            else:
+                v1_1 = self.telemetry_version == "1.1"
+                for row in batch:
+                    self._publish(build_record(row, self.run_id, v1_1))
+            self.records += len(epochs)
+        if self._flush is not None:
+            self._flush()
+        self.seconds += time.perf_counter() - started
 
     def __enter__(self) -> EpochRecorder:
         return self
@@ -316,6 +312,16 @@ class EpochRecorder:
     def _check_open(self) -> None:
         if self._closed:
             raise RecorderError("the recorder is closed")
+
+
+def _reported_epochs(cycle: _Cycle, clock_offset_ms: float) -> list[tuple]:
+    """The cycle's finished epochs as a block carries them, the cycle's values and measured times filled in."""
+    return [
+        (epoch, cycle.global_step if global_step is None else int(global_step),
+         int(clock_offset_ms + finished_at * 1000.0) if timestamp_ms is None else int(timestamp_ms),
+         cycle.learning_rate if learning_rate is None else learning_rate, minibatches, duration)
+        for epoch, global_step, timestamp_ms, learning_rate, minibatches, duration, finished_at in cycle.finished
+    ]
 
 
 def check_recording(run_id: str, telemetry_version: str, data_mode: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EpochStats", "explained_variance", "pearson_or_none", "dataset_statistics", "mean_or_none"]
+__all__ = ["EPOCH_STAT_FIELDS", "EpochStats", "explained_variance", "pearson_or_none", "dataset_statistics", "mean_or_none"]
 
 
 def _constant(x: np.ndarray) -> bool:
@@ -139,10 +139,11 @@ class EpochStats:
 
     def fields(self) -> dict[str, float]:
         """`values()` by field name."""
-        return dict(zip(_FIELD_NAMES, self.values()))
+        return dict(zip(EPOCH_STAT_FIELDS, self.values()))
 
 
-_FIELD_NAMES = (
+EPOCH_STAT_FIELDS = (
     "policy_loss", "value_loss", "kl_divergence", "kl_divergence_max", "clip_fraction",
     "batch_entropy_mean", "batch_entropy_std", "grad_norm_max",
 )
+"""The record fields `EpochStats.values()` gives, in its order."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -246,3 +247,36 @@ def test_an_epoch_reported_after_the_fact_keeps_its_own_duration_and_timestamp()
     (record,) = collector.records
     assert (record["epoch_duration_sec"], record["timestamp_ms"]) == (0.25, 1_700_000_000_123)
     assert (record["learning_rate"], record["global_step"]) == (5e-4, 70)
+
+
+def test_a_hand_over_in_the_middle_of_an_epoch_leaves_its_minibatches_with_it():
+    # poll may come between two minibatches (a trainer polling from a step callback): the finished
+    # epoch goes, the open one keeps what it has and ends with all of its minibatches
+    rec, collector = recorder(max_publish_delay=0.0)
+    rec.begin_cycle(REWARDS, ADVANTAGES, RETURNS, VALUES, global_step=64, learning_rate=1e-3)
+    rec.minibatch(*MINIBATCHES[0])
+    rec.end_epoch()
+    rec.minibatch(*MINIBATCHES[1])
+    rec.poll()  # nothing new finished since end_epoch's hand-over
+    rec.flush()
+    assert [r["num_minibatches"] for r in collector.records] == [1]
+    rec.minibatch(*MINIBATCHES[2])
+    rec.end_epoch()
+    rec.close()
+    first, second = collector.records
+    assert second["num_minibatches"] == 2
+    assert second["policy_loss"] == pytest.approx((MINIBATCHES[1][0] + MINIBATCHES[2][0]) / 2, rel=1e-15)
+    assert second["grad_norm_max"] == max(MINIBATCHES[1][4], MINIBATCHES[2][4])
+    assert first["cycle_id"] == second["cycle_id"] == 1
+
+
+def test_measured_timestamps_are_the_wall_clock_at_each_epochs_end():
+    rec, collector = recorder(max_publish_delay=3600.0)
+    before = time.time_ns() // 1_000_000
+    one_cycle(rec, epochs=3)
+    after = time.time_ns() // 1_000_000
+    time.sleep(0.05)  # handed over later: the timestamps are still the epochs' own
+    rec.close()
+    stamps = [r["timestamp_ms"] for r in collector.records]
+    assert before <= stamps[0] <= stamps[1] <= stamps[2] <= after + 1  # +1: clocks read apart by microseconds
+    assert all(r["epoch_duration_sec"] >= 0.0 for r in collector.records)
