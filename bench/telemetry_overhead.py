@@ -1,9 +1,10 @@
 """What telemetry costs the training loop: the same seeded run with telemetry off and on, alternating.
 
-"off" runs the harness with no publisher (no records built, no cycle statistics); "on" publishes every
-epoch's v1.1 record to an NDJSON stream exactly as `train` does: the harness hands batches of packed
-epoch rows to the publisher process (`producer.publisher`), which builds, serialises and writes the
-records (segments in a temporary directory). Same seed, same numbers: the time difference is telemetry.
+"off" runs the harness with no recorder (nothing recorded, no statistics); "on" publishes every epoch's
+v1.1 record to an NDJSON stream exactly as `train` does: the harness reports to its `EpochRecorder`,
+which hands a packed block of the finished cycles to the publisher process (`producer.publisher`)
+once a second; the publisher computes the statistics and builds, serialises and writes the records
+(segments in a temporary directory). Same seed, same numbers: the time difference is telemetry.
 
     .venv/bin/python bench/telemetry_overhead.py [--env CartPole-v1] [--steps 8192] [--rounds 20]
 
@@ -15,8 +16,9 @@ on, and runs them cycle by cycle in lockstep: off's cycle 1, on's cycle 1, on's 
 (capture plus training epochs) takes ~20 ms on CartPole, so both sides of each pair meet the same
 machine. Each round's overhead is on's total over off's total; the figure is the median over rounds,
 with the spread. The final publish after the last cycle (the batch `run_ppo` sends when training
-ends) is timed to "on" too. The harness also times its own telemetry path (`telemetry_seconds`:
-cycle statistics, row packing, publishing): the in-loop figure. Target (issue 3): overhead ≤ 1 %.
+ends) is timed to "on" too. The recorder also times its own heavier calls (`telemetry_seconds`:
+`begin_cycle`, packing and handing over; not the per-minibatch and per-epoch appends): the in-loop
+figure. Target (issues 3 and 10): overhead ≤ 1 %.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ one-element tensor is accepted too (`float()` of it). `end_epoch` closes the epo
 
 What is kept is the numbers as reported: per cycle a copy of the four arrays, per epoch a tuple, per
 minibatch a tuple. About once a second (`max_publish_delay`) the epochs finished since the last
-hand-over are packed, in one burst, into bytes (`producer.records.cycle_block`) and go to `publish_rows`
+hand-over are packed, in one burst, into bytes (`producer.records.data_block`) and go to `publish_rows`
 (the publisher process of `producer.publisher`, which computes the statistics and builds, numbers and
 writes the records off the training process) or, for an in-process sink, `publish` gets each record as
 a dict. Why so: between two epochs' numpy work (half a millisecond on CartPole), each line of Python
