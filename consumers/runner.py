@@ -38,6 +38,9 @@ inside a `TransactionalRunner`, which owns everything Kafka (SPEC §4):
   or `STOP_GRACE` seconds after SIGTERM/SIGINT with the main thread still stuck in C, the process exits
   with code 2 and one line, for a supervisor to restart it; the open transaction was not committed, so
   the restart loses and doubles nothing.
+- **Metrics.** With `metrics` (a `consumers.metrics.ConsumerMetrics`), a `consumers.metering.RunnerMeter`
+  wraps the core and is told of each transaction's begin and commit and, once per loop, looks at the lag;
+  without, the runner does nothing more than before.
 - **Zombies.** The transactional id is `<group id>-<instance id>`: a restarted instance with the same id
   fences its predecessor and aborts its open transaction at start; a different instance's takeover is
   fenced by the consumer group generation (KIP-447), and an abandoned transaction expires after
@@ -69,10 +72,10 @@ from kafka_io import (
     unreadable_batch_end,
 )
 
-from .watchdog import Watchdog
-
 from .dead_letter import PRODUCER_MESSAGE_MAX_BYTES, Rejection, decode_rule, record_limit
+from .metering import RunnerMeter
 from .validator import StreamTracker, Verdict, validate_record
+from .watchdog import Watchdog
 
 __all__ = [
     "ConsumerCore", "ConsumerError", "Output", "Rejection", "TransactionalRunner", "baseline_records",
@@ -198,9 +201,13 @@ class TransactionalRunner:
     err: TextIO | None = None
     scrub: Callable[[str], str] = lambda text: text
     counts: RunnerCounts = field(default_factory=RunnerCounts)
+    metrics: Any = None  # a consumers.metrics.ConsumerMetrics, told what this runner does
 
     def __post_init__(self) -> None:
         self.stop_requested = False
+        self._meter = None if self.metrics is None else RunnerMeter(self.metrics, self.core, self.counts)
+        if self._meter is not None:
+            self.core = self._meter.core  # the same core, its calls noted for the metrics
         self.tracker = StreamTracker()
         self._run_partition: dict[str, int] = {}
         self.group_id = self.namespace.qualify(self.core.group)  # the core's group in this namespace
@@ -472,6 +479,9 @@ class TransactionalRunner:
     def process_batch(self, messages: list[Any]) -> None:
         """One transaction: every message's outputs, the changed runs' state, the input offsets."""
         producer = self._producer
+        meter = self._meter
+        if meter is not None:
+            meter.begin()
         producer.begin_transaction()
         touched: dict[str, int] = {}
         positions: dict[tuple[str, int], int] = {}
@@ -506,6 +516,8 @@ class TransactionalRunner:
                 lambda timeout: producer.send_offsets_to_transaction(offsets, metadata, timeout),
             )
         self._transactional("commit_transaction", 60, producer.commit_transaction)
+        if meter is not None:
+            meter.committed(messages, len(positions))
         self.counts.outputs += outputs
         self.counts.batches += 1
 
@@ -517,6 +529,8 @@ class TransactionalRunner:
         if not produced:
             return
         producer = self._producer
+        if self._meter is not None:
+            self._meter.begin()
         producer.begin_transaction()
         outputs = 0
         for run_id, run_outputs in produced.items():
@@ -527,6 +541,8 @@ class TransactionalRunner:
             if partition is not None:
                 self._produce(Output(self._state_topic, run_id.encode("utf-8"), self._state_message(run_id)), partition)
         self._transactional("commit_transaction", 60, producer.commit_transaction)
+        if self._meter is not None:
+            self._meter.committed()
         self.counts.outputs += outputs
         self.counts.batches += 1
 
@@ -582,6 +598,8 @@ class TransactionalRunner:
                     now = time.monotonic()
                     if not messages or now - self._idle_asked_at >= self.idle_interval:
                         self.process_idle(now)
+                    if self._meter is not None:
+                        self._meter.tick(self._consumer, self._deadline)
                 except KafkaException as exc:
                     error = kafka_error(exc)
                     if error is not None and error.txn_requires_abort():
