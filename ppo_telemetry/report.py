@@ -569,7 +569,7 @@ def _plot(metric: Mapping[str, Any], report: Mapping[str, Any], verdict: Mapping
                     f'stroke-width="1.5" stroke-dasharray="5 3"><title>differs from the baseline from step '
                     f'{verdict["first_step"]:,} ({verdict["direction"]})</title></line>')
     body.append(f'<path class="series" d="{_series_path(metric, axes)}" fill="none" stroke="#1f5fbf" '
-                'stroke-width="1.2" '
+                'stroke-width="1.5" '
                 'stroke-linecap="round"/>')
     body.append("</g>")
     body.append(f'<rect {frame} fill="none" stroke="#8a93a0"/>')
