@@ -108,9 +108,11 @@ class RunnerMeter:
     """The runner's side of its metrics: transactions, their outcomes, lag (see the module docstring)."""
 
     def __init__(
-        self, metrics: ConsumerMetrics, core: Any, counts: Any, clock: Callable[[], float] = time.time
+        self, metrics: ConsumerMetrics, core: Any, counts: Any, clock: Callable[[], float] = time.time,
+        lag_interval: float = LAG_INTERVAL,
     ) -> None:
         self.metrics = metrics
+        self.lag_interval = lag_interval
         self.core = MeteredCore(core, metrics)
         self._counts = counts
         self._clock = clock
@@ -172,9 +174,9 @@ class RunnerMeter:
     # ------------------------------------------------------------------------------------ lag
 
     def tick(self, consumer: Consumer | None, deadline: Deadline) -> None:
-        """Update the lag gauges if `LAG_INTERVAL` has passed since the last update."""
+        """Update the lag gauges if `lag_interval` seconds have passed since the last update."""
         now = time.monotonic()
-        if consumer is None or now - self._lag_at < LAG_INTERVAL:
+        if consumer is None or now - self._lag_at < self.lag_interval:
             return
         self._lag_at = now
         try:

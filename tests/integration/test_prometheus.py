@@ -7,6 +7,7 @@ second, and the test asks Prometheus's HTTP API (`/api/v1/query`) until the valu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
@@ -27,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from avro_schemas.codec import epoch_summary_codec
 from avro_schemas.models import EpochSummary
 from avro_schemas.topics import VERSION_HEADER, Namespace
+from consumers.groups import ValidatorGroup
 from consumers.telemetry_watch import Watch, load_rules
 from ppo_telemetry.demo import synthetic_run
 from producer.kafka_sink import KafkaSink
@@ -240,3 +242,68 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(kafka_bootstrap, tmp_path)
     assert proc.stderr.strip().splitlines() == [
         f"ppo-telemetry: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+# ------------------------------------------------------------------------------------ lag, as the meter reads it
+
+
+def no_deadline(what: str, timeout: float) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def lag(meter: Any, consumer: Any, topic: str, unit: str) -> float | None:
+    """The meter's lag of partition 0 of `topic` in `unit` (records, seconds), updated from `consumer` now."""
+    meter.tick(consumer, no_deadline)
+    labels = {"group": meter.metrics.group, "topic": topic, "partition": "0"}
+    return meter.metrics.registry.get_sample_value(f"ppo_telemetry_consumer_lag_{unit}", labels)
+
+
+def consume_exactly(consumer: Any, count: int) -> list[Any]:
+    consumed: list[Any] = []
+    wait_for(lambda: consumed.extend(consumer.consume(count - len(consumed), 1.0)) or len(consumed) == count, 60,
+             f"{count} records")
+    return consumed
+
+
+def test_the_lag_is_the_records_left_and_the_age_of_the_last_consumed_one_then_0(kafka_config, unique_run_id):
+    from confluent_kafka import Consumer, TopicPartition
+
+    from consumers.metering import RunnerMeter
+    from consumers.metrics import ConsumerMetrics
+    from consumers.runner import RunnerCounts
+    from kafka_io import ensure_topics
+
+    topic, group = f"ppo.telemetry.test.{unique_run_id('lag')}", f"lag-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_config, {topic: (1, {})})
+    producer = Producer(kafka_config)
+    written_at = 1_700_000_000_000
+    for offset in range(10):
+        producer.produce(topic, value=b"x", timestamp=written_at + offset)
+    assert producer.flush(30) == 0
+    settings = {**kafka_config, "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest"}
+    a_minute_later = written_at / 1000 + 60.0
+    meter = RunnerMeter(ConsumerMetrics("validate"), ValidatorGroup(), RunnerCounts(), clock=lambda: a_minute_later,
+                        lag_interval=0)
+
+    consumer = Consumer(settings)
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        meter.begin()
+        meter.committed(consume_exactly(consumer, 4), 1)  # as the runner tells it after the transaction
+        assert wait_for(lambda: lag(meter, consumer, topic, "records") == 6, 60, "a lag of 6 records")
+        assert lag(meter, consumer, topic, "seconds") == pytest.approx(60.0 - 3 / 1000)  # offset 3's age
+        consumer.commit(offsets=[TopicPartition(topic, 0, 4)], asynchronous=False)
+    finally:
+        consumer.close()
+
+    # a new instance that has consumed nothing yet: its committed offset stands for its position
+    meter = RunnerMeter(ConsumerMetrics("validate"), ValidatorGroup(), RunnerCounts(), lag_interval=0)
+    consumer = Consumer(settings)
+    try:
+        consumer.assign([TopicPartition(topic, 0)])  # fetches from the committed offset; nothing handed out yet
+        assert wait_for(lambda: lag(meter, consumer, topic, "records") == 6, 60, "a lag of 6 from the committed offset")
+        assert lag(meter, consumer, topic, "seconds") is None  # no record of it consumed: not known
+        consume_exactly(consumer, 6)
+        assert lag(meter, consumer, topic, "records") == 0 and lag(meter, consumer, topic, "seconds") == 0
+    finally:
+        consumer.close()
