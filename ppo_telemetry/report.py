@@ -273,35 +273,56 @@ def _drift(run_records: list[dict[str, Any]], baseline: _BaselineView | None) ->
 # ------------------------------------------------------------------------------------------ Kafka
 
 
-def kafka_inputs(config: dict[str, Any], topic: str, schemas_topic: str, run_id: str) -> Iterator[tuple[str, Verdict]]:
+def kafka_inputs(config: dict[str, Any], topic: str, schemas_topic: str, run_id: str) -> list[tuple[str, Verdict]]:
     """The messages of run `run_id` (its key) on the epochs topic, from the beginning to the current end,
-    each with its validator verdict; a message that does not decode is an invalid item (rule `decode`)."""
+    each with its validator verdict; a message that does not decode is an invalid item (rule `decode`).
+    `ReportError` when the topic does not exist or holds no message of the run (naming a few that it holds)."""
     from confluent_kafka import TopicPartition
 
-    from avro_schemas.codec import epoch_summary_codec
-    from avro_schemas.errors import DecodeError, UnknownSchemaError
-    from consumers.validator import Validator
     from kafka_io import partition_count, read_to_end
 
     count = partition_count(config, topic)
     if not count:
         raise ReportError(f"topic {topic} does not exist, so run {run_id} is not on it")
+    key = run_id.encode("utf-8")
+    messages, others = [], Counter()
+    for message in read_to_end(config, [TopicPartition(topic, p) for p in range(count)]):
+        if message.key() == key:
+            messages.append(message)
+        else:
+            others[message.key()] += 1
+    if not messages:
+        held = [k.decode("utf-8", "replace") for k in others if k is not None]
+        shown = ", ".join(held[:10]) + (f" and {len(held) - 10} more" if len(held) > 10 else "")
+        raise ReportError(f"run {run_id} is not on {topic}; it holds {shown or 'no run'}")
+    return list(_checked(config, schemas_topic, run_id, messages))
+
+
+def _checked(
+    config: dict[str, Any], schemas_topic: str, run_id: str, messages: list[Any]
+) -> Iterator[tuple[str, Verdict]]:
+    """Each message decoded and validated in order (duplicates marked)."""
+    from avro_schemas.codec import epoch_summary_codec
+    from avro_schemas.errors import DecodeError, UnknownSchemaError
+    from consumers.validator import Validator
+
     codec = epoch_summary_codec()
+    local = {version.fingerprint for version in codec.versions.values()}
     learnt = False
     validator = Validator()
-    key = run_id.encode("utf-8")
-    for message in read_to_end(config, [TopicPartition(topic, p) for p in range(count)]):
-        if message.key() != key:
-            continue
+    for message in messages:
         where = f"partition {message.partition()} offset {message.offset()}"
+        value = message.value() or b""
         try:
             try:
-                record = codec.decode(message.value() or b"")
+                writer = codec.writer_of(value)
             except UnknownSchemaError:
                 if learnt:
                     raise
                 learnt = _learn_schemas(config, schemas_topic, codec)
-                record = codec.decode(message.value(), reader=codec.latest)
+                writer = codec.writer_of(value)
+            # a writer learnt from the schemas topic is read as the newest version known here, as the groups do
+            record = codec.decode(value) if writer.fingerprint in local else codec.decode(value, reader=codec.latest)
         except DecodeError as exc:
             yield where, Verdict("invalid", run_id=run_id, errors=[FieldError(None, "decode", str(exc))])
             continue
