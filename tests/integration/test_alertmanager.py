@@ -341,6 +341,59 @@ def test_a_consumer_stopped_while_alertmanager_is_down_posts_the_transition_afte
     assert watch.terminate() == 0
 
 
+def test_the_poster_re_posts_firing_alerts_that_a_restarted_alertmanager_lost_and_counts_its_posts(
+    kafka_config, alertmanager, namespace, unique_run_id,
+):
+    from confluent_kafka import Producer
+    from prometheus_client import CollectorRegistry
+
+    from consumers.alertmanager import AlertmanagerPoster, Backoff
+    from kafka_io import ensure_topics, quiet_logger
+
+    run_id = unique_run_id()
+    ensure_topics(kafka_config, {namespace.alerts_topic: (3, {})})
+    producer = Producer({**kafka_config, "logger": quiet_logger()})
+    codec = alert_codec()
+    firing = {**_sample_transition(), "run_id": run_id, "state": "firing"}
+    producer.produce(namespace.alerts_topic, key=run_id.encode(), value=codec.encode(firing))
+    producer.flush(30)
+    registry = CollectorRegistry()
+    lines: list[str] = []
+
+    def poster(registry: CollectorRegistry) -> AlertmanagerPoster:
+        return AlertmanagerPoster(
+            alertmanager.url, kafka_config, namespace.alerts_topic, poster_group(namespace.watch_group), lines.append,
+            registry=registry, resend_interval=1.0, backoff=Backoff(first=0.1, cap=0.5), session_timeout_ms=3000,
+        )
+
+    def posts(outcome: str) -> float:
+        return registry.get_sample_value("ppo_telemetry_alertmanager_posts_total", {"outcome": outcome}) or 0.0
+
+    first = poster(registry)
+    first.start()
+    try:
+        wait_for(lambda: alertmanager.active(run_id), 60, "the firing to be active")
+        alertmanager.stop()
+        wait_for(lambda: posts("failed") > 0, 60, "a re-post to fail while Alertmanager is away")
+        alertmanager.start()  # it lost its alerts: the poster's re-post makes the firing active again
+        wait_for(lambda: alertmanager.active(run_id), 60, "the firing to be active again after the restart")
+    finally:
+        first.stop()
+    assert first.sent == 1 and first.error is None  # one transition; the rest were re-posts
+    assert posts("sent") >= 2
+    alertmanager.stop()
+    alertmanager.start()
+    # the transition is behind the committed offset now: read back from the topic and re-posted
+    second = poster(CollectorRegistry())
+    second.start()
+    try:
+        wait_for(lambda: alertmanager.active(run_id), 60, "a restarted poster to re-post the firing alert")
+    finally:
+        second.stop()
+    assert second.sent == 0
+    assert sum("unreachable" in line for line in lines) == 1, lines
+
+
 def test_post_alerts_tells_a_rejected_alert_from_an_unreachable_alertmanager(alertmanager):
     endpoint = alerts_endpoint(alertmanager.url)
     with pytest.raises(AlertRejected, match="HTTP 400"):
