@@ -49,6 +49,7 @@ class MeteredCore:
 
     def __init__(self, core: Any, metrics: ConsumerMetrics) -> None:
         self.inner = core
+        self.needs_model = core.needs_model  # read per record: a plain attribute, not through __getattr__
         self._metrics = metrics
         self.reset()
 
