@@ -33,6 +33,7 @@ __all__ = [
     "gather_report",
     "render_html",
     "kafka_inputs",
+    "drift_baseline_runs",
 ]
 
 _NOT_PLOTTED = frozenset({"epoch", "global_step", "timestamp_ms", "log_stream_offset", "cycle_id"})
@@ -327,6 +328,30 @@ def _checked(
             yield where, Verdict("invalid", run_id=run_id, errors=[FieldError(None, "decode", str(exc))])
             continue
         yield where, validator.validate(record)
+
+
+def drift_baseline_runs(config: dict[str, Any], drift_topic: str, run_id: str) -> list[str]:
+    """The baseline runs the drift group compared run `run_id` with: those of the run's last DriftRecord
+    on the drift topic (none when the topic or the run's records are not there)."""
+    from confluent_kafka import TopicPartition
+
+    from avro_schemas.codec import drift_record_codec
+    from avro_schemas.errors import DecodeError
+    from kafka_io import partition_count, read_to_end
+
+    count = partition_count(config, drift_topic) or 0
+    codec = drift_record_codec()
+    key = run_id.encode("utf-8")
+    runs: list[str] = []
+    for message in read_to_end(config, [TopicPartition(drift_topic, p) for p in range(count)]):
+        if message.key() != key or message.value() is None:
+            continue
+        try:
+            record = codec.decode(message.value())
+        except DecodeError:
+            continue
+        runs = list(record.get("baseline_run_ids") or record["baseline_run_id"].split(","))
+    return runs
 
 
 def _learn_schemas(config: dict[str, Any], schemas_topic: str, codec: Any) -> bool:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from kafka_testing import read_topic, wait_for
 
-from avro_schemas.codec import epoch_summary_codec
+from avro_schemas.codec import drift_record_codec, epoch_summary_codec
 from avro_schemas.topics import Namespace
 from consumers.telemetry_watch import load_rules
 from consumers.validator import Validator
@@ -75,6 +76,37 @@ def test_report_from_kafka_is_the_report_of_the_same_records(kafka_bootstrap, ka
     assert validity["invalid_by_rule"] == {"decode": 1}
     assert validity["examples"][0]["where"].startswith("partition ")
     assert namespace.epochs_topic in data["source"]
+
+
+def test_without_baseline_runs_the_baseline_is_the_one_the_drift_group_compared_with(
+    kafka_bootstrap, kafka_config, consumers, unique_run_id, tmp_path, capsys
+):
+    namespace = Namespace(f"it-{uuid.uuid4().hex[:8]}-report")
+    run_id, base_a, base_b = (unique_run_id(tag) for tag in ("current", "base-a", "base-b"))
+    publish(kafka_config, namespace, synthetic_run(base_a, 40, seed=1, unstable=False)
+            + synthetic_run(base_b, 40, seed=2, unstable=False))
+    drift = consumers("drift", "--namespace", namespace.name, "--baseline-run", base_a, "--baseline-run", base_b,
+                      "--idle-seconds", "1")
+    drift.wait_assigned()
+    publish(kafka_config, namespace, synthetic_run(run_id, 40, seed=3, unstable=True))
+    codec = drift_record_codec()
+
+    def summary():
+        records = [codec.decode(m.value()) for m in read_topic(kafka_config, namespace.drift_topic, {run_id.encode()})]
+        return next((r for r in reversed(records) if r["kind"] == "summary"), None)
+
+    written = wait_for(summary, 120, "the drift group's summary of the run")
+    assert drift.terminate() == 0, drift.log()
+    out = tmp_path / "report.html"
+
+    code = main(["report", "--bootstrap-servers", kafka_bootstrap, "--namespace", namespace.name, "--run-id", run_id,
+                 "-o", str(out)])
+
+    assert code == 0, capsys.readouterr().err
+    data = embedded_data(out.read_text())
+    assert data["drift"]["baseline_run_ids"] == [base_a, base_b] == written["baseline_run_ids"]
+    assert data["drift"]["fields"] == written["fields"]
+    assert all(metric["band"] for metric in data["metrics"])
 
 
 def test_a_run_not_on_the_topic_is_one_line_exit_2(kafka_bootstrap, kafka_config, unique_run_id, tmp_path, capsys):
