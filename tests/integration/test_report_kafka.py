@@ -1,6 +1,7 @@
 """`ppo-telemetry report --bootstrap-servers B --run-id R` on a real broker: the run read from the epochs
 topic of a namespace to its end gives the report the same records give from NDJSON; baseline runs named
-with `--baseline-run` come from the topic too; an undecodable message of the run is counted; a missing
+with `--baseline-run` come from the topic too, and without them those the drift group compared the run
+with (so the page shows the group's verdicts); an undecodable message of the run is counted; a missing
 run or topic is one line and exit 2."""
 
 from __future__ import annotations
