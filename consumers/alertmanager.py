@@ -271,6 +271,8 @@ class AlertmanagerPoster:
 
         from kafka_io import quiet_logger
 
+        if not self._wait_for_topic():
+            return
         self._consumer = Consumer({
             **self.config,
             "group.id": self.group_id,
@@ -302,6 +304,20 @@ class AlertmanagerPoster:
             except Exception:  # noqa: BLE001 - leaving the group is best effort; the offsets are committed
                 pass
             self._consumer = None
+
+    def _wait_for_topic(self) -> bool:
+        """Wait until the alerts topic exists (the watch group's runner creates it as it starts): subscribed
+        before, the consumer would say the topic is unknown. False when stopped first."""
+        from kafka_io import KafkaIOError, partition_count
+
+        while not self._stopping.is_set():
+            try:
+                if partition_count(self.config, self.alerts_topic, timeout=10):
+                    return True
+            except KafkaIOError:
+                pass  # Kafka unreachable: the runner says so (and stops) or it comes back
+            self._stopping.wait(0.5)
+        return False
 
     def _on_client_error(self, error: Any) -> None:
         if error.code() in self._errors_said:
