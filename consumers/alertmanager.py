@@ -194,11 +194,14 @@ def _posts_counter(registry: Any) -> Any:
         return None
     from prometheus_client import Counter
 
-    return Counter(
+    posts = Counter(
         "ppo_telemetry_alertmanager_posts_total",
         "Posts to Alertmanager's v2 API by outcome: sent (accepted) or failed (an attempt not accepted).",
         ["outcome"], registry=registry,
     )
+    for outcome in ("sent", "failed"):
+        posts.labels(outcome=outcome)  # both series exist from the start, at 0
+    return posts
 
 
 class AlertmanagerPoster:

@@ -220,10 +220,21 @@ def notified(webhook: Webhook, run_id: str, expected: dict[str, list[str]], cons
     return got == expected
 
 
-def watch_consumer(consumers, namespace: Namespace, alertmanager_url: str):
+def watch_consumer(consumers, namespace: Namespace, alertmanager_url: str, *extra: str):
     return consumers(
-        "watch", "--namespace", namespace.name, "--rules", str(WATCH_RULES), "--alertmanager", alertmanager_url
+        "watch", "--namespace", namespace.name, "--rules", str(WATCH_RULES), "--alertmanager", alertmanager_url, *extra
     )
+
+
+def posts_sent(metrics_port: int) -> float:
+    """`ppo_telemetry_alertmanager_posts_total{outcome="sent"}` as the consumer's exporter serves it."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0  # not serving yet
+    found = re.search(r'^ppo_telemetry_alertmanager_posts_total{outcome="sent"} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -238,7 +249,9 @@ def test_a_firing_is_active_with_the_spec_labels_and_a_resolve_resolves_it(
     assert (firing["rule"], firing["state"], resolved["rule"], resolved["state"]) == (
         "kl_spike", "firing", "kl_spike", "resolved")
     publisher = Publisher(kafka_config, namespace, records)
-    watch = watch_consumer(consumers, namespace, alertmanager.url)
+    metrics_port = free_ports(29700, 1)
+    watch = watch_consumer(consumers, namespace, alertmanager.url,
+                           "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1")
 
     publisher.through(fired_at)
     active = wait_for(lambda: alertmanager.active(run_id), 90, "the firing to be active in Alertmanager")
@@ -253,6 +266,7 @@ def test_a_firing_is_active_with_the_spec_labels_and_a_resolve_resolves_it(
     wait_for(lambda: notified(webhook, run_id, {"kl_spike": ["firing", "resolved"]}, watch), 60,
              "the resolve's notification")
     assert alertmanager.active(run_id) == []
+    wait_for(lambda: posts_sent(metrics_port) >= 2, 30, "the exporter to count the two posts")
     last = [a for body in webhook.notifications for a in body["alerts"] if a["labels"]["run_id"] == run_id][-1]
     assert last["status"] == "resolved" and last["endsAt"] >= last["startsAt"]
     assert watch.terminate() == 0
