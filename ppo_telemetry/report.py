@@ -134,6 +134,7 @@ def gather_report(
         "first_timestamp_ms": run_records[0]["timestamp_ms"],
         "last_timestamp_ms": run_records[-1]["timestamp_ms"],
         "telemetry_versions": sorted({r["telemetry_version"] for r in run_records}),
+        "global_step": [r["global_step"] for r in run_records],
         "metrics": _series(run_records, baseline),
         "alerts": _alert_spans(run_records, rules),
         "drift": _drift(run_records, baseline),
@@ -172,9 +173,9 @@ def _baseline(baseline_records: Iterable[Mapping[str, Any]], baseline_runs: Sequ
 
 
 def _series(run_records: list[dict[str, Any]], baseline: _BaselineView | None) -> list[dict[str, Any]]:
-    """Per metric: the run's (step, value) points (nulls kept, they break the line) and the baseline band."""
+    """Per metric: the run's values, one per record as `global_step` lists their steps (nulls kept, they
+    break the line), a few statistics, and the baseline band."""
     specs = {spec.name: spec for spec in (baseline.model.specs if baseline else FIELD_SPECS)}
-    steps = [r["global_step"] for r in run_records]
     out = []
     for name in METRICS:
         values = [r.get(name) for r in run_records]
@@ -185,7 +186,7 @@ def _series(run_records: list[dict[str, Any]], baseline: _BaselineView | None) -
         spec = specs.get(name)
         log_axis = spec is not None and spec.log and all(v > 0 for v in present)
         out.append({
-            "name": name, "meaning": FIELDS[name].meaning, "steps": steps, "values": values,
+            "name": name, "meaning": FIELDS[name].meaning, "values": values,
             "count": len(present), "first": present[0], "last": present[-1], "min": min(present), "max": max(present),
             "band": band, "band_kind": band_kind, "log_axis": log_axis,
         })
@@ -614,7 +615,8 @@ def _plot(metric: Mapping[str, Any], report: Mapping[str, Any], verdict: Mapping
         body.append(f'<line class="drift-start" x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{bottom}" stroke="#b3261e" '
                     f'stroke-width="1.5" stroke-dasharray="5 3"><title>differs from the baseline from step '
                     f'{verdict["first_step"]:,} ({verdict["direction"]})</title></line>')
-    body.append(f'<path class="series" d="{_series_path(metric, axes)}" fill="none" stroke="#1f5fbf" '
+    path = _series_path(report["global_step"], metric["values"], axes)
+    body.append(f'<path class="series" d="{path}" fill="none" stroke="#1f5fbf" '
                 'stroke-width="1.5" '
                 'stroke-linecap="round"/>')
     body.append("</g>")
@@ -675,15 +677,43 @@ def _alert_shapes(alerts: Sequence[Mapping[str, Any]], axes: _Axes, last_step: i
     return out
 
 
-def _series_path(metric: Mapping[str, Any], axes: _Axes) -> str:
-    """The run's values as one SVG path; a null value breaks the line."""
+def _series_path(steps: Sequence[int], values: Sequence[float | None], axes: _Axes) -> str:
+    """The run's values as one SVG path; a null value breaks the line. Of consecutive points in one pixel
+    column only the first, lowest, highest and last are drawn: the same picture from a few per column."""
     commands = []
-    pen_down = False
-    for step, value in zip(metric["steps"], metric["values"], strict=True):
-        if value is None:
-            pen_down = False
-            continue
+    for line in _lines(steps, values, axes):
         # a line's first point alone is a dot (round cap), so a lone value between nulls still shows
-        commands.append(f"{'L' if pen_down else 'M'}{axes.x(step):.1f} {axes.y(value):.1f}{'' if pen_down else 'h0'}")
-        pen_down = True
+        commands.append(f"M{line[0][0]:.1f} {line[0][1]:.1f}h0")
+        commands += [f"L{x:.1f} {y:.1f}" for x, y in line[1:]]
     return "".join(commands)
+
+
+def _lines(steps: Sequence[int], values: Sequence[float | None], axes: _Axes) -> Iterator[list[tuple[float, float]]]:
+    """The pixel points of each unbroken stretch of values, thinned per pixel column."""
+    line: list[tuple[float, float]] = []
+    column: list[tuple[float, float]] = []
+    for step, value in zip(steps, values, strict=True):
+        if value is None:
+            line += _thinned(column)
+            column = []
+            if line:
+                yield line
+            line = []
+            continue
+        point = (axes.x(step), axes.y(value))
+        if column and int(point[0]) != int(column[0][0]):
+            line += _thinned(column)
+            column = []
+        column.append(point)
+    line += _thinned(column)
+    if line:
+        yield line
+
+
+def _thinned(column: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """First, lowest, highest and last of a pixel column's points, in their order."""
+    if len(column) <= 4:
+        return column
+    keep = sorted({0, len(column) - 1, min(range(len(column)), key=lambda i: column[i][1]),
+                   max(range(len(column)), key=lambda i: column[i][1])})
+    return [column[i] for i in keep]

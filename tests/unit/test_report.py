@@ -83,8 +83,8 @@ def test_embedded_series_and_metrics_table_equal_the_records(tmp_path):
     assert data["run_id"] == "report-run" and data["records"] == 40
     plotted = {metric["name"]: metric for metric in data["metrics"]}
     assert list(plotted) == [name for name in METRICS if name in records[0]]
+    assert data["global_step"] == [r["global_step"] for r in records]
     for name, metric in plotted.items():
-        assert metric["steps"] == [r["global_step"] for r in records]
         assert metric["values"] == [r[name] for r in records]
     table = table_values(page, "metric")
     for name in plotted:
@@ -299,3 +299,17 @@ def test_a_run_without_baseline_has_no_band_and_no_drift():
     assert report["drift"] is None
     assert all(metric["band"] == [] for metric in report["metrics"])
     assert "No baseline given" in render_html(report)
+
+
+def test_a_pixel_column_keeps_its_first_lowest_highest_and_last_point():
+    from ppo_telemetry.report import _Axes, _series_path
+
+    axes = _Axes(0, 1000, 0, 100, log=False)
+    steps = [0] * 10 + [1000] * 10 + [1000]
+    values = [5, 9, 1, 7, 3, 8, 2, 6, 4, 5] + [50 + v for v in (5, 9, 1, 7, 3, 8, 2, 6, 4, 5)] + [None]
+
+    path = _series_path(steps, values, axes)
+
+    points = [(float(x), float(y)) for x, y in re.findall(r"[ML]([\d.]+) ([\d.]+)", path)]
+    assert [axes.y(v) for v in (5, 9, 1, 5, 55, 59, 51, 55)] == pytest.approx([y for _, y in points], abs=0.05)
+    assert path.count("M") == 1  # the trailing null ends the line, it starts no other
