@@ -409,6 +409,43 @@ def test_the_poster_re_posts_firing_alerts_that_a_restarted_alertmanager_lost_an
     assert sum("unreachable" in line for line in lines) == 1, lines
 
 
+def test_messages_on_the_alerts_topic_that_are_not_alerts_are_said_once_each_and_skipped(
+    kafka_config, alertmanager, namespace, unique_run_id,
+):
+    from confluent_kafka import Producer
+
+    from avro_schemas.codec import epoch_summary_codec
+    from consumers.alertmanager import AlertmanagerPoster
+    from kafka_io import ensure_topics, quiet_logger
+
+    run_id = unique_run_id()
+    key = run_id.encode()
+    ensure_topics(kafka_config, {namespace.alerts_topic: (3, {})})
+    producer = Producer({**kafka_config, "logger": quiet_logger()})
+    an_epoch = epoch_summary_codec().encode(synthetic_run(run_id, 1, seed=1, unstable=False)[0])
+    broken = [None, b"", b"\x00not avro", an_epoch]  # a tombstone, empty, not Avro, another schema
+    for value in broken:
+        producer.produce(namespace.alerts_topic, key=key, value=value)
+    firing = {**_sample_transition(), "run_id": run_id, "state": "firing"}
+    producer.produce(namespace.alerts_topic, key=key, value=alert_codec().encode(firing))
+    producer.flush(30)
+    lines: list[str] = []
+    poster = AlertmanagerPoster(alertmanager.url, kafka_config, namespace.alerts_topic,
+                                poster_group(namespace.watch_group), lines.append, session_timeout_ms=3000)
+    poster.start()
+    try:
+        active = wait_for(lambda: alertmanager.active(run_id), 60, "the alert after the broken messages to be posted")
+    finally:
+        poster.stop()
+    assert active[0]["labels"]["alertname"] == "kl_spike"
+    skipped = [line for line in lines if "not an Alert, skipped" in line]
+    assert len(skipped) == len(broken), lines
+    assert all("\n" not in line for line in lines)
+    assert poster.sent == 1 and poster.error is None
+    committed = committed_offsets(kafka_config, poster_group(namespace.watch_group), namespace.alerts_topic)
+    assert sorted(committed.values())[-1] == len(broken) + 1  # past them all: not read again
+
+
 def test_post_alerts_tells_a_rejected_alert_from_an_unreachable_alertmanager(alertmanager):
     endpoint = alerts_endpoint(alertmanager.url)
     with pytest.raises(AlertRejected, match="HTTP 400"):
