@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from avro_schemas.fields import VERSION_FIELDS
 from avro_schemas.models import EpochSummary
 from consumers.drift import DRIFT_FIELDS, Baseline, DriftTracker
 from consumers.telemetry_watch import Watch, load_rules
@@ -19,6 +20,7 @@ from ppo_telemetry.demo import synthetic_run
 from ppo_telemetry.report import METRICS, gather_report, render_html
 
 WATCH_RULES = Path(__file__).parents[1] / "integration" / "watch_rules.toml"
+V1_1_ONLY = set(VERSION_FIELDS["1.1"]) - set(VERSION_FIELDS["1.0"])
 
 
 def write_ndjson(path: Path, records: list[dict], extra_lines: list[str] = ()) -> Path:
@@ -313,3 +315,25 @@ def test_a_pixel_column_keeps_its_first_lowest_highest_and_last_point():
     points = [(float(x), float(y)) for x, y in re.findall(r"[ML]([\d.]+) ([\d.]+)", path)]
     assert [axes.y(v) for v in (5, 9, 1, 5, 55, 59, 51, 55)] == pytest.approx([y for _, y in points], abs=0.05)
     assert path.count("M") == 1  # the trailing null ends the line, it starts no other
+
+
+def test_an_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
+    path = write_ndjson(tmp_path / "run.ndjson", synthetic_run("unwritable", 8, seed=1, unstable=False))
+    target = tmp_path / "no-such-directory" / "report.html"
+
+    code = main(["report", str(path), "-o", str(target)])
+
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"cannot write {target}" in err
+
+
+def test_v1_0_records_plot_their_own_fields_only(tmp_path):
+    v1_0 = [{k: v for k, v in r.items() if k not in V1_1_ONLY} | {"telemetry_version": "1.0"}
+            for r in synthetic_run("old", 12, seed=1, unstable=False)]
+    path = write_ndjson(tmp_path / "old.ndjson", v1_0)
+
+    code, data, page = run_report(tmp_path, str(path))
+
+    assert code == 0 and data["telemetry_versions"] == ["1.0"]
+    assert [m["name"] for m in data["metrics"]] == [name for name in METRICS if name not in V1_1_ONLY]
+    assert page.count('<figure id="plot-') == len(data["metrics"])
