@@ -14,8 +14,8 @@ Lag, at most once a second (`LAG_INTERVAL`), per assigned partition:
   request) minus the consumer's position; before the consumer has returned any message of the partition
   its position is unknown, and its committed offset (asked once per assignment) stands in;
 - seconds: 0 when the records lag is 0; else now minus the Kafka timestamp of the last record consumed
-  from the partition (the group is at least that far behind its writers); unknown (left as it was)
-  until a record of the partition has been consumed.
+  from the partition (the group is at least that far behind its writers); unknown (no series) until a
+  record of the partition has been consumed.
 """
 
 from __future__ import annotations

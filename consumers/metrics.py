@@ -12,7 +12,7 @@ and several groups in one process do not clash) and exactly these families, each
   position on it;
 - `ppo_telemetry_consumer_lag_seconds{topic, partition}`: 0 when that lag is 0, else how old the last
   record consumed from the partition is (now minus its Kafka timestamp): the group is at least that far
-  behind the partition's writers;
+  behind the partition's writers; absent while that is not known;
 - `ppo_telemetry_alerts_firing{rule, severity, run_id}`: 1 per alert firing now; the series goes on
   resolve (and when the run's partition moves to another instance);
 - `ppo_telemetry_alert_transitions_total{rule, severity, state}`: alert transitions committed;
@@ -161,12 +161,20 @@ class ConsumerMetrics:
     # ------------------------------------------------------------------------------------ lag
 
     def set_lag(self, topic: str, partition: int, records: int, seconds: float | None) -> None:
-        """The lag of one assigned partition; `seconds` None leaves the seconds gauge as it is (not known yet)."""
+        """The lag of one assigned partition; `seconds` None (not known) removes the seconds series."""
         labels = (self.group, topic, str(partition))
         self._lag_records.labels(*labels).set(records)
         if seconds is not None:
             self._lag_seconds.labels(*labels).set(seconds)
+        else:
+            self._remove_lag_seconds(labels)
         self._lag_partitions.add((topic, partition))
+
+    def _remove_lag_seconds(self, labels: tuple[str, str, str]) -> None:
+        try:
+            self._lag_seconds.remove(*labels)
+        except KeyError:
+            pass  # not there
 
     def drop_lag(self, topic: str, partition: int) -> None:
         """Remove the lag series of a partition no longer assigned here."""
@@ -175,10 +183,7 @@ class ConsumerMetrics:
         self._lag_partitions.discard((topic, partition))
         labels = (self.group, topic, str(partition))
         self._lag_records.remove(*labels)
-        try:
-            self._lag_seconds.remove(*labels)
-        except KeyError:
-            pass  # never known
+        self._remove_lag_seconds(labels)
 
     @property
     def lag_partitions(self) -> frozenset[tuple[str, int]]:

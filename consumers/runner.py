@@ -74,6 +74,7 @@ from kafka_io import (
 
 from .dead_letter import PRODUCER_MESSAGE_MAX_BYTES, Rejection, decode_rule, record_limit
 from .metering import RunnerMeter
+from .metrics import ConsumerMetrics
 from .validator import StreamTracker, Verdict, validate_record
 from .watchdog import Watchdog
 
@@ -201,7 +202,7 @@ class TransactionalRunner:
     err: TextIO | None = None
     scrub: Callable[[str], str] = lambda text: text
     counts: RunnerCounts = field(default_factory=RunnerCounts)
-    metrics: Any = None  # a consumers.metrics.ConsumerMetrics, told what this runner does
+    metrics: ConsumerMetrics | None = None  # told what this runner does (see the module docstring)
 
     def __post_init__(self) -> None:
         self.stop_requested = False

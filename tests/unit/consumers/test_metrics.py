@@ -150,6 +150,8 @@ def test_lag_series_per_partition_and_dropped_when_the_partition_goes():
     assert value(metrics, "ppo_telemetry_consumer_lag_seconds", topic="epochs", partition="0") == 3.5
     assert value(metrics, "ppo_telemetry_consumer_lag_seconds", topic="epochs", partition="1") is None
     assert metrics.lag_partitions == {("epochs", 0), ("epochs", 1)}
+    metrics.set_lag("epochs", 0, 12, None)  # no longer known (reassigned, nothing consumed): no series
+    assert value(metrics, "ppo_telemetry_consumer_lag_seconds", topic="epochs", partition="0") is None
     metrics.drop_lag("epochs", 1)
     metrics.drop_lag("epochs", 7)  # never had series
     assert value(metrics, "ppo_telemetry_consumer_lag_records", topic="epochs", partition="1") is None
