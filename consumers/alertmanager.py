@@ -207,10 +207,11 @@ def _posts_counter(registry: Any) -> Any:
 class AlertmanagerPoster:
     """Posts every transition of the alerts topic to Alertmanager, in a thread (see the module docstring).
 
-    `config` is the librdkafka config of the watch group (connection and security), `session_timeout_ms`
-    its session timeout (a killed poster's partitions move after it); `say` prints one
-    line; `on_fatal(message)` is called if the poster cannot go on (its consumer failed), after which
-    `error` holds the message. `registry`: a prometheus_client `CollectorRegistry` to count posts in.
+    `config` is the librdkafka config of the watch group (connection and security) and
+    `session_timeout_ms` its session timeout (a killed poster's partitions move on after it); `say` prints
+    one line; `on_fatal(message)` is called if the poster cannot go on (its consumer failed), after which
+    `error` holds the message; `registry`, a prometheus_client `CollectorRegistry`, counts the posts.
+    `resend_interval`, `timeout` (of one post) and `backoff` are in seconds.
     """
 
     def __init__(
@@ -220,7 +221,6 @@ class AlertmanagerPoster:
         session_timeout_ms: int = 10_000,
     ) -> None:
         self.endpoint = alerts_endpoint(url)
-        self.url = url
         self.config = config
         self.alerts_topic = alerts_topic
         self.group_id = group_id
