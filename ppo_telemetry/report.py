@@ -34,6 +34,7 @@ __all__ = [
     "render_html",
     "kafka_inputs",
     "drift_baseline_runs",
+    "written_alerts",
 ]
 
 _NOT_PLOTTED = frozenset({"epoch", "global_step", "timestamp_ms", "log_stream_offset", "cycle_id"})
@@ -102,6 +103,7 @@ def gather_report(
     rules: RulesConfig | None = None,
     baseline_runs: Sequence[str] = (),
     source: str = "",
+    written_alerts: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The report of one run as a plain dict (what `render_html` draws and the page embeds as JSON).
 
@@ -110,7 +112,9 @@ def gather_report(
     valid records the inputs hold; `ReportError` when there is none, or several and no `run_id`.
     Records of other runs are left out; invalid items of no plotted run (not JSON, no run_id) count in
     the validity summary as `of_no_run`. `baseline_records`: the baseline runs' valid records (dicts),
-    `baseline_runs` picking some of them; none: no band and no drift verdicts.
+    `baseline_runs` picking some of them; none: no band and no drift verdicts. `written_alerts`: the
+    run's transitions as the watch group wrote them (the alerts topic), compared with the watch core's
+    over these records in `alerts_written` (None: not compared).
     """
     records: dict[str, list[dict[str, Any]]] = {}
     tallies: dict[str | None, _Tally] = {}
@@ -125,6 +129,7 @@ def gather_report(
             unattributed = unattributed.merged(tally)
     run_records = records[chosen]
     baseline = _baseline(baseline_records, baseline_runs)
+    transitions = _transitions(run_records, rules)
     return {
         "run_id": chosen,
         "source": source,
@@ -136,7 +141,8 @@ def gather_report(
         "telemetry_versions": sorted({r["telemetry_version"] for r in run_records}),
         "global_step": [r["global_step"] for r in run_records],
         "metrics": _series(run_records, baseline),
-        "alerts": _alert_spans(run_records, rules),
+        "alerts": _alert_spans(transitions),
+        "alerts_written": None if written_alerts is None else _compare_written(transitions, written_alerts),
         "drift": _drift(run_records, baseline),
         "validity": _validity(tallies[chosen].merged(unattributed), unattributed),
     }
@@ -228,21 +234,36 @@ def _raw(spec: FieldSpec, compared: float) -> float:
     return math.exp(min(compared, 700.0)) - spec.offset
 
 
-def _alert_spans(run_records: list[dict[str, Any]], rules: RulesConfig | None) -> list[dict[str, Any]]:
-    """The watch core over the run's records: one span per firing, to its resolve (or open at the end)."""
+def _transitions(run_records: list[dict[str, Any]], rules: RulesConfig | None) -> list[Transition]:
+    """The watch core over the run's records, as `watch` runs it: every transition in order."""
     watch = Watch(rules)
+    return [transition for record in run_records for transition in watch.observe(EpochSummary.from_dict(record))]
+
+
+def _alert_spans(transitions: list[Transition]) -> list[dict[str, Any]]:
+    """One span per firing, to its resolve (or open at the run's end)."""
     open_spans: dict[str, dict[str, Any]] = {}
     spans = []
-    for record in run_records:
-        for transition in watch.observe(EpochSummary.from_dict(record)):
-            if transition.state == "firing":
-                open_spans[transition.rule] = span = _span_start(transition)
-                spans.append(span)
-            elif transition.rule in open_spans:
-                span = open_spans.pop(transition.rule)
-                span.update(end_step=transition.global_step, end_epoch=transition.epoch,
-                            resolved_summary=transition.summary)
+    for transition in transitions:
+        if transition.state == "firing":
+            open_spans[transition.rule] = span = _span_start(transition)
+            spans.append(span)
+        elif transition.rule in open_spans:
+            span = open_spans.pop(transition.rule)
+            span.update(end_step=transition.global_step, end_epoch=transition.epoch,
+                        resolved_summary=transition.summary)
     return spans
+
+
+def _compare_written(transitions: list[Transition], written: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The watch group's transitions of the run against the core's over the same records: by rule, state
+    and epoch, in order (the group may run other rules, or not have reached the run's end yet)."""
+    def key(alert: Mapping[str, Any]) -> list[Any]:
+        return [alert["rule"], alert["state"], alert["epoch"]]
+
+    computed = [key(t.to_json_dict()) for t in transitions]
+    seen = [key(alert) for alert in written]
+    return {"count": len(seen), "agree": seen == computed, "transitions": seen}
 
 
 def _span_start(transition: Transition) -> dict[str, Any]:
@@ -355,6 +376,30 @@ def drift_baseline_runs(config: dict[str, Any], drift_topic: str, run_id: str) -
     return runs
 
 
+def written_alerts(config: dict[str, Any], alerts_topic: str, run_id: str) -> list[dict[str, Any]] | None:
+    """The run's transitions as the watch group wrote them to the alerts topic, in order (None when the
+    topic does not exist: no watch group ran in this namespace)."""
+    from confluent_kafka import TopicPartition
+
+    from avro_schemas.codec import alert_codec
+    from avro_schemas.errors import DecodeError
+    from kafka_io import partition_count, read_to_end
+
+    count = partition_count(config, alerts_topic)
+    if not count:
+        return None
+    codec = alert_codec()
+    key = run_id.encode("utf-8")
+    alerts = []
+    for message in read_to_end(config, [TopicPartition(alerts_topic, p) for p in range(count)]):
+        if message.key() == key and message.value() is not None:
+            try:
+                alerts.append(codec.decode(message.value()))
+            except DecodeError:
+                continue
+    return alerts
+
+
 def _learn_schemas(config: dict[str, Any], schemas_topic: str, codec: Any) -> bool:
     """Register the writer schemas on the schemas topic (SPEC §4) that this codec does not know."""
     from confluent_kafka import TopicPartition
@@ -409,7 +454,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f'<div class="sub">{_esc(_subtitle(report))}</div>',
         _validity_html(report["validity"]),
         _drift_html(report["drift"]),
-        _alerts_html(report["alerts"]),
+        _alerts_html(report["alerts"], report.get("alerts_written")),
         _metrics_table_html(report),
         _plots_html(report),
         f'<script id="report-data" type="application/json">{data}</script>',
@@ -507,8 +552,8 @@ def _drift_html(drift: Mapping[str, Any] | None) -> str:
     return "\n".join(rows)
 
 
-def _alerts_html(alerts: Sequence[Mapping[str, Any]]) -> str:
-    head = '<h2 id="alerts">Alerts</h2>'
+def _alerts_html(alerts: Sequence[Mapping[str, Any]], written: Mapping[str, Any] | None) -> str:
+    head = '<h2 id="alerts">Alerts</h2>' + _written_html(written)
     if not alerts:
         return head + '<p class="ok">No alert fired.</p>'
     rows = [head, '<table id="alerts-table"><tr><th>rule</th><th>severity</th><th>fired at step</th>'
@@ -522,6 +567,21 @@ def _alerts_html(alerts: Sequence[Mapping[str, Any]]) -> str:
         )
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _written_html(written: Mapping[str, Any] | None) -> str:
+    """One line: do the watch group's transitions on the alerts topic agree with the spans shown?"""
+    if written is None:
+        return ""
+    if not written["count"] and not written["agree"]:
+        return ('<p id="alerts-written" data-agree="false">The alerts topic holds no transition of this run: no '
+                "watch group has read it yet, or it runs rules that did not fire.</p>")
+    if written["agree"]:
+        return (f'<p id="alerts-written" data-agree="true" class="ok">The watch group wrote the same '
+                f'{written["count"]} transitions to the alerts topic.</p>')
+    return (f'<p id="alerts-written" data-agree="false" class="bad">The watch group wrote {written["count"]} '
+            "transitions to the alerts topic, not the ones below: it runs other rules, or has not read the run "
+            "to its end yet.</p>")
 
 
 def _metrics_table_html(report: Mapping[str, Any]) -> str:

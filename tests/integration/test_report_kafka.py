@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from kafka_testing import read_topic, wait_for
+from kafka_testing import committed_offsets, end_offsets, read_topic, wait_for
 
 from avro_schemas.codec import drift_record_codec, epoch_summary_codec
 from avro_schemas.topics import Namespace
@@ -79,7 +79,7 @@ def test_report_from_kafka_is_the_report_of_the_same_records(kafka_bootstrap, ka
     assert namespace.epochs_topic in data["source"]
 
 
-def test_without_baseline_runs_the_baseline_is_the_one_the_drift_group_compared_with(
+def test_without_baseline_runs_the_baseline_is_the_drift_groups_and_the_watch_groups_alerts_are_compared(
     kafka_bootstrap, kafka_config, consumers, unique_run_id, tmp_path, capsys
 ):
     namespace = Namespace(f"it-{uuid.uuid4().hex[:8]}-report")
@@ -88,8 +88,11 @@ def test_without_baseline_runs_the_baseline_is_the_one_the_drift_group_compared_
             + synthetic_run(base_b, 40, seed=2, unstable=False))
     drift = consumers("drift", "--namespace", namespace.name, "--baseline-run", base_a, "--baseline-run", base_b,
                       "--idle-seconds", "1")
+    watch = consumers("watch", "--namespace", namespace.name, "--rules", str(WATCH_RULES))
     drift.wait_assigned()
-    publish(kafka_config, namespace, synthetic_run(run_id, 40, seed=3, unstable=True))
+    watch.wait_assigned()
+    current = synthetic_run(run_id, 40, seed=3, unstable=True)
+    publish(kafka_config, namespace, current)
     codec = drift_record_codec()
 
     def summary():
@@ -98,16 +101,28 @@ def test_without_baseline_runs_the_baseline_is_the_one_the_drift_group_compared_
 
     written = wait_for(summary, 120, "the drift group's summary of the run")
     assert drift.terminate() == 0, drift.log()
+    wait_for(lambda: caught_up(kafka_config, namespace.watch_group, namespace.epochs_topic), 120,
+             "the watch group to read the run to its end")
+    assert watch.terminate() == 0, watch.log()
     out = tmp_path / "report.html"
 
     code = main(["report", "--bootstrap-servers", kafka_bootstrap, "--namespace", namespace.name, "--run-id", run_id,
-                 "-o", str(out)])
+                 "--rules", str(WATCH_RULES), "-o", str(out)])
 
     assert code == 0, capsys.readouterr().err
-    data = embedded_data(out.read_text())
+    page = out.read_text()
+    data = embedded_data(page)
+    assert data["alerts"] and data["alerts_written"]["agree"], data["alerts_written"]
+    assert 'id="alerts-written" data-agree="true"' in page
     assert data["drift"]["baseline_run_ids"] == [base_a, base_b] == written["baseline_run_ids"]
     assert data["drift"]["fields"] == written["fields"]
     assert all(metric["band"] for metric in data["metrics"])
+
+
+def caught_up(config, group: str, topic: str) -> bool:
+    """Whether `group` has committed every message of `topic` (a partition without messages has none)."""
+    offsets = committed_offsets(config, group, topic)
+    return all(end == 0 or offsets.get(p) == end for p, end in end_offsets(config, topic).items())
 
 
 def test_a_run_not_on_the_topic_is_one_line_exit_2(kafka_bootstrap, kafka_config, unique_run_id, tmp_path, capsys):

@@ -337,3 +337,21 @@ def test_v1_0_records_plot_their_own_fields_only(tmp_path):
     assert code == 0 and data["telemetry_versions"] == ["1.0"]
     assert [m["name"] for m in data["metrics"]] == [name for name in METRICS if name not in V1_1_ONLY]
     assert page.count('<figure id="plot-') == len(data["metrics"])
+
+
+def test_the_watch_groups_transitions_are_compared_with_the_cores():
+    records = synthetic_run("written", 60, seed=5, unstable=True)
+    rules = load_rules(WATCH_RULES)
+    watch = Watch(rules)
+    transitions = [t.to_json_dict() for r in records for t in watch.observe(EpochSummary.from_dict(r))]
+
+    same = gather_report(_inputs(records), rules=rules, written_alerts=transitions)
+    fewer = gather_report(_inputs(records), rules=rules, written_alerts=transitions[:-1])
+    none = gather_report(_inputs(records), rules=rules, written_alerts=[])
+    not_read = gather_report(_inputs(records), rules=rules)
+
+    assert same["alerts_written"]["agree"] and same["alerts_written"]["count"] == len(transitions)
+    assert 'data-agree="true"' in render_html(same)
+    assert not fewer["alerts_written"]["agree"] and "not the ones below" in render_html(fewer)
+    assert not none["alerts_written"]["agree"] and "holds no transition of this run" in render_html(none)
+    assert not_read["alerts_written"] is None and 'id="alerts-written"' not in render_html(not_read)
