@@ -285,6 +285,9 @@ class AlertmanagerPoster:
             # as short as the watch group's: a killed instance's partitions move on as soon as the group's do
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
+            # while Alertmanager is away the poster holds its transition and does not poll, on purpose: it
+            # keeps its partitions (any other poster would wait for the same Alertmanager) for up to a day
+            "max.poll.interval.ms": 86_400_000,
             "logger": quiet_logger(),
             "error_cb": self._on_client_error,
         })
