@@ -6,8 +6,10 @@ metric's series against `global_step`, the baseline's band per drift window, the
 core's firing → resolved intervals), the drift verdicts (the drift core against the baseline) and the
 validity summary (the validator's verdicts, per rule). `render_html` turns that dict into the page:
 inline SVG and CSS, the dict itself embedded as JSON (`<script type="application/json">`, never
-executed); no script runs, nothing is fetched. `kafka_inputs` reads one run's records from the epochs
-topic for the core. docs/operations.md ("Run report") says what the page shows and how.
+executed); no script runs, nothing is fetched. From Kafka, `kafka_inputs` reads one run's records from
+the epochs topic for the core, `drift_baseline_runs` the baseline runs the drift group compared it
+with, and `watch_group_alerts` the watch group's transitions. docs/operations.md ("Run report") says
+what the page shows and how.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ __all__ = [
     "render_html",
     "kafka_inputs",
     "drift_baseline_runs",
-    "written_alerts",
+    "watch_group_alerts",
 ]
 
 _NOT_PLOTTED = frozenset({"epoch", "global_step", "timestamp_ms", "log_stream_offset", "cycle_id"})
@@ -110,11 +112,11 @@ def gather_report(
     `inputs`: every input item in stream order with its place (`"line 12"`, `"partition 0 offset 5"`)
     and its validator verdict (duplicates already marked). The run is `run_id`, else the one run whose
     valid records the inputs hold; `ReportError` when there is none, or several and no `run_id`.
-    Records of other runs are left out; invalid items of no plotted run (not JSON, no run_id) count in
-    the validity summary as `of_no_run`. `baseline_records`: the baseline runs' valid records (dicts),
-    `baseline_runs` picking some of them; none: no band and no drift verdicts. `written_alerts`: the
-    run's transitions as the watch group wrote them (the alerts topic), compared with the watch core's
-    over these records in `alerts_written` (None: not compared).
+    Records of other runs are left out; invalid items of no plotted run (not JSON, no run_id, a run_id
+    with no valid record) count in the validity summary as `of_no_run`. `baseline_records`: the
+    baseline runs' valid records (dicts), `baseline_runs` picking some of them; none: no band and no
+    drift verdicts. `written_alerts`: the run's transitions as the watch group wrote them (the alerts
+    topic), compared with the watch core's over these records in `alerts_written` (None: not compared).
     """
     records: dict[str, list[dict[str, Any]]] = {}
     tallies: dict[str | None, _Tally] = {}
@@ -376,7 +378,7 @@ def drift_baseline_runs(config: dict[str, Any], drift_topic: str, run_id: str) -
     return runs
 
 
-def written_alerts(config: dict[str, Any], alerts_topic: str, run_id: str) -> list[dict[str, Any]] | None:
+def watch_group_alerts(config: dict[str, Any], alerts_topic: str, run_id: str) -> list[dict[str, Any]] | None:
     """The run's transitions as the watch group wrote them to the alerts topic, in order (None when the
     topic does not exist: no watch group ran in this namespace)."""
     from confluent_kafka import TopicPartition
@@ -503,7 +505,8 @@ def _validity_html(validity: Mapping[str, Any]) -> str:
         '<table id="validity-table"><tr><th>outcome</th><th>records</th></tr>',
     ]
     for outcome in ("valid", "invalid", "duplicate", "warnings", "of_no_run"):
-        label = {"warnings": "warnings (gaps, unknown keys)", "of_no_run": "invalid, of no run (not JSON, no run_id)"}
+        label = {"warnings": "warnings (gaps, unknown keys)",
+                 "of_no_run": "invalid, of no run (not JSON, no run_id, or one with no valid record)"}
         shown = _esc(label.get(outcome, outcome))
         rows.append(f'<tr data-outcome="{outcome}"><td>{shown}</td>{_cell(validity[outcome])}</tr>')
     rows.append("</table>")
