@@ -21,7 +21,8 @@ object of Alertmanager's v2 API (`alertmanager_alert`): labels `alertname` (the 
   (5 minutes by default), as it does for Prometheus's: the poster re-posts every alert still firing
   every `resend_interval` seconds (60) while it is idle. Which alerts are firing is rebuilt, when a
   partition is assigned, from the partition's transitions before the group's committed offset, so a
-  restarted poster (or an Alertmanager that lost its alerts in a restart) has them again.
+  restarted poster (or an Alertmanager that lost its alerts in a restart) has them again; the first
+  re-post waits until the transitions after that offset are posted, so it never undoes a newer one.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from avro_schemas.errors import DecodeError, TelemetryError
 
 __all__ = [
     "ALERTS_PATH", "AlertmanagerError", "AlertmanagerURLError", "AlertmanagerUnavailable", "AlertRejected",
-    "Backoff", "AlertmanagerPoster", "alertmanager_alert", "alerts_endpoint", "poster_group", "post_alerts",
+    "AlertmanagerPoster", "Backoff", "FiringAlerts", "alertmanager_alert", "alerts_endpoint", "post_alerts",
+    "poster_group",
 ]
 
 ALERTS_PATH = "/api/v2/alerts"
@@ -163,6 +165,62 @@ def poster_group(watch_group_id: str) -> str:
     return f"{watch_group_id}.alertmanager"
 
 
+class FiringAlerts:
+    """The alerts firing on a poster's partitions, as far as it has posted, for re-posting them.
+
+    When a partition is assigned, its transitions are read back (`read_back`): those before the group's
+    committed offset were posted and make the table; the last one after it marks the partition behind.
+    Until the poster has posted that one (`posted`), what the table says is older than what Alertmanager
+    may hold (a resolve posted just before a crash, not committed): `to_repost` gives None, not a re-post
+    that would undo it.
+    """
+
+    def __init__(self) -> None:
+        self._firing: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}  # partition -> (run, rule) -> alert
+        self._behind: dict[int, int] = {}  # partition -> the last offset not posted when it was assigned
+
+    def assigned(self, partition: int) -> None:
+        """A partition (re)assigned: its table starts empty, to be read back."""
+        self._firing[partition] = {}
+        self._behind.pop(partition, None)
+
+    def revoked(self, partition: int) -> None:
+        """A partition gone to another poster: its alerts are that poster's to re-post."""
+        self._firing.pop(partition, None)
+        self._behind.pop(partition, None)
+
+    def read_back(self, partition: int, offset: int, committed: int,
+                  transition: dict[str, Any] | None, alert: dict[str, Any] | None) -> None:
+        """One transition of an assigned partition read back (None: not an alert); `committed` is the
+        group's committed offset there (negative: none)."""
+        if offset >= committed:
+            self._behind[partition] = max(offset, self._behind.get(partition, -1))
+        elif transition is not None and alert is not None:
+            self._remember(partition, transition, alert)
+
+    def posted(self, partition: int, offset: int,
+               transition: dict[str, Any] | None, alert: dict[str, Any] | None) -> None:
+        """A transition accepted by Alertmanager (or a message skipped: None) at `offset`."""
+        if transition is not None and alert is not None:
+            self._remember(partition, transition, alert)
+        if offset >= self._behind.get(partition, offset + 1):
+            del self._behind[partition]
+
+    def _remember(self, partition: int, transition: dict[str, Any], alert: dict[str, Any]) -> None:
+        firing = self._firing.setdefault(partition, {})
+        key = (transition["run_id"], transition["rule"])
+        if transition["state"] == "firing":
+            firing[key] = alert
+        else:
+            firing.pop(key, None)
+
+    def to_repost(self) -> list[dict[str, Any]] | None:
+        """Every alert firing now, or None while a partition is behind."""
+        if self._behind:
+            return None
+        return [alert for partition in self._firing.values() for alert in partition.values()]
+
+
 # ------------------------------------------------------------------------------------------ HTTP
 
 
@@ -237,7 +295,7 @@ class AlertmanagerPoster:
         self._thread: threading.Thread | None = None
         self._codec = alert_codec()
         self._down = False
-        self._firing: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}  # partition -> (run, rule) -> alert
+        self.firing = FiringAlerts()
         self._resent_at = -1e9
         self._consumer: Any = None
         self._errors_said: set[int] = set()
@@ -334,19 +392,21 @@ class AlertmanagerPoster:
     def _handle(self, message: Any) -> bool:
         """Post one transition and commit past it; False when stopped before Alertmanager accepted it."""
         transition = self._decode(message)
-        if transition is not None:
-            alert = alertmanager_alert(transition, self._timestamp(message))
+        alert = None if transition is None else alertmanager_alert(transition, self._timestamp(message))
+        if alert is not None:
             if not self._deliver([alert], f"{transition['rule']} {transition['state']} of run {transition['run_id']}"):
                 return False
             self.sent += 1
-            self._remember(message.partition(), transition, alert)
+        self.firing.posted(message.partition(), message.offset(), transition, alert)
         self._commit(message)
         return True
 
-    def _decode(self, message: Any) -> dict[str, Any] | None:
+    def _decode(self, message: Any, quiet: bool = False) -> dict[str, Any] | None:
         try:
             return self._codec.decode(message.value())
         except (DecodeError, TypeError) as exc:
+            if quiet:
+                return None
             where = f"{message.topic()} [{message.partition()}] offset {message.offset()}"
             self.say(f"{where}: not an Alert, skipped: {exc}")
             return None
@@ -369,45 +429,37 @@ class AlertmanagerPoster:
 
     # -------------------------------------------------------------------------------- firing alerts
 
-    def _remember(self, partition: int, transition: dict[str, Any], alert: dict[str, Any]) -> None:
-        firing = self._firing.setdefault(partition, {})
-        key = (transition["run_id"], transition["rule"])
-        if transition["state"] == "firing":
-            firing[key] = alert
-        else:
-            firing.pop(key, None)
-
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        """Rebuild the firing alerts of each partition from its transitions before the committed offset."""
+        """Read each assigned partition's transitions back into `firing` (see `FiringAlerts`)."""
         from confluent_kafka import KafkaException, TopicPartition
 
         from kafka_io import KafkaIOError, read_to_end, reason
 
+        for tp in partitions:
+            self.firing.assigned(tp.partition)
         try:
             committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
-            ends = {p: offset for p, offset in committed.items() if offset > 0}
-            self._firing.update({tp.partition: {} for tp in partitions})
-            if ends:
-                for message in read_to_end(self.config, [TopicPartition(self.alerts_topic, p) for p in ends]):
-                    if message.offset() < ends[message.partition()]:
-                        transition = self._decode(message)
-                        if transition is not None:
-                            self._remember(message.partition(), transition,
-                                           alertmanager_alert(transition, self._timestamp(message)))
+            for message in read_to_end(self.config, [TopicPartition(self.alerts_topic, p) for p in committed]):
+                partition, offset = message.partition(), message.offset()
+                transition = self._decode(message, quiet=True) if offset < committed[partition] else None
+                alert = None if transition is None else alertmanager_alert(transition, self._timestamp(message))
+                self.firing.read_back(partition, offset, committed[partition], transition, alert)
         except (KafkaException, KafkaIOError) as exc:
             self.say(f"cannot read back the firing alerts (each is posted again at its next transition): {reason(exc)}")
-        self._resent_at = -1e9  # re-post what fires as soon as idle
+        self._resent_at = -1e9  # re-post what fires as soon as caught up
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
-            self._firing.pop(tp.partition, None)
+            self.firing.revoked(tp.partition)
 
     def _resend_if_due(self) -> None:
-        """Re-post every alert firing on this poster's partitions, every `resend_interval` seconds."""
-        now = time.monotonic()
-        if now - self._resent_at < self.resend_interval:
+        """Re-post every alert firing on this poster's partitions, every `resend_interval` seconds, once
+        caught up with what they held when assigned."""
+        if time.monotonic() - self._resent_at < self.resend_interval:
             return
-        alerts = [alert for partition in self._firing.values() for alert in partition.values()]
+        alerts = self.firing.to_repost()
+        if alerts is None:
+            return
         if alerts and not self._deliver(alerts, f"{len(alerts)} firing alerts, re-posted"):
             return
         self._resent_at = time.monotonic()

@@ -9,6 +9,7 @@ from avro_schemas.codec import alert_codec
 from consumers.alertmanager import (
     AlertmanagerURLError,
     Backoff,
+    FiringAlerts,
     alertmanager_alert,
     alerts_endpoint,
     poster_group,
@@ -129,6 +130,81 @@ def test_backoff_doubles_up_to_its_cap_and_starts_again_after_a_reset():
 def test_the_poster_group_sits_beside_the_watch_group_in_its_namespace():
     assert poster_group("ppo-telemetry-watch") == "ppo-telemetry-watch.alertmanager"
     assert poster_group("team-a.ppo-telemetry-watch") == "team-a.ppo-telemetry-watch.alertmanager"
+
+
+# ------------------------------------------------------------------------------------------ firing alerts
+
+
+def step(state: str, rule: str = "kl_spike", run_id: str = "run-a") -> tuple[dict, dict]:
+    """A transition and its Alertmanager alert."""
+    record = transition(state, rule=rule, run_id=run_id)
+    return record, alertmanager_alert(record, TIMESTAMP_MS)
+
+
+def test_alerts_posted_firing_are_re_posted_until_they_resolve():
+    firing = FiringAlerts()
+    firing.assigned(0)
+    kl, kl_alert = step("firing")
+    grad, grad_alert = step("firing", rule="grad_explosion")
+    firing.posted(0, 0, kl, kl_alert)
+    firing.posted(0, 1, grad, grad_alert)
+    assert firing.to_repost() == [kl_alert, grad_alert]
+    firing.posted(0, 2, *step("resolved"))
+    assert firing.to_repost() == [grad_alert]
+
+
+def test_a_message_that_is_not_an_alert_changes_nothing():
+    firing = FiringAlerts()
+    firing.assigned(0)
+    firing.posted(0, 0, *step("firing"))
+    firing.posted(0, 1, None, None)
+    assert len(firing.to_repost()) == 1
+
+
+def test_what_was_posted_before_the_committed_offset_is_read_back_as_firing():
+    firing = FiringAlerts()
+    firing.assigned(1)
+    kl, kl_alert = step("firing")
+    firing.read_back(1, 0, 1, kl, kl_alert)
+    assert firing.to_repost() == [kl_alert]
+
+
+def test_no_re_post_until_the_transitions_after_the_committed_offset_are_posted():
+    # a crash after posting the resolve (offset 1), before committing it: the firing is read back
+    firing = FiringAlerts()
+    firing.assigned(0)
+    firing.assigned(2)
+    kl, kl_alert = step("firing")
+    firing.read_back(0, 0, 1, kl, kl_alert)
+    firing.read_back(0, 1, 1, None, None)  # not decoded: posted again from the consumer
+    firing.read_back(2, 0, -1001, None, None)  # a partition with nothing committed yet
+    assert firing.to_repost() is None  # re-posting the firing now would undo the resolve
+    firing.posted(0, 1, *step("resolved"))
+    assert firing.to_repost() is None  # partition 2 still behind
+    firing.posted(2, 0, *step("firing", run_id="run-b"))
+    assert [alert["labels"]["run_id"] for alert in firing.to_repost()] == ["run-b"]
+
+
+def test_a_revoked_partition_is_neither_re_posted_nor_waited_for():
+    firing = FiringAlerts()
+    firing.assigned(0)
+    firing.assigned(1)
+    firing.posted(0, 0, *step("firing"))
+    firing.read_back(1, 5, 3, None, None)
+    assert firing.to_repost() is None
+    firing.revoked(1)
+    assert len(firing.to_repost()) == 1
+    firing.revoked(0)
+    assert firing.to_repost() == []
+
+
+def test_a_reassigned_partition_starts_afresh():
+    firing = FiringAlerts()
+    firing.assigned(0)
+    firing.posted(0, 0, *step("firing"))
+    firing.read_back(0, 4, 2, None, None)
+    firing.assigned(0)
+    assert firing.to_repost() == []
 
 
 # ------------------------------------------------------------------------------------------ command line
