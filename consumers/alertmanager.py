@@ -16,13 +16,15 @@ object of Alertmanager's v2 API (`alertmanager_alert`): labels `alertname` (the 
 - Alertmanager unreachable (connection refused, timeout, HTTP 5xx or 429, or any answer but 2xx and
   400): the same transition is retried with exponential backoff (`Backoff`) until accepted, so none is
   lost; one line when Alertmanager goes away, one when it is back. HTTP 400 is Alertmanager rejecting
-  that alert: retrying cannot help, so it is said and skipped.
-- Alertmanager keeps alerts in memory and times out one with no `endsAt` after its `resolve_timeout`
-  (5 minutes by default), as it does for Prometheus's: the poster re-posts every alert still firing
-  every `resend_interval` seconds (60) while it is idle. Which alerts are firing is rebuilt, when a
-  partition is assigned, from the partition's transitions before the group's committed offset, so a
-  restarted poster (or an Alertmanager that lost its alerts in a restart) has them again; the first
-  re-post waits until the transitions after that offset are posted, so it never undoes a newer one.
+  that alert: retrying cannot help, so it is said and skipped. While it waits, the poster does not
+  poll and keeps its partitions (`max.poll.interval.ms` is a day).
+- Alertmanager keeps alerts in memory only, and times out one with no `endsAt` after its
+  `resolve_timeout` (5 minutes by default): as Prometheus re-sends its alerts, the poster re-posts every
+  alert still firing every `resend_interval` seconds (60) while it is idle. Which alerts fire
+  (`FiringAlerts`) is read back, when a partition is assigned, from its transitions before the group's
+  committed offset, so a restarted poster (or an Alertmanager that lost its alerts in a restart) has
+  them again; the first re-post waits until the transitions after that offset are posted, so it never
+  undoes a newer one.
 """
 
 from __future__ import annotations
