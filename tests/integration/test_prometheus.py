@@ -165,30 +165,32 @@ def expected_alerts(records: list[dict]) -> tuple[dict[tuple[str, str, str], int
     return transitions, {rule for rule, state in last.items() if state == "firing"}
 
 
-def test_prometheus_scrapes_every_metric_of_the_validate_and_watch_groups(
-    kafka_config, consumers, prometheus, unique_run_id
+def test_prometheus_scrapes_every_metric_of_the_three_groups(
+    kafka_config, consumers, prometheus, unique_run_id, tmp_path
 ):
     namespace, run_id = Namespace(f"it-{uuid.uuid4().hex[:8]}-prom"), unique_run_id()
     records, dead_letters = publish(kafka_config, namespace, run_id)
     transitions, firing = expected_alerts(records)
     assert transitions and firing  # the run fires, resolves, and ends with something firing
+    baseline = tmp_path / "baseline.ndjson"
+    baseline.write_text("".join(json.dumps(r) + "\n" for r in synthetic_run(unique_run_id("base"), 30, 6, False)))
 
-    first = free_ports(29600, 3)
-    ports = {"validate": first, "watch": first + 1}
+    first = free_ports(29600, 4)
+    ports = {"validate": first, "drift": first + 1, "watch": first + 2}
+    served = ("--namespace", namespace.name, "--metrics-host", "127.0.0.1", "--metrics-port")
     groups = {
-        "validate": consumers("validate", "--namespace", namespace.name, "--metrics-port", str(ports["validate"]),
-                              "--metrics-host", "127.0.0.1"),
-        "watch": consumers("watch", "--namespace", namespace.name, "--rules", str(WATCH_RULES),
-                           "--metrics-port", str(ports["watch"]), "--metrics-host", "127.0.0.1"),
+        "validate": consumers("validate", *served, str(ports["validate"])),
+        "drift": consumers("drift", "--baseline", str(baseline), "--idle-seconds", "1", *served, str(ports["drift"])),
+        "watch": consumers("watch", "--rules", str(WATCH_RULES), *served, str(ports["watch"])),
     }
-    server = prometheus({group: f"127.0.0.1:{port}" for group, port in ports.items()}, first + 2)
+    server = prometheus({group: f"127.0.0.1:{port}" for group, port in ports.items()}, first + 3)
 
     for group, consumer in groups.items():
         consumer.wait_assigned(120)
         server.wait_values(f'ppo_telemetry_records_total{{group="{group}"}}', "outcome",
                            {"valid": len(records), "invalid": 2, "duplicate": 1}, f"the {group} group's records")
     server.wait_values('ppo_telemetry_dead_letters_total{group="validate"}', "rule", dead_letters, "the dead letters")
-    assert server.query('ppo_telemetry_dead_letters_total{group="watch"}') == {}  # watch dead-letters nothing
+    assert server.query('ppo_telemetry_dead_letters_total{group!="validate"}') == {}  # only validate dead-letters
 
     for group in groups:
         counts = server.query(f'ppo_telemetry_transaction_duration_seconds_count{{group="{group}"}}')
@@ -217,14 +219,13 @@ def test_prometheus_scrapes_every_metric_of_the_validate_and_watch_groups(
 
     # the watch group restarted on the same port: the alerts firing come back with the run's state
     assert groups["watch"].terminate() == 0
-    watch = consumers("watch", "--namespace", namespace.name, "--rules", str(WATCH_RULES),
-                      "--metrics-port", str(ports["watch"]), "--metrics-host", "127.0.0.1")
+    watch = consumers("watch", "--rules", str(WATCH_RULES), *served, str(ports["watch"]))
     watch.wait_assigned()
     wait_for(lambda: server.query(f'ppo_telemetry_alerts_firing{{group="watch",run_id="{run_id}"}}') == firing_now
              and server.query('ppo_telemetry_alert_transitions_total{group="watch"}') == {}, 60,
              "the restarted watch group's alerts firing, with no transition of its own")
     assert watch.terminate() == 0
-    assert groups["validate"].terminate() == 0
+    assert groups["validate"].terminate() == 0 and groups["drift"].terminate() == 0
 
 
 def test_a_metrics_port_in_use_is_one_line_and_exit_2(kafka_bootstrap, tmp_path):
