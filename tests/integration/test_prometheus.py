@@ -1,7 +1,7 @@
 """The consumers' metrics scraped by a real Prometheus server (SPEC §10, issue 11 item 1).
 
-`consume validate` and `consume watch` run with `--metrics-port` in a namespace of the test's own (so
-what they count is what the test produced); a Prometheus (Debian package `prometheus`) scrapes both every
+`consume validate`, `drift` and `watch` run with `--metrics-port` in a namespace of the test's own (so
+what they count is what the test produced); a Prometheus (Debian package `prometheus`) scrapes them every
 second, and the test asks Prometheus's HTTP API (`/api/v1/query`) until the values it expects appear.
 """
 
