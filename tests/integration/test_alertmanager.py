@@ -108,7 +108,7 @@ class Alertmanager:
     def __init__(self, program: str, home: Path, webhook: Webhook) -> None:
         self.program = program
         self.home = home
-        self.port = free_ports(29500, 1)
+        self.port = free_ports(29800, 1)
         self.url = f"http://127.0.0.1:{self.port}"
         (home / "alertmanager.yml").write_text(CONFIG.format(webhook=webhook.url))
         self.process: subprocess.Popen | None = None
@@ -249,7 +249,7 @@ def test_a_firing_is_active_with_the_spec_labels_and_a_resolve_resolves_it(
     assert (firing["rule"], firing["state"], resolved["rule"], resolved["state"]) == (
         "kl_spike", "firing", "kl_spike", "resolved")
     publisher = Publisher(kafka_config, namespace, records)
-    metrics_port = free_ports(29700, 1)
+    metrics_port = free_ports(29850, 1)
     watch = watch_consumer(consumers, namespace, alertmanager.url,
                            "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1")
 
@@ -450,7 +450,7 @@ def test_post_alerts_tells_a_rejected_alert_from_an_unreachable_alertmanager(ale
     endpoint = alerts_endpoint(alertmanager.url)
     with pytest.raises(AlertRejected, match="HTTP 400"):
         post_alerts(endpoint, [{"labels": {"alertname": "x"}, "startsAt": "not a time"}])
-    closed = free_ports(29600, 1)
+    closed = free_ports(29870, 1)
     with pytest.raises(AlertmanagerUnavailable):
         post_alerts(alerts_endpoint(f"http://127.0.0.1:{closed}"), [{"labels": {"alertname": "x"}}], timeout=2)
     with pytest.raises(AlertmanagerUnavailable, match="HTTP 404"):
