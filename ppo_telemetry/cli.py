@@ -224,6 +224,56 @@ def _human_transition(doc: dict[str, Any]) -> str:
     )
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """`report PATH | --bootstrap-servers B --run-id R [--baseline PATH...] [--baseline-run ID...] -o FILE`:
+    one run's self-contained HTML report (SPEC §10; ppo_telemetry/report.py)."""
+    from consumers.telemetry_watch import RulesConfig, load_rules
+    from ppo_telemetry.report import (
+        drift_baseline_runs, gather_report, kafka_inputs, render_html, watch_group_alerts,
+    )
+
+    from_kafka = args.bootstrap_servers is not None or args.kafka_config is not None
+    if from_kafka == bool(args.paths):
+        raise UsageError("report reads PATH... or Kafka (--bootstrap-servers or --kafka-config), one of them")
+    if from_kafka and args.run_id is None:
+        raise UsageError("report from Kafka needs --run-id")
+    _check_paths([*args.baseline, *args.paths])
+    rules = load_rules(args.rules) if args.rules is not None else RulesConfig.default()
+    baseline = [r.to_dict() for r in _valid_records(_run_paths(args.baseline), "baseline", args.max_line_bytes)]
+    baseline_runs = args.baseline_run
+    if from_kafka:
+        from consumers.runner import baseline_records
+
+        settings = _kafka_settings(args.bootstrap_servers, args.kafka_config)
+        config, namespace = settings.librdkafka_config(), _namespace(args.namespace, settings)
+        if not args.baseline:  # runs on the epochs topic: --baseline-run, else those the drift group compared with
+            baseline_runs = args.baseline_run or drift_baseline_runs(config, namespace.drift_topic, args.run_id)
+            topic = namespace.epochs_topic
+            baseline = [r.to_dict() for run in baseline_runs for r in baseline_records(config, run, topic)]
+        inputs = kafka_inputs(config, namespace.epochs_topic, namespace.schemas_topic, args.run_id)
+        written = watch_group_alerts(config, namespace.alerts_topic, args.run_id)
+        source = f"{namespace.epochs_topic} at {config.get('bootstrap.servers')}"
+    else:
+        validator = Validator()
+        lines = _numbered(args.paths, args.max_line_bytes)
+        inputs = ((f"line {number}", validator.validate_line(line)) for number, line in lines)
+        source = ", ".join(args.paths)
+        written = None
+    report = gather_report(inputs, baseline, args.run_id, rules, baseline_runs, source, written)
+    try:
+        Path(args.output).write_text(render_html(report), encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    drift = report["drift"]
+    compared = f"against {len(drift['baseline_run_ids'])} baseline runs" if drift else "not compared (no baseline)"
+    print(
+        f"report: run {report['run_id']}: {report['records']} records, {report['validity']['invalid']} invalid; "
+        f"{len(report['alerts'])} alert spans; drift {compared}; wrote {args.output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_codec_encode(args: argparse.Namespace) -> int:
     """`codec encode [PATH]`: NDJSON records in, one hex single-object message per line out."""
     paths = [args.path or "-"]
@@ -413,6 +463,12 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     from ppo_telemetry.kafka_probe import check_listener
 
+    if args.alertmanager is not None and args.group != "watch":
+        raise UsageError(f"--alertmanager is for consume watch, not consume {args.group}")
+    if args.alertmanager is not None:
+        from consumers.alertmanager import alerts_endpoint
+
+        alerts_endpoint(args.alertmanager)  # a bad URL: one line, exit 2, before anything starts
     settings = _kafka_settings(args.bootstrap_servers, args.kafka_config)
     config = settings.librdkafka_config()
     namespace = _namespace(args.namespace, settings)
@@ -428,20 +484,56 @@ def cmd_consume(args: argparse.Namespace) -> int:
         from consumers.telemetry_watch import load_rules
 
         core = WatchGroup(load_rules(args.rules) if args.rules is not None else None)
+    metrics = None
+    if args.metrics_port is not None:
+        from consumers.metrics import ConsumerMetrics
+
+        metrics = ConsumerMetrics(args.group)
     runner = TransactionalRunner(
         config, core, instance_id=args.instance_id, namespace=namespace, batch_size=args.batch_size,
-        session_timeout_ms=args.session_timeout_ms, scrub=lambda text: scrub(text, config),
+        session_timeout_ms=args.session_timeout_ms, scrub=lambda text: scrub(text, config), metrics=metrics,
     )
+    metrics_server = metrics.serve(args.metrics_port, args.metrics_host) if metrics is not None else None
     # Until this command returns, a SIGTERM or SIGINT asks for nothing more than the runner already does:
     # the runner's handlers hand back to these when it returns, not to the default, which would kill a
     # process that is already leaving (its clients closing, its last line not yet printed) by the signal.
     previous = {sig: signal.signal(sig, _already_stopping) for sig in (signal.SIGTERM, signal.SIGINT)}
+    poster = None
     try:
-        return _run_consumer(runner, args.group, config)
+        poster = _alertmanager_poster(args, config, namespace, runner, metrics.registry if metrics is not None else None)
+        code = _run_consumer(runner, args.group, config)
+        if poster is not None and poster.error is not None:
+            raise TelemetryError(poster.error)
+        return code
     finally:
-        del runner  # its clients are destroyed while the handlers still hold
+        if poster is not None:
+            poster.stop()
+        del runner, poster  # the runner's clients are destroyed while the handlers still hold (the poster refers to it)
+        if metrics_server is not None:
+            metrics_server.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _alertmanager_poster(
+    args: argparse.Namespace, config: dict[str, Any], namespace: Any, runner: Any, registry: Any
+) -> Any:
+    """With `--alertmanager URL`: the poster of the watch group's transitions, started (consumers/alertmanager.py);
+    its posts counted in `registry` (the exporter's, with `--metrics-port`)."""
+    if args.alertmanager is None:
+        return None
+    from consumers.alertmanager import AlertmanagerPoster, poster_group
+    from ppo_telemetry.kafka_settings import scrub
+
+    def say(text: str) -> None:
+        print(f"{PROG} consume ({runner.group_id}): alertmanager: {scrub(text, config)}", file=sys.stderr, flush=True)
+
+    poster = AlertmanagerPoster(
+        args.alertmanager, config, namespace.alerts_topic, poster_group(runner.group_id), say,
+        registry=registry, on_fatal=lambda message: runner.request_stop(), session_timeout_ms=args.session_timeout_ms,
+    )
+    poster.start()
+    return poster
 
 
 def _run_consumer(runner: Any, group: str, config: dict[str, str]) -> int:
@@ -552,6 +644,14 @@ _positive_int = _int_at_least(1)
 _offset = _int_at_least(0)
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1 to 65535): {value}")
+    return value
+
+
 def _fault(text: str):
     """An argparse type: a `--fault NAME@STEP[:VALUE]` (SPEC §8) as a `producer.faults.Fault`."""
     from producer.faults import FaultError, parse_fault
@@ -628,6 +728,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_line_bytes(p)
     p.set_defaults(func=cmd_watch)
 
+    p = sub.add_parser("report", help="one run as a self-contained HTML page: metrics, baseline band, alerts, "
+                                      "drift, validity (SPEC §10)")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="NDJSON file or segment directory (or read Kafka instead)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.html", help="the page to write")
+    p.add_argument("--run-id", metavar="RUN_ID", help="the run to report on (needed when the input holds several)")
+    p.add_argument("--baseline", action="append", default=[], metavar="PATH",
+                   help="NDJSON of baseline runs (repeatable; a directory of run directories too)")
+    p.add_argument("--baseline-run", action="append", default=[], metavar="RUN_ID",
+                   help="a baseline run (repeatable): picked out of --baseline, or read from the epochs topic")
+    p.add_argument("--rules", metavar="FILE", help="alert rules TOML (SPEC §6)")
+    p.add_argument("--bootstrap-servers", metavar="B", help="read the run from Kafka's epochs topic")
+    p.add_argument("--kafka-config", metavar="TOML", help="Kafka connection and security settings ([kafka] table)")
+    p.add_argument("--namespace", type=_namespace_name, metavar="NAME", help=_NAMESPACE_HELP)
+    _add_max_line_bytes(p)
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("codec", help="single-object Avro encode/decode")
     codec_sub = p.add_subparsers(dest="codec_command", required=True, parser_class=_Parser, metavar="ACTION")
     e = codec_sub.add_parser("encode", help="NDJSON in, hex messages out")
@@ -696,12 +812,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-seconds", type=_positive_seconds, default=30.0, metavar="S",
                    help="drift: a run with no record for this long gets its summary (default 30)")
     p.add_argument("--rules", metavar="FILE", help="watch: rules TOML (SPEC §6)")
+    p.add_argument("--alertmanager", metavar="URL",
+                   help="watch: post each alert transition to the Alertmanager at URL (v2 API, SPEC §10)")
     p.add_argument("--instance-id", default="0", metavar="ID",
                    help="this instance's name in the group; a restart with the same id fences its predecessor")
     p.add_argument("--batch-size", type=_positive_int, default=10_000, metavar="N",
                    help="most records per transaction (default 10,000; a trickle is not held back)")
     p.add_argument("--session-timeout-ms", type=_positive_int, default=10_000, metavar="MS")
     p.add_argument("--namespace", type=_namespace_name, metavar="NAME", help=_NAMESPACE_HELP)
+    p.add_argument("--metrics-port", type=_port, metavar="P",
+                   help="serve Prometheus metrics on http://HOST:P/metrics (default: not served)")
+    p.add_argument("--metrics-host", default="0.0.0.0", metavar="HOST",
+                   help="the address the metrics listen on (default 0.0.0.0: every interface)")
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("broker", help="a local KRaft Kafka broker, one node or a cluster (no Docker needed)")
