@@ -42,7 +42,8 @@ def publish(config, namespace: Namespace, records: list[dict]) -> None:
 
 
 def produce_raw(config, topic: str, key: str, values: list[bytes]) -> None:
-    producer = Producer({**config, "enable.idempotence": True})
+    # the sink's (Java's) partitioner: a re-sent record lands on its run's partition, after the original
+    producer = Producer({**config, "enable.idempotence": True, "partitioner": "murmur2_random"})
     for value in values:
         producer.produce(topic, key=key.encode(), value=value)
     assert producer.flush(60) == 0
