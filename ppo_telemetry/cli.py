@@ -465,6 +465,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     if args.alertmanager is not None and args.group != "watch":
         raise UsageError(f"--alertmanager is for consume watch, not consume {args.group}")
+    if args.wait_for_baseline and (args.group != "drift" or args.baseline or not args.baseline_run):
+        raise UsageError("--wait-for-baseline is for consume drift with --baseline-run RUN_ID (and no --baseline)")
     if args.alertmanager is not None:
         from consumers.alertmanager import alerts_endpoint
 
@@ -479,6 +481,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
         core = ValidatorGroup()
     elif args.group == "drift":
         core = _drift_group(args, config, namespace)
+        if core is None:
+            print(f"{PROG} consume drift: stopped while waiting for the baseline", file=sys.stderr)
+            return 0
     else:
         from consumers.groups import WatchGroup
         from consumers.telemetry_watch import load_rules
@@ -566,13 +571,47 @@ def _drift_group(args: argparse.Namespace, config: dict[str, Any], namespace: An
         return DriftGroup(Baseline.from_records(records, args.baseline_run or None), idle_seconds=args.idle_seconds)
     from consumers.runner import baseline_records
 
+    if args.wait_for_baseline:
+        waited = _wait_for_baseline(args, config, namespace)
+        if waited is None:
+            return None
+        return DriftGroup(Baseline.from_records(waited, args.baseline_run), idle_seconds=args.idle_seconds)
     records = []
     for run_id in dict.fromkeys(args.baseline_run):
         found = baseline_records(config, run_id, topic=namespace.epochs_topic)
         if not found:
-            raise InputError(f"baseline run {run_id!r} not found on {namespace.epochs_topic} (no valid records)")
+            raise InputError(f"baseline run {run_id!r} not found on {namespace.epochs_topic} (no valid records; "
+                             "--wait-for-baseline waits for it)")
         records += [r.to_dict() for r in found]
     return DriftGroup(Baseline.from_records(records, args.baseline_run), idle_seconds=args.idle_seconds)
+
+
+def _wait_for_baseline(args: argparse.Namespace, config: dict[str, Any], namespace: Any) -> list[dict] | None:
+    """`--wait-for-baseline`: the --baseline-run runs' records once each is on the epochs topic and quiet for
+    --idle-seconds (consumers/baseline_wait.py); None if a SIGTERM or SIGINT comes first."""
+    import threading
+
+    from consumers.baseline_wait import wait_for_baseline_runs
+    from consumers.runner import baseline_records
+    from kafka_io import partition_count
+
+    topic = namespace.epochs_topic
+
+    def fetch(run_id: str) -> list[dict]:
+        if not partition_count(config, topic):  # a fresh broker: nothing has created the topic yet
+            return []
+        return [record.to_dict() for record in baseline_records(config, run_id, topic=topic)]
+
+    def say(text: str) -> None:
+        print(f"{PROG} consume drift ({topic}): {text}", file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return wait_for_baseline_runs(fetch, list(dict.fromkeys(args.baseline_run)), args.idle_seconds, stop, say)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -811,6 +850,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drift: a baseline run (repeatable), read from the epochs topic, or picked out of --baseline")
     p.add_argument("--idle-seconds", type=_positive_seconds, default=30.0, metavar="S",
                    help="drift: a run with no record for this long gets its summary (default 30)")
+    p.add_argument("--wait-for-baseline", action="store_true",
+                   help="drift: wait until each --baseline-run is on the epochs topic, with no new record for "
+                        "--idle-seconds, instead of exiting when it is not there (docs/deployment.md)")
     p.add_argument("--rules", metavar="FILE", help="watch: rules TOML (SPEC §6)")
     p.add_argument("--alertmanager", metavar="URL",
                    help="watch: post each alert transition to the Alertmanager at URL (v2 API, SPEC §10)")
