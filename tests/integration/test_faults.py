@@ -103,8 +103,11 @@ def test_consumers_killed_at_random_points_resume_with_no_duplicates_and_no_gaps
             wait_for(lambda: offsets[group].lag() == 0 or running[group].process.poll() is not None, 180,
                      f"{group} to finish its backlog")
             assert running[group].process.poll() is None, running[group].log()
-            # every kill landed while the backlog was still being worked through
-            assert all(point < ends[group] for point in killed_at[group]), (group, killed_at[group], ends[group])
+            # the kills landed while the backlog was still being worked through: all but the last for sure (a
+            # restarted group at 20 records a batch can finish the rest between reaching its next point and
+            # the kill, as a CI run saw: drift killed at [200, 400, 1168, 1570] of 1570)
+            mid_backlog = [point < ends[group] for point in killed_at[group]]
+            assert all(mid_backlog[:-1]) and len(mid_backlog) >= 3, (group, killed_at[group], ends[group])
         wait_for(lambda: drift_summaries_out(kafka_config, expected) or running["drift"].process.poll() is not None,
                  60, "each run's idle drift summary")
         for group in args:
