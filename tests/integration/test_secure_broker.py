@@ -217,3 +217,47 @@ def test_no_password_shows_in_any_output_or_log_file(secured: LocalBroker) -> No
         content = path.read_bytes()
         for name, password in secrets.items():
             assert password.encode() not in content, f"the {name} password in {path}"
+
+
+def test_a_secured_three_node_cluster_serves_the_roles_through_the_cli(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    port = free_ports(29640, 6)
+    env = {**{name: value for name, value in os.environ.items() if not name.startswith("PPO_TELEMETRY_KAFKA_")},
+           "PPO_TELEMETRY_BROKER_HOME": str(home)}
+
+    def broker_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "ppo_telemetry", "broker", *args, "--port", str(port)],
+                              env=env, capture_output=True, text=True, timeout=HANG_GUARD_SECONDS)
+        OUTPUTS.append(proc.stdout + proc.stderr)
+        return proc
+
+    cluster = LocalBroker(port=port, home=home)
+    try:
+        started = broker_cli("start", "--secure", "--nodes", "3")
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.strip().splitlines()[-1] == cluster.bootstrap
+        assert cluster.is_secure and cluster.node_count == 3
+        status = broker_cli("status")
+        assert status.returncode == 0 and status.stdout.strip() == cluster.bootstrap, status.stderr
+
+        run_id = f"secure3-{uuid.uuid4().hex[:8]}"
+        trained = cli("train", "--kafka", cluster.bootstrap, "--kafka-config", str(cluster.settings_file("trainer")),
+                      "--env", "CartPole-v1", "--total-steps", "256", "--run-id", run_id)
+        assert trained.returncode == 0, trained.stderr
+        assert len(read_topic(cluster.client_config("admin"), names.epochs_topic, {run_id.encode()})) > 0
+        # the roles' rights hold on every node: the trainer still cannot write the DLQ
+        ensure_topics(cluster.client_config("admin"), {names.dlq_topic: (1, {})})
+        assert delivery_error(client(cluster, "trainer"), names.dlq_topic).code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        # a secured cluster's data does not start as a plaintext one
+        refused = broker_cli("start")
+        assert refused.returncode == 2 and "start it with --secure" in refused.stderr, refused.stderr
+
+        secrets = passwords(cluster)
+        for text in OUTPUTS:
+            assert not any(password in text for password in secrets.values()), "a password in a command's output"
+        for path in home.rglob("*"):
+            if path.is_file() and cluster.secrets.directory not in path.parents and path.name != "server.properties":
+                for name, password in secrets.items():
+                    assert password.encode() not in path.read_bytes(), f"the {name} password in {path}"
+    finally:
+        cluster.stop()
