@@ -204,6 +204,17 @@ def test_each_role_does_its_work_through_its_settings_file(secured: LocalBroker,
     assert read_topic(secured.client_config("admin"), names.epochs_topic, {run_id.encode()})
 
 
+def test_the_demo_runs_as_the_admin_through_its_settings_file(secured: LocalBroker) -> None:
+    proc = cli("demo", "--kafka-config", str(secured.settings_file("admin")), timeout=600)
+
+    assert proc.returncode == 0, proc.stderr
+    assert f"using the Kafka broker at {secured.bootstrap}" in proc.stdout
+    assert "demo finished" in proc.stdout and "deleted the topics and groups of namespace" in proc.stdout
+    logs = [line.split("their log: ", 1)[1].rstrip("):") for line in proc.stdout.splitlines() if "their log: " in line]
+    assert logs, proc.stdout
+    OUTPUTS.extend(Path(log).read_text() for log in logs)
+
+
 def test_no_password_shows_in_any_output_or_log_file(secured: LocalBroker) -> None:
     secrets = passwords(secured)
     assert OUTPUTS
