@@ -436,12 +436,11 @@ class LocalBroker:
                 f"or stop it and remove that directory for a fresh {self.nodes}-node broker"
             )
         secured = self.secrets.exists()
-        if self.secure is not None and recorded is not None and secured != self.secure:
-            raise BrokerError(
-                f"{self.run_dir} holds a secured broker's data: start it with --secure" if secured else
-                f"{self.run_dir} holds a plaintext broker's data: start it without --secure, or stop it and "
-                "remove that directory for a fresh secured broker"
-            )
+        if self.secure is False and secured:
+            raise BrokerError(f"{self.run_dir} holds a secured broker's data: start it with --secure")
+        if self.secure and recorded is not None and not secured:
+            raise BrokerError(f"{self.run_dir} holds a plaintext broker's data: start it without --secure, or stop "
+                              "it and remove that directory for a fresh secured broker")
         if not 1 <= self.node_count <= MAX_NODES:
             raise BrokerError(f"--nodes must be 1 to {MAX_NODES}, not {self.node_count}")
         highest = max(node.controller_port for node in self.node_list)
@@ -480,12 +479,12 @@ class LocalBroker:
                 # one node: `_render_properties()` as subclasses that add listeners override it
                 properties = self._render_properties(node) if self.node_count > 1 else self._render_properties()
                 formatting.append(self._format_storage(node, properties, cluster_id))
-            for proc in formatting:  # the nodes format at once: one JVM start-up's wait, not N
-                if proc is not None and proc.wait() != 0:
+            for node, proc in zip(stopped, formatting):  # the nodes format at once: one JVM start-up's wait, not N
+                failed = proc is not None and proc.wait() != 0
+                (node.run_dir / "format.args").unlink(missing_ok=True)  # the secured one's passwords
+                if failed:
                     last = (proc.stderr.read() or proc.stdout.read()).strip().splitlines() or ["no output"]
                     raise BrokerError(f"formatting the broker's storage failed: {self._scrub(last[-1][:300])}")
-            for node in stopped:
-                (node.run_dir / "format.args").unlink(missing_ok=True)
             processes = {node.node_id: self._launch(node) for node in stopped}
         else:
             processes = {}
@@ -497,13 +496,12 @@ class LocalBroker:
     def _secure_setup(self) -> None:
         """The roles' ACLs, the SPEC's input topics (so a consumer group may start before the trainer,
         without rights to create them) and each role's settings file; all idempotent."""
+        from avro_schemas.topics import DEFAULT_NAMESPACE as names
         from kafka_io import KafkaIOError, ensure_topics
         from ppo_telemetry.broker_security import SecurityError, apply_acls, role_acls
 
         admin = self.client_config("admin")
         apply_acls(admin, role_acls())
-        from avro_schemas.topics import DEFAULT_NAMESPACE as names
-
         try:
             ensure_topics(admin, {names.epochs_topic: (3, {}), names.schemas_topic: (1, {"cleanup.policy": "compact"})})
         except KafkaIOError as exc:
@@ -511,6 +509,7 @@ class LocalBroker:
         self.secrets.write_settings_files(self.bootstrap)
 
     def _scrub(self, text: str) -> str:
+        """`text` with every password of a secured broker replaced by `***`."""
         if not self.is_secure or not self.secrets.exists():
             return text
         for password in self.secrets.passwords().values():

@@ -40,8 +40,8 @@ from avro_schemas.errors import TelemetryError
 from avro_schemas.topics import DEFAULT_NAMESPACE, Namespace, state_topic
 
 __all__ = [
-    "ROLES", "PRINCIPALS", "SUPER_USERS", "SecurityError", "Grant", "BrokerSecrets", "role_acls",
-    "server_properties", "private_file", "apply_acls",
+    "ROLES", "PRINCIPALS", "SUPER_USERS", "READER_GROUP", "SecurityError", "Grant", "BrokerSecrets",
+    "role_acls", "server_properties", "private_file", "apply_acls",
 ]
 
 ROLES = ("trainer", "validator", "drift", "watch", "admin")

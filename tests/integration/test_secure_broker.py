@@ -20,12 +20,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
+from kafka_testing import free_ports, read_topic, running, wait_for
 
 from avro_schemas.topics import DEFAULT_NAMESPACE as names
 from kafka_io import ensure_topics, quiet_logger
-from kafka_testing import free_ports, read_topic, running, wait_for
 from ppo_telemetry.broker import LocalBroker
 from ppo_telemetry.broker_security import ROLES
 from ppo_telemetry.kafka_probe import ListenerMismatchError, check_listener

@@ -10,7 +10,13 @@ from pathlib import Path
 from avro_schemas.topics import DEFAULT_NAMESPACE as names
 from avro_schemas.topics import state_topic
 from ppo_telemetry.broker import LocalBroker
-from ppo_telemetry.broker_security import ROLES, SUPER_USERS, BrokerSecrets, private_file, role_acls
+from ppo_telemetry.broker_security import (
+    ROLES,
+    SUPER_USERS,
+    BrokerSecrets,
+    private_file,
+    role_acls,
+)
 from ppo_telemetry.kafka_settings import KafkaSettings
 
 
@@ -86,3 +92,19 @@ def test_the_secured_properties_have_no_plaintext_listener_and_keep_the_rest(tmp
     assert settings["min.insync.replicas"] == "1" and settings["auto.create.topics.enable"] == "false"
     assert sum(line.startswith("listeners=") for line in text.splitlines()) == 1
     assert "SASL" not in plain_text  # without --secure the broker is exactly as before
+
+
+def test_a_secured_run_directory_starts_only_secured_and_a_plaintext_one_only_plaintext(tmp_path: Path) -> None:
+    import pytest
+
+    from ppo_telemetry.broker import BrokerError
+
+    secured = LocalBroker(port=29600, home=tmp_path / "a")
+    secured.secrets.passwords()  # what a first `start --secure` leaves, even one that failed later
+    with pytest.raises(BrokerError, match="start it with --secure"):
+        LocalBroker(port=29600, home=tmp_path / "a", secure=False)._check_layout()
+    assert LocalBroker(port=29600, home=tmp_path / "a").is_secure  # status and stop: as the directory says
+
+    (tmp_path / "b" / "29600" / "data").mkdir(parents=True)
+    with pytest.raises(BrokerError, match="holds a plaintext broker's data"):
+        LocalBroker(port=29600, home=tmp_path / "b", secure=True)._check_layout()
