@@ -29,7 +29,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from kafka_testing import free_ports, read_topic, running, wait_for
+from kafka_testing import committed_offsets, end_offsets, free_ports, read_topic, running, wait_for
 
 from avro_schemas.topics import DEFAULT_NAMESPACE as names
 from kafka_io import ensure_topics, quiet_logger
@@ -178,31 +178,40 @@ def test_each_role_does_its_work_through_its_settings_file(secured: LocalBroker,
                   "--env", "CartPole-v1", "--total-steps", "512", "--run-id", run_id)
     assert trained.returncode == 0, trained.stderr
 
-    log = tmp_path / "validate.log"
-    with open(log, "w") as out:
-        validator = subprocess.Popen(
-            [sys.executable, "-m", "ppo_telemetry", "consume", "validate", "--kafka-config",
-             str(secured.settings_file("validator")), "--instance-id", "secure"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-        try:
-            admin = secured.client_config("admin")
-            from kafka_testing import committed_offsets, end_offsets
+    admin = secured.client_config("admin")
+    ends = end_offsets(admin, names.epochs_topic)
+    groups = {  # each group as its own principal, the drift group against the run itself as its baseline
+        "validate": (names.validator_group, "validator", []),
+        "drift": (names.drift_group, "drift", ["--baseline-run", run_id]),
+        "watch": (names.watch_group, "watch", []),
+    }
+    logs = {name: tmp_path / f"{name}.log" for name in groups}
+    procs = {}
+    try:
+        for name, (_, role, extra) in groups.items():
+            with open(logs[name], "w") as out:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "ppo_telemetry", "consume", name, "--kafka-config",
+                     str(secured.settings_file(role)), "--instance-id", "secure", *extra],
+                    stdout=out, stderr=subprocess.STDOUT,
+                )
 
-            ends = end_offsets(admin, names.epochs_topic)
+        def caught_up(group: str) -> bool:
+            committed = committed_offsets(admin, group, names.epochs_topic)
+            # a partition that holds nothing has no commit
+            return all(committed.get(partition, -1) >= end for partition, end in ends.items() if end > 0)
 
-            def caught_up() -> bool:
-                committed = committed_offsets(admin, names.validator_group, names.epochs_topic)
-                # a partition that holds nothing has no commit
-                return all(committed.get(partition, -1) >= end for partition, end in ends.items() if end > 0)
-
-            wait_for(lambda: validator.poll() is not None or caught_up(), 120, "the validator to commit the run")
-            assert validator.poll() is None, log.read_text()
-        finally:
-            validator.terminate()
-            validator.wait(60)
-    OUTPUTS.append(log.read_text())
-    assert validator.returncode == 0, log.read_text()
+        for name, (group, _, _) in groups.items():
+            wait_for(lambda name=name, group=group: procs[name].poll() is not None or caught_up(group), 120, f"consume {name} to commit the run")
+            assert procs[name].poll() is None, logs[name].read_text()
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(60)
+    for name, proc in procs.items():
+        OUTPUTS.append(logs[name].read_text())
+        assert proc.returncode == 0, logs[name].read_text()
 
     report = tmp_path / "report.html"
     reported = cli("report", "--kafka-config", str(secured.settings_file("admin")), "--run-id", run_id, "-o", str(report))
