@@ -202,7 +202,8 @@ def test_each_role_does_its_work_through_its_settings_file(secured: LocalBroker,
             return all(committed.get(partition, -1) >= end for partition, end in ends.items() if end > 0)
 
         for name, (group, _, _) in groups.items():
-            wait_for(lambda name=name, group=group: procs[name].poll() is not None or caught_up(group), 120, f"consume {name} to commit the run")
+            wait_for(lambda name=name, group=group: procs[name].poll() is not None or caught_up(group), 120,
+                     f"consume {name} to commit the run")
             assert procs[name].poll() is None, logs[name].read_text()
     finally:
         for proc in procs.values():
