@@ -16,6 +16,11 @@ topics), launches the nodes not running yet, each `kafka.Kafka` in its own sessi
 node answers and the cluster lists all of them, and prints the bootstrap address (every node,
 comma-separated); `stop` ends every node by its pid (SIGTERM, then SIGKILL after a grace period);
 `status` says which nodes run and prints the address when all of them answer, else exits 1.
+
+`start --secure` (`secure=True`) serves SASL_SSL with SCRAM-SHA-512 instead of PLAINTEXT, with the
+principals and ACLs of SPEC §11 and each role's settings file in `<run dir>/secrets/`
+(`broker_security.py`; docs/deployment.md, "A secured cluster"). A run directory is secured or not for
+good: its data holds the credentials, or none.
 """
 
 from __future__ import annotations
@@ -82,14 +87,15 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def registered_brokers(bootstrap: str, timeout: float = 2.0) -> set[int] | None:
+def registered_brokers(bootstrap: str, timeout: float = 2.0, config: dict[str, str] | None = None) -> set[int] | None:
     """The node ids a Kafka cluster at `bootstrap` lists in a metadata answer within `timeout` seconds
-    (None when nothing answers). KRaft lists the live, unfenced brokers only."""
+    (None when nothing answers). KRaft lists the live, unfenced brokers only. `config`: the client's
+    security settings, for a secured broker."""
     from confluent_kafka.admin import AdminClient
 
     from kafka_io import quiet_logger
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet_logger()})
+    admin = AdminClient({**(config or {}), "bootstrap.servers": bootstrap, "logger": quiet_logger()})
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception:  # KafkaException on timeout / transport failure: not answering
@@ -192,6 +198,8 @@ class LocalBroker:
     port: int = DEFAULT_PORT
     home: Path | None = None
     nodes: int | None = None
+    secure: bool | None = None
+    """SASL_SSL, SCRAM and ACLs (SPEC §11); None: as its run directory records (secrets there or not)."""
 
     # ---------------------------------------------------------------------------------- layout
 
@@ -223,6 +231,28 @@ class LocalBroker:
         if self.nodes is not None:
             return self.nodes
         return self.recorded_nodes() or 1
+
+    @property
+    def secrets(self):
+        """The secured broker's `secrets/` directory (`broker_security.BrokerSecrets`)."""
+        from ppo_telemetry.broker_security import BrokerSecrets
+
+        return BrokerSecrets(self.run_dir)
+
+    @property
+    def is_secure(self) -> bool:
+        return self.secure if self.secure is not None else self.secrets.exists()
+
+    def client_config(self, role: str = "admin", bootstrap: str | None = None) -> dict[str, str]:
+        """librdkafka settings to reach it (a secured broker: as `role`, password revealed; do not log)."""
+        bootstrap = bootstrap or self.bootstrap
+        if not self.is_secure:
+            return {"bootstrap.servers": bootstrap}
+        return self.secrets.client_settings(role, bootstrap)
+
+    def settings_file(self, role: str) -> Path:
+        """A secured broker's `--kafka-config` file for `role` (trainer, validator, drift, watch, admin)."""
+        return self.secrets.settings_file(role)
 
     @property
     def node_list(self) -> list[BrokerNode]:
@@ -274,7 +304,7 @@ class LocalBroker:
         """Every node's process is alive and the broker lists every node in a metadata answer."""
         if any(pid is None for pid in self.pids().values()):
             return False
-        return registered_brokers(self.bootstrap) == {node.node_id for node in self.node_list}
+        return registered_brokers(self.bootstrap, config=self.client_config()) == {node.node_id for node in self.node_list}
 
     # ---------------------------------------------------------------------------------- jars
 
@@ -320,11 +350,30 @@ class LocalBroker:
             ("@MIN_ISR@", min_isr),
         ):
             template = template.replace(placeholder, str(value))
+        if self.is_secure:
+            template = self._secured(template, node)
         return template
 
+    def _secured(self, text: str, node: BrokerNode) -> str:
+        """`text` (a rendered template) with the secured listeners, authorizer and TLS of `broker_security`."""
+        from ppo_telemetry.broker_security import server_properties
+
+        settings = server_properties(
+            port=node.port, controller_port=node.controller_port, run_dir=node.run_dir,
+            secrets_dir=self.secrets.directory, broker_password=self.secrets.passwords()["broker"],
+        )
+        lines = [line for line in text.splitlines() if line.split("=", 1)[0].strip() not in settings]
+        lines += ["", "# broker start --secure (ppo_telemetry/broker_security.py)"]
+        lines += [f"{key}={value}" for key, value in settings.items()]
+        return "\n".join(lines) + "\n"
+
     def _render_properties(self, node: BrokerNode | None = None) -> Path:
+        from ppo_telemetry.broker_security import private_file
+
         node = node or self.node_list[0]
         path = node.run_dir / "server.properties"
+        if self.is_secure:  # the inter-broker login's password is in it
+            return private_file(path, self.render_properties(node))
         path.write_text(self.render_properties(node))
         return path
 
@@ -360,11 +409,18 @@ class LocalBroker:
         if (node.run_dir / "data" / "meta.properties").exists():
             return None
         # `--cluster-id=`: one id in 64 starts with '-', which the tool's parser would take for an option
+        arguments = ["format", f"--cluster-id={cluster_id}", "-c", str(properties), "--ignore-formatted"]
+        command = self._java_command("kafka.tools.StorageTool", *arguments, heap="-Xmx256m", node=node)
+        if self.is_secure:
+            from ppo_telemetry.broker_security import private_file
+
+            # the SCRAM passwords go through a Java argument file (0600), not the command line every
+            # local user can read in /proc; the main class must come from the file too, after -cp
+            lines = ["kafka.tools.StorageTool", *arguments, *self.secrets.scram_arguments()]
+            argfile = private_file(node.run_dir / "format.args", "\n".join(_argfile_quote(line) for line in lines) + "\n")
+            command = command[: command.index("kafka.tools.StorageTool")] + [f"@{argfile}"]
         return subprocess.Popen(
-            self._java_command(
-                "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(properties),
-                "--ignore-formatted", heap="-Xmx256m", node=node,
-            ),
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -379,6 +435,12 @@ class LocalBroker:
                 f"{self.run_dir} holds {held}: start it with --nodes {recorded}, "
                 f"or stop it and remove that directory for a fresh {self.nodes}-node broker"
             )
+        secured = self.secrets.exists()
+        if self.secure is False and secured:
+            raise BrokerError(f"{self.run_dir} holds a secured broker's data: start it with --secure")
+        if self.secure and recorded is not None and not secured:
+            raise BrokerError(f"{self.run_dir} holds a plaintext broker's data: start it without --secure, or stop "
+                              "it and remove that directory for a fresh secured broker")
         if not 1 <= self.node_count <= MAX_NODES:
             raise BrokerError(f"--nodes must be 1 to {MAX_NODES}, not {self.node_count}")
         highest = max(node.controller_port for node in self.node_list)
@@ -391,7 +453,7 @@ class LocalBroker:
                 if not _port_taken(port):
                     continue
                 # a taken client port that answers Kafka is someone's broker: say how to use it
-                if port == node.port and answers(node.bootstrap, timeout=1.0):
+                if port == node.port and registered_brokers(node.bootstrap, 1.0, self.client_config()) is not None:
                     raise BrokerError(f"port {port} is served by a Kafka broker this project did not start; "
                                       f"use it (KAFKA_BOOTSTRAP_SERVERS={node.bootstrap}) or pick another --port")
                 raise BrokerError(f"port {port} (node {node.node_id}) is in use by another program; "
@@ -407,6 +469,9 @@ class LocalBroker:
             _java()  # the one-line 'install Java' error before anything is fetched
             self._check_ports_free(stopped)
             self.fetch_jars()
+            if self.is_secure:
+                self.secrets.passwords()
+                self.secrets.ensure_certificates()
             cluster_id = self._cluster_id() if self.node_count > 1 else _new_cluster_id()
             formatting = []
             for node in stopped:
@@ -414,15 +479,42 @@ class LocalBroker:
                 # one node: `_render_properties()` as subclasses that add listeners override it
                 properties = self._render_properties(node) if self.node_count > 1 else self._render_properties()
                 formatting.append(self._format_storage(node, properties, cluster_id))
-            for proc in formatting:  # the nodes format at once: one JVM start-up's wait, not N
-                if proc is not None and proc.wait() != 0:
+            for node, proc in zip(stopped, formatting):  # the nodes format at once: one JVM start-up's wait, not N
+                failed = proc is not None and proc.wait() != 0
+                (node.run_dir / "format.args").unlink(missing_ok=True)  # the secured one's passwords
+                if failed:
                     last = (proc.stderr.read() or proc.stdout.read()).strip().splitlines() or ["no output"]
-                    raise BrokerError(f"formatting the broker's storage failed: {last[-1][:300]}")
+                    raise BrokerError(f"formatting the broker's storage failed: {self._scrub(last[-1][:300])}")
             processes = {node.node_id: self._launch(node) for node in stopped}
         else:
             processes = {}
         self._await_cluster(processes, timeout)
+        if self.is_secure:
+            self._secure_setup()
         return self.bootstrap
+
+    def _secure_setup(self) -> None:
+        """The roles' ACLs, the SPEC's input topics (so a consumer group may start before the trainer,
+        without rights to create them) and each role's settings file; all idempotent."""
+        from avro_schemas.topics import DEFAULT_NAMESPACE as names
+        from kafka_io import KafkaIOError, ensure_topics
+        from ppo_telemetry.broker_security import SecurityError, apply_acls, role_acls
+
+        admin = self.client_config("admin")
+        apply_acls(admin, role_acls())
+        try:
+            ensure_topics(admin, {names.epochs_topic: (3, {}), names.schemas_topic: (1, {"cleanup.policy": "compact"})})
+        except KafkaIOError as exc:
+            raise SecurityError(f"the secured broker's topics: {exc}") from None
+        self.secrets.write_settings_files(self.bootstrap)
+
+    def _scrub(self, text: str) -> str:
+        """`text` with every password of a secured broker replaced by `***`."""
+        if not self.is_secure or not self.secrets.exists():
+            return text
+        for password in self.secrets.passwords().values():
+            text = text.replace(password, "***")
+        return text
 
     def _launch(self, node: BrokerNode) -> subprocess.Popen[bytes]:
         with open(node.run_dir / "broker.out", "ab") as out:
@@ -450,7 +542,7 @@ class LocalBroker:
             for node in list(waiting):
                 if node.node_id not in processes and node.pid() is None:
                     raise BrokerError(f"node {node.node_id} stopped during start; see {node.log_file}")
-                if registered_brokers(node.bootstrap, timeout=1.0) == wanted:
+                if registered_brokers(node.bootstrap, 1.0, self.client_config(bootstrap=node.bootstrap)) == wanted:
                     waiting.remove(node)
             if not waiting:
                 return
@@ -494,6 +586,11 @@ class LocalBroker:
 def _new_cluster_id() -> str:
     # Kafka's own form: a URL-safe base64 UUID without padding
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _argfile_quote(argument: str) -> str:
+    # a Java argument file splits on white space and reads quotes and backslashes: quote every argument
+    return '"' + argument.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -619,10 +619,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from ppo_telemetry.broker import LocalBroker
 
     # stop and status cover the nodes the port's data records, whatever --nodes says
-    broker = LocalBroker(port=args.port, nodes=args.nodes if args.broker_command == "start" else None)
-    if args.broker_command == "start":
+    starting = args.broker_command == "start"
+    broker = LocalBroker(port=args.port, nodes=args.nodes if starting else None, secure=args.secure if starting else None)
+    if starting:
         address = broker.start()
         print(f"{PROG} broker: running ({_broker_pids(broker)}, data in {broker.run_dir})", file=sys.stderr)
+        if broker.is_secure:
+            print(f"{PROG} broker: SASL_SSL (SCRAM-SHA-512) with ACLs; each role's settings, for --kafka-config: "
+                  f"{broker.secrets.directory}/{{trainer,validator,drift,watch,admin}}.toml", file=sys.stderr)
         print(address)
         return 0
     if args.broker_command == "stop":
@@ -657,8 +661,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """`demo`: the whole pipeline end to end, in a fresh namespace inside the configured one."""
     from ppo_telemetry.demo import run_demo
 
-    parent = _namespace(args.namespace, _kafka_settings(None, None))
-    return run_demo(sys.stdout, parent=parent, keep_topics=args.keep_topics)
+    settings = _kafka_settings(None, args.kafka_config)
+    parent = _namespace(args.namespace, settings)
+    if args.kafka_config is None:
+        return run_demo(sys.stdout, parent=parent, keep_topics=args.keep_topics)
+    return run_demo(sys.stdout, parent=parent, keep_topics=args.keep_topics, settings=settings,
+                    settings_file=args.kafka_config)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -876,11 +884,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=_positive_int, metavar="N",
                    help="start: nodes on loopback (1 to 5; 3: replication factor 3, min.insync.replicas 2); "
                         "default: as the port's data was started, else 1")
+    p.add_argument("--secure", action="store_true",
+                   help="start: SASL_SSL with SCRAM-SHA-512, a CA made at start, one principal per role with ACLs "
+                        "(SPEC §11); each role's settings go to <data dir>/secrets/<role>.toml")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("demo", help="run the pipeline end to end, in a fresh namespace of its own")
     p.add_argument("--namespace", type=_namespace_name, metavar="NAME",
                    help="run inside this namespace (as NAME.demo-<time>-<random>); default: as for consume")
+    p.add_argument("--kafka-config", metavar="TOML",
+                   help="Kafka connection and security settings ([kafka] table; on a secured broker: the admin's, "
+                        "as the demo creates and deletes topics of its own namespace)")
     p.add_argument("--keep-topics", action="store_true",
                    help="keep the demo's topics and groups at the end (default: deleted; a failed demo keeps them)")
     p.set_defaults(func=cmd_demo)

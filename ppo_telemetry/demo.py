@@ -203,17 +203,20 @@ def _configured_bootstrap() -> str | None:
     return None
 
 
-def _train_all(bootstrap: str, namespace: Namespace, runs: list[DemoRun], steps: int, out: TextIO) -> None:
+def _train_all(
+    bootstrap: str, namespace: Namespace, runs: list[DemoRun], steps: int, out: TextIO, settings_file: str | None = None,
+) -> None:
     """Train every run on Conflict-v0 with the real command line, two at a time (the runs are independent
     and deterministic, so running them side by side changes nothing but the wall time)."""
     width = max(len(run.label) for run in runs) + 1
+    settings = ["--kafka-config", settings_file] if settings_file is not None else []
     for first in range(0, len(runs), 2):
         pair = runs[first:first + 2]
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "ppo_telemetry", "train", "--kafka", bootstrap, "--env", "Conflict-v0",
                  "--seed", str(run.seed), "--total-steps", str(steps), "--run-id", run.run_id,
-                 "--namespace", namespace.name, *run.change],
+                 "--namespace", namespace.name, *settings, *run.change],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )
             for run in pair
@@ -433,19 +436,27 @@ def _start_broker(bootstrap: str | None, out: TextIO) -> tuple[str, Any]:
 
 def run_demo(
     out: TextIO, bootstrap: str | None = None, steps: int = 30_000, parent: Namespace = DEFAULT_NAMESPACE,
-    keep_topics: bool = False,
+    keep_topics: bool = False, settings: Any = None, settings_file: str | None = None,
 ) -> int:
     """Run the demo in a fresh namespace inside `parent`, printing what happened to `out`; returns the exit
-    code. Its topics and groups are deleted at the end unless `keep_topics` (or the demo failed)."""
+    code. Its topics and groups are deleted at the end unless `keep_topics` (or the demo failed).
+    `settings` (`KafkaSettings`) read from `settings_file` (`--kafka-config`): the broker and security to
+    use, for the demo's own clients and, through the file, for its `train` runs; on a secured broker,
+    the admin's (the demo creates and deletes a namespace of its own)."""
     from consumers.drift import Baseline
     from consumers.groups import DriftGroup, ValidatorGroup, WatchGroup
     from consumers.runner import baseline_records
     from ppo_telemetry.kafka_settings import KafkaSettings
 
     started = time.monotonic()
+    if settings is not None:
+        bootstrap = bootstrap or settings.bootstrap_servers
     bootstrap, broker = _start_broker(bootstrap, out)
     # the same settings `train` reads (security included), so the demo's own clients match its producers
-    config = KafkaSettings(bootstrap_servers=bootstrap).librdkafka_config()
+    if settings is not None:
+        config = {**settings.librdkafka_config(), "bootstrap.servers": bootstrap}
+    else:
+        config = KafkaSettings(bootstrap_servers=bootstrap).librdkafka_config()
     tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     namespace = demo_namespace(parent, tag)
     out.write(f"in namespace {namespace.name}: every topic and group is {namespace.name}.<its SPEC name>, "
@@ -459,7 +470,7 @@ def run_demo(
                   f"baseline of two seeds, a candidate with an entropy bonus ({' '.join(CANDIDATE_CHANGE)}; the "
                   f"default is 0), and a run with an injected fault ({FAULT}: rewards x1000 from step "
                   f"{int(steps * FAULT_AT):,} on)\n")
-        _train_all(bootstrap, namespace, runs, steps, out)
+        _train_all(bootstrap, namespace, runs, steps, out, settings_file)
         injected = _inject(config, namespace, candidate.run_id)
         out.write(f"injected {injected} bad messages into {namespace.epochs_topic}: garbage, a truncated body, "
                   f"an unknown writer schema, a NaN, a re-sent record\n")

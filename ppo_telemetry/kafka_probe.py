@@ -17,6 +17,7 @@ into one line naming the likely mistake:
 | "Disconnected while requesting ApiVersion ... (connecting to a SSL listener?)" | plaintext settings, TLS listener |
 | "Disconnected: verify that security.protocol ... might require SASL"          | no SASL settings, SASL listener |
 | "Disconnected ... (after Nms in state UP)", twice, N < 2000, no SASL settings | the same (librdkafka 2.x words it so) |
+| "Disconnected ... (after Nms in state APIVERSION_QUERY)", twice, N < 2000, no TLS settings | plaintext settings, TLS listener (librdkafka 2.16 words it so) |
 
 The last two come as log lines (`FAIL`), not through the error callback, so the check reads both.
 Anything else (a refused connection, an unknown host, a broker still starting) is not diagnosed here:
@@ -52,6 +53,7 @@ _TAIL = re.compile(r"\s*\(after (?P<ms>\d+)ms in state (?P<state>[A-Z_]+)(?:, \d
 # a librdkafka log line: "FAIL [rdkafka#producer-1] [thrd:...]: <report>"
 _LOG_LINE = re.compile(r"^(?P<facility>[A-Z_]+) \[[^\]]*\] \[[^\]]*\]: (?P<text>.*)$", re.DOTALL)
 _SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 
 
 class ListenerMismatchError(SettingsError):
@@ -118,6 +120,20 @@ def _closed_on_arrival(report: BrokerReport, config: Mapping[str, str]) -> bool:
         and tail["state"] == "UP"
         and int(tail["ms"]) < 2000
         and config.get("security.protocol", "PLAINTEXT").upper() not in _SASL_PROTOCOLS
+    )
+
+
+def _closed_before_answering(report: BrokerReport, config: Mapping[str, str]) -> bool:
+    # A TLS listener reads a plaintext client's first request as a broken handshake and closes the
+    # connection; librdkafka 2.16 reports "Disconnected: connection closed by peer ... (after 2ms in state
+    # APIVERSION_QUERY)" without its older "(connecting to a SSL listener?)" hint.
+    tail = _TAIL.search(report.text)
+    return (
+        "Disconnected" in report.text
+        and tail is not None
+        and tail["state"] == "APIVERSION_QUERY"
+        and int(tail["ms"]) < 2000
+        and config.get("security.protocol", "PLAINTEXT").upper() not in _TLS_PROTOCOLS
     )
 
 
@@ -199,6 +215,13 @@ def _look(admin: AdminClient, reports: list[BrokerReport], config: Mapping[str, 
                 f"does to a client that does not authenticate, but security_protocol is "
                 f"{config.get('security.protocol', 'PLAINTEXT')}: is security_protocol right for this listener "
                 "(SASL_PLAINTEXT or SASL_SSL)?"
+            )
+        if never_refused and sum(_closed_before_answering(report, config) for report in reports) >= 2:
+            address = config.get("bootstrap.servers", "?")
+            raise ListenerMismatchError(
+                f"the Kafka broker at {address} closed the connection before answering, as a TLS listener does "
+                f"to a plaintext client, but security_protocol is {config.get('security.protocol', 'PLAINTEXT')}: "
+                "is security_protocol right for this listener (SSL or SASL_SSL)?"
             )
         if _unreachable(reports, config) or remaining <= 0:
             return

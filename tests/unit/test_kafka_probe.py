@@ -153,3 +153,15 @@ def test_any_report_gives_none_or_one_line(code: str, text: str) -> None:
     message = diagnose(BrokerReport(code, text), SASL)
 
     assert message is None or (message and "\n" not in message and "\r" not in message)
+
+
+def test_a_plaintext_client_closed_on_by_a_tls_listener_is_told_apart() -> None:
+    from ppo_telemetry.kafka_probe import _closed_before_answering
+
+    # librdkafka 2.16 against a SASL_SSL listener (broker start --secure) with plaintext settings
+    report = BrokerReport("_LOG", "127.0.0.1:29600/bootstrap: Disconnected: connection closed by peer: receive 0 "
+                                  "after POLLIN (after 3ms in state APIVERSION_QUERY)")
+
+    assert _closed_before_answering(report, PLAIN)
+    assert not _closed_before_answering(report, TLS)  # a TLS client closed on there is another story
+    assert not _closed_before_answering(BrokerReport("_LOG", report.text.replace("3ms", "5000ms")), PLAIN)
