@@ -332,23 +332,17 @@ class AlertmanagerPoster:
     def _consume(self) -> None:
         from confluent_kafka import Consumer
 
-        from kafka_io import quiet_logger
+        from kafka_io import group_consumer_config
 
         if not self._wait_for_topic():
             return
         self._consumer = Consumer({
-            **self.config,
-            "group.id": self.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            # as short as the watch group's: a killed instance's partitions move on as soon as the group's do
-            "session.timeout.ms": self.session_timeout_ms,
-            "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
+            # the session as short as the watch group's: a killed instance's partitions move on as soon as
+            # the group's do
+            **group_consumer_config(self.config, self.group_id, self.session_timeout_ms),
             # while Alertmanager is away the poster holds its transition and does not poll, on purpose: it
             # keeps its partitions (any other poster would wait for the same Alertmanager) for up to a day
             "max.poll.interval.ms": 86_400_000,
-            "logger": quiet_logger(),
             "error_cb": self._on_client_error,
         })
         try:

@@ -68,8 +68,8 @@ from avro_schemas.errors import DecodeError, EmptyMessageError, TelemetryError, 
 from avro_schemas.models import EpochSummary
 from avro_schemas.topics import DEFAULT_NAMESPACE, EPOCHS_TOPIC, Namespace, state_topic
 from kafka_io import (
-    UNREADABLE, ensure_topics, kafka_error, max_message_bytes, partition_count, quiet_logger, read_to_end, reason,
-    unreadable_batch_end,
+    UNREADABLE, ensure_topics, group_consumer_config, kafka_error, max_message_bytes, partition_count, quiet_logger,
+    read_to_end, reason, unreadable_batch_end,
 )
 
 from .dead_letter import PRODUCER_MESSAGE_MAX_BYTES, Rejection, decode_rule, record_limit
@@ -283,20 +283,11 @@ class TransactionalRunner:
                 self._producer.init_transactions(60)
         except KafkaException as exc:
             raise ConsumerError(f"cannot start transactions: {reason(exc)}") from None
-        self._consumer = Consumer(
-            {
-                **self.config,
-                "group.id": self.group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "session.timeout.ms": self.session_timeout_ms,
-                "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
-                "partition.assignment.strategy": "cooperative-sticky",
-                "logger": quiet_logger(),
-                "error_cb": self._on_client_error,
-            }
-        )
+        self._consumer = Consumer({
+            **group_consumer_config(self.config, self.group_id, self.session_timeout_ms),
+            "partition.assignment.strategy": "cooperative-sticky",
+            "error_cb": self._on_client_error,
+        })
         self._consumer.subscribe([self.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     @property

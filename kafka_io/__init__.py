@@ -53,6 +53,22 @@ def quiet_logger() -> logging.Logger:
     return logger
 
 
+def group_consumer_config(config: dict[str, Any], group_id: str, session_timeout_ms: int) -> dict[str, Any]:
+    """A consumer group member's settings as every group here runs them: offsets committed by hand (in a
+    transaction or after the work is done), from the earliest on a new group, only committed records
+    read, and a session whose heartbeat is a fifth of it (at least 100 ms)."""
+    return {
+        **config,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(100, session_timeout_ms // 5),
+        "logger": quiet_logger(),
+    }
+
+
 def replication_for(brokers: int) -> tuple[int, dict[str, str]]:
     """The replication factor and topic config of a new topic on a cluster of `brokers` live brokers:
     three replicas and `min.insync.replicas=2` from three brokers on (with `acks=all` a write is on two

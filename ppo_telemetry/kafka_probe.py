@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
@@ -113,27 +113,26 @@ def _closed_on_arrival(report: BrokerReport, config: Mapping[str, str]) -> bool:
     # A SASL listener closes the connection of a client that sends anything but the SASL requests,
     # within milliseconds of it coming up; librdkafka 2.x reports this as "Disconnected: connection
     # closed by peer ... (after 1ms in state UP)" without its older SASL hint.
-    tail = _TAIL.search(report.text)
-    return (
-        "Disconnected" in report.text
-        and tail is not None
-        and tail["state"] == "UP"
-        and int(tail["ms"]) < 2000
-        and config.get("security.protocol", "PLAINTEXT").upper() not in _SASL_PROTOCOLS
-    )
+    return _closed_at_once(report, config, "UP", _SASL_PROTOCOLS)
 
 
 def _closed_before_answering(report: BrokerReport, config: Mapping[str, str]) -> bool:
     # A TLS listener reads a plaintext client's first request as a broken handshake and closes the
     # connection; librdkafka 2.16 reports "Disconnected: connection closed by peer ... (after 2ms in state
     # APIVERSION_QUERY)" without its older "(connecting to a SSL listener?)" hint.
+    return _closed_at_once(report, config, "APIVERSION_QUERY", _TLS_PROTOCOLS)
+
+
+def _closed_at_once(report: BrokerReport, config: Mapping[str, str], state: str, protocols: Iterable[str]) -> bool:
+    """The broker closed the connection within 2 s of it reaching `state`, for a client whose
+    security protocol is none of `protocols`."""
     tail = _TAIL.search(report.text)
     return (
         "Disconnected" in report.text
         and tail is not None
-        and tail["state"] == "APIVERSION_QUERY"
+        and tail["state"] == state
         and int(tail["ms"]) < 2000
-        and config.get("security.protocol", "PLAINTEXT").upper() not in _TLS_PROTOCOLS
+        and config.get("security.protocol", "PLAINTEXT").upper() not in protocols
     )
 
 
