@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from ppo_telemetry.broker import LocalBroker
+from ppo_telemetry.registry_service import LocalRegistry
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tests import kafka_testing (importlib mode)
 
@@ -69,6 +70,26 @@ def local_broker() -> Iterator[LocalBroker | None]:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="session")
+def local_registry() -> Iterator[LocalRegistry]:
+    """The Schema Registry this session started (Apicurio Registry, in memory: it starts empty; the app
+    through Maven on first use), on the first free port from 28081 on, stopped at the end, also on SIGTERM."""
+    home = Path(tempfile.mkdtemp(prefix="ppo-telemetry-registry-"))
+    registry = LocalRegistry(port=free_ports(28081, 1), home=home)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # as for local_broker: finalizers run
+    try:
+        with running(registry, home):
+            yield registry
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def schema_registry(local_registry: LocalRegistry) -> str:
+    """The base URL of the real Schema Registry's Confluent-compatible API (`--schema-registry`)."""
+    return local_registry.url
 
 
 @pytest.fixture(scope="session")
