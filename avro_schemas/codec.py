@@ -1,9 +1,15 @@
-"""Avro single-object encoding (Avro specification, "Single-object encoding").
+"""The two wire formats of an Avro message value (SPEC §3, §11), told apart by the first byte.
 
-A message is `C3 01`, the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing
-Canonical Form, then the Avro binary body. The decoder finds the writer schema by fingerprint and reads
-the body either as written or resolved into a reader schema. Any input bytes give a record or a
-`DecodeError`; nothing else escapes.
+- **Single-object** (the Avro specification's "single-object encoding", our default): `C3 01`, the 8-byte
+  little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the Avro binary
+  body. The writer schema is found by fingerprint.
+- **Confluent** (what Kafka Connect's `AvroConverter`, Flink's `avro-confluent` and ksqlDB read): the magic
+  byte `00`, a 4-byte big-endian schema id given by a Confluent-compatible Schema Registry, then the body.
+  The writer schema is found by id, among those the codec's `SchemaRegistry` was told of (the reader
+  fetches an unknown id from the registry: `UnknownSchemaIdError` says which).
+
+The decoder reads the body either as written or resolved into a reader schema. Any input bytes give a
+record or a `DecodeError`; nothing else escapes.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 
 from .errors import (
-    DecodeError, EmptyMessageError, EncodeError, TruncatedMessageError, UnknownSchemaError, WrongHeaderError,
+    DecodeError, EmptyMessageError, EncodeError, TruncatedMessageError, UnknownSchemaError, UnknownSchemaIdError,
+    WrongHeaderError,
 )
 from .flat_reader import FlatReader, FlatReaderError, compile_flat_reader
 from .models import EpochSummary
@@ -24,6 +31,13 @@ from .registry import SchemaRegistry, SchemaVersion, load_family
 __all__ = [
     "MAGIC",
     "HEADER_SIZE",
+    "CONFLUENT_MAGIC",
+    "CONFLUENT_HEADER_SIZE",
+    "SINGLE_OBJECT",
+    "CONFLUENT",
+    "WIRE_FORMATS",
+    "confluent_header",
+    "confluent_schema_id",
     "SingleObjectCodec",
     "epoch_summary_codec",
     "drift_record_codec",
@@ -32,6 +46,26 @@ __all__ = [
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
+CONFLUENT_MAGIC = b"\x00"
+CONFLUENT_HEADER_SIZE = len(CONFLUENT_MAGIC) + 4
+SINGLE_OBJECT = "single-object"
+CONFLUENT = "confluent"
+WIRE_FORMATS = (SINGLE_OBJECT, CONFLUENT)
+_SCHEMA_ID = struct.Struct(">I")
+
+
+def confluent_header(schema_id: int) -> bytes:
+    """The 5 bytes before a Confluent-framed body: `00` and the schema id, big-endian."""
+    if not 0 <= schema_id < 2**31:
+        raise EncodeError(f"schema id {schema_id} does not fit the Confluent header (0 to 2**31 - 1)")
+    return CONFLUENT_MAGIC + _SCHEMA_ID.pack(schema_id)
+
+
+def confluent_schema_id(data: bytes) -> int | None:
+    """The schema id of a Confluent-framed message; None for any other bytes (or too few to hold one)."""
+    if type(data) is not bytes or len(data) < CONFLUENT_HEADER_SIZE or data[0] != 0:
+        return None
+    return _SCHEMA_ID.unpack_from(data, 1)[0]
 
 
 class SingleObjectCodec:
@@ -88,8 +122,11 @@ class SingleObjectCodec:
         except (KeyError, TypeError):
             raise EncodeError(f"no schema for {self._version_field} {version!r}") from None
 
-    def encode(self, record: dict[str, Any] | EpochSummary, writer: SchemaVersion | None = None) -> bytes:
-        """One single-object message holding `record`, written with `writer` (default: `writer_for`)."""
+    def encode(
+        self, record: dict[str, Any] | EpochSummary, writer: SchemaVersion | None = None, schema_id: int | None = None,
+    ) -> bytes:
+        """One message holding `record`, written with `writer` (default: `writer_for`): single-object, or
+        Confluent-framed when `schema_id` (the registry's id of `writer`) is given."""
         if isinstance(record, EpochSummary):
             record = record.to_dict()
         if writer is None:
@@ -100,8 +137,11 @@ class SingleObjectCodec:
             if isinstance(value, int) and not -(2**31) <= value < 2**31:
                 raise EncodeError(f"cannot encode with {writer.family} v{writer.version}: {name} = {value} is outside the Avro int range")
         out = BytesIO()
-        out.write(MAGIC)
-        out.write(writer.fingerprint)
+        if schema_id is None:
+            out.write(MAGIC)
+            out.write(writer.fingerprint)
+        else:
+            out.write(confluent_header(schema_id))
         try:
             schemaless_writer(out, writer.parsed, record)
         except Exception as exc:  # fastavro raises ValueError, TypeError, OverflowError, ... per field
@@ -110,32 +150,51 @@ class SingleObjectCodec:
 
     def writer_of(self, data: bytes) -> SchemaVersion:
         """The writer schema named by a message's header; `DecodeError` for a bad header or unknown one."""
+        return self.header(data)[0]
+
+    def header(self, data: bytes) -> tuple[SchemaVersion, int]:
+        """The writer schema named by a message's header, either wire format, and where its body starts."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise WrongHeaderError(f"expected bytes, got {type(data).__name__}")
         if not data:
             raise EmptyMessageError("empty message (0 bytes)")
+        if data[0] == 0:
+            return self._confluent_writer(data), CONFLUENT_HEADER_SIZE
         if len(data) < HEADER_SIZE:
             if data[:2] != MAGIC[: len(data[:2])]:
-                raise WrongHeaderError("wrong header: not a single-object Avro message (no C3 01 marker)")
+                raise WrongHeaderError("wrong header: neither single-object (C3 01) nor Confluent (00)")
             raise TruncatedMessageError(f"truncated header: {len(data)} bytes, a single-object header needs {HEADER_SIZE}")
         if data[:2] != MAGIC:
-            raise WrongHeaderError(f"wrong header: expected C3 01, got {bytes(data[:2]).hex(' ').upper()}")
+            raise WrongHeaderError(
+                f"wrong header: expected C3 01 (single-object) or 00 (Confluent), got {bytes(data[:2]).hex(' ').upper()}"
+            )
         fingerprint = bytes(data[2:HEADER_SIZE])
         writer = self.registry.get(fingerprint)
         if writer is None:
             raise UnknownSchemaError(f"unknown writer schema fingerprint {fingerprint.hex()}")
+        return writer, HEADER_SIZE
+
+    def _confluent_writer(self, data: bytes) -> SchemaVersion:
+        if len(data) < CONFLUENT_HEADER_SIZE:
+            raise TruncatedMessageError(
+                f"truncated header: {len(data)} bytes, a Confluent header needs {CONFLUENT_HEADER_SIZE}"
+            )
+        schema_id = _SCHEMA_ID.unpack_from(bytes(data[1:CONFLUENT_HEADER_SIZE]))[0]
+        writer = self.registry.by_id(schema_id)
+        if writer is None:
+            raise UnknownSchemaIdError(f"unknown schema id {schema_id} (Confluent wire format)", schema_id)
         return writer
 
     def decode(self, data: bytes, reader: SchemaVersion | None = None) -> dict[str, Any]:
         """The record in `data`, read with its writer schema, or resolved into `reader` when given."""
-        writer = self.writer_of(data)
+        writer, start = self.header(data)
         if type(data) is not bytes:  # bytearray / memoryview: the compiled reader slices and decodes bytes
             data = bytes(data)
         if reader is None or reader.fingerprint == writer.fingerprint:
             flat = self._flat_reader(writer)
             if flat is not None:
                 try:
-                    record, end = flat(data, HEADER_SIZE)
+                    record, end = flat(data, start)
                 except (IndexError, struct.error) as exc:
                     raise TruncatedMessageError("truncated body: ran out of bytes") from exc
                 except (FlatReaderError, UnicodeDecodeError) as exc:
@@ -144,7 +203,7 @@ class SingleObjectCodec:
                     raise DecodeError(f"{len(data) - end} trailing bytes after the Avro body")
                 return record
         buf = BytesIO(data)
-        buf.seek(HEADER_SIZE)
+        buf.seek(start)
         reader_parsed = None if reader is None or reader.fingerprint == writer.fingerprint else reader.parsed
         try:
             record = schemaless_reader(buf, writer.parsed, reader_parsed)

@@ -10,6 +10,7 @@ __all__ = [
     "WrongHeaderError",
     "TruncatedMessageError",
     "UnknownSchemaError",
+    "UnknownSchemaIdError",
     "EncodeError",
     "CompatibilityError",
 ]
@@ -24,7 +25,8 @@ class SchemaLoadError(TelemetryError):
 
 
 class DecodeError(TelemetryError):
-    """Bytes that are not a decodable single-object Avro message; `reason` says why in one line."""
+    """Bytes that are not a decodable Avro message (single-object or Confluent-framed); `reason` says why in one
+    line."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -39,15 +41,23 @@ class EmptyMessageError(DecodeError):
 
 
 class WrongHeaderError(DecodeError):
-    """Not a single-object message: no `C3 01` marker (or not bytes)."""
+    """Neither wire format: no `C3 01` marker and no Confluent `00` magic byte (or not bytes)."""
 
 
 class TruncatedMessageError(DecodeError):
-    """A single-object message cut short, in its header or its body."""
+    """A message cut short, in its header or its body."""
 
 
 class UnknownSchemaError(DecodeError):
     """A well-formed header naming a writer schema the reader does not know (yet)."""
+
+
+class UnknownSchemaIdError(UnknownSchemaError):
+    """A Confluent-framed message whose schema id the reader has not (yet) fetched from a Schema Registry."""
+
+    def __init__(self, reason: str, schema_id: int) -> None:
+        super().__init__(reason)
+        self.schema_id = schema_id
 
 
 class EncodeError(TelemetryError):

@@ -133,10 +133,12 @@ def load_family(family: str, directory: Path = SCHEMA_DIR) -> list[SchemaVersion
 
 
 class SchemaRegistry:
-    """Writer schemas by fingerprint: every local version, plus any registered at run time."""
+    """Writer schemas by fingerprint: every local version, plus any registered at run time; and, for the
+    Confluent wire format, by the schema id a Confluent-compatible Schema Registry gave them."""
 
     def __init__(self, versions: list[SchemaVersion] | None = None) -> None:
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
+        self._by_id: dict[int, SchemaVersion] = {}
         for version in versions or ():
             self.add(version)
 
@@ -147,6 +149,16 @@ class SchemaRegistry:
     def register(self, schema_json: str | bytes, family: str = "", version: str = "") -> SchemaVersion:
         """Parse and add a writer schema received as JSON text (for example from the schema topic)."""
         return self.add(schema_from_json(schema_json, family, version))
+
+    def add_id(self, schema_id: int, schema_json: str | bytes, family: str = "") -> SchemaVersion:
+        """Make a Schema Registry's schema known under its id (the local version when it is one of ours)."""
+        version = self.register(schema_json, family)
+        self._by_id[schema_id] = version
+        return version
+
+    def by_id(self, schema_id: int) -> SchemaVersion | None:
+        """The writer schema a Schema Registry gave this id, or None (not fetched yet)."""
+        return self._by_id.get(schema_id)
 
     def get(self, fingerprint: bytes) -> SchemaVersion | None:
         """The schema with this 8-byte fingerprint, or None."""

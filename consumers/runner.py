@@ -21,9 +21,11 @@ inside a `TransactionalRunner`, which owns everything Kafka (SPEC §4):
 - **Idle outputs.** A core may have `on_idle(now)` (the drift group's summaries of runs gone quiet):
   the runner calls it when a poll returns nothing, and every `idle_interval` seconds while busy, and
   commits what it returns with those runs' state in a transaction of its own.
-- **Schemas.** A message whose writer schema is not known locally makes the runner read the schema
-  topic (`ppo.telemetry.schemas`) and retry; a writer schema learnt that way is read resolved into the
-  newest local version.
+- **Schemas.** Input values are single-object or Confluent-framed, told apart by the first byte
+  (`consumers.schema_resolver.SchemaResolver`): an unknown fingerprint makes the runner read the schema
+  topic (`ppo.telemetry.schemas`) and retry; the schema ids of a batch's Confluent-framed values are
+  fetched from the Schema Registry (`schema_registry`) before its transaction begins, waiting while the
+  registry is away. A writer schema learnt either way is read resolved into the newest local version.
 - **Record sizes.** The producer takes single records as large as the DLQ does (`message.max.bytes`,
   `consumers.dead_letter`); at start, the core is told each output topic's limit as the broker has it, so
   the validator can cut a dead letter to fit rather than fail the transaction on every retry.
@@ -63,10 +65,11 @@ from typing import Any, Protocol, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from avro_schemas.codec import HEADER_SIZE, SingleObjectCodec, epoch_summary_codec
-from avro_schemas.errors import DecodeError, EmptyMessageError, TelemetryError, UnknownSchemaError
+from avro_schemas.codec import SingleObjectCodec, epoch_summary_codec
+from avro_schemas.errors import DecodeError, TelemetryError
 from avro_schemas.models import EpochSummary
 from avro_schemas.topics import DEFAULT_NAMESPACE, EPOCHS_TOPIC, Namespace, state_topic
+from kafka_io.registry_client import RegistryClient
 from kafka_io import (
     UNREADABLE, ensure_topics, group_consumer_config, kafka_error, max_message_bytes, partition_count, quiet_logger,
     read_to_end, reason, unreadable_batch_end,
@@ -75,6 +78,7 @@ from kafka_io import (
 from .dead_letter import PRODUCER_MESSAGE_MAX_BYTES, Rejection, decode_rule, record_limit
 from .metering import RunnerMeter
 from .metrics import ConsumerMetrics
+from .schema_resolver import SchemaResolver, schema_topic_values
 from .validator import StreamTracker, Verdict, validate_record
 from .watchdog import Watchdog
 
@@ -147,21 +151,23 @@ class ConsumerCore(Protocol):
 
 
 def baseline_records(
-    config: dict[str, Any], run_id: str, topic: str = EPOCHS_TOPIC, codec: SingleObjectCodec | None = None
+    config: dict[str, Any], run_id: str, topic: str = EPOCHS_TOPIC, schemas: SchemaResolver | None = None
 ) -> list[EpochSummary]:
-    """The valid records of run `run_id` on the epochs topic so far (the drift group's baseline run)."""
-    codec = codec if codec is not None else epoch_summary_codec()
+    """The valid records of run `run_id` on the epochs topic so far (the drift group's baseline run), either
+    wire format (`schemas`: how writer schemas are found; default: the local versions only)."""
+    schemas = schemas if schemas is not None else SchemaResolver()
     count = partition_count(config, topic)
     if not count:
         raise ConsumerError(f"topic {topic} does not exist, so baseline run {run_id} is not on it")
     key = run_id.encode("utf-8")
     tracker = StreamTracker()
     records = []
-    for message in read_to_end(config, [TopicPartition(topic, p) for p in range(count)]):
-        if message.key() != key:
-            continue
+    values = [message.value() for message in read_to_end(config, [TopicPartition(topic, p) for p in range(count)])
+              if message.key() == key]
+    schemas.prepare(values)
+    for value in values:
         try:
-            verdict = tracker.check(validate_record(codec.decode(message.value())))
+            verdict = tracker.check(validate_record(schemas.decode(value)))
         except DecodeError:
             continue
         if verdict.status == "valid" and verdict.run_id == run_id:
@@ -203,6 +209,7 @@ class TransactionalRunner:
     scrub: Callable[[str], str] = lambda text: text
     counts: RunnerCounts = field(default_factory=RunnerCounts)
     metrics: ConsumerMetrics | None = None  # told what this runner does (see the module docstring)
+    schema_registry: RegistryClient | None = None  # where Confluent-framed inputs' schema ids are looked up
 
     def __post_init__(self) -> None:
         self.stop_requested = False
@@ -218,8 +225,9 @@ class TransactionalRunner:
         self._state_topic = state_topic(self.group_id)
         # the core's output topic names -> this namespace's topics
         self._output_topics = {topic: self.namespace.qualify(topic) for topic in self.core.output_topics}
-        self._local_fingerprints = {v.fingerprint for v in self.codec.versions.values()}
-        self._schemas_read_at = -1e9
+        self.schemas = SchemaResolver(
+            self.codec, schema_topic_values(self.config, self.namespace.schemas_topic), self.schema_registry, self._say
+        )
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._assigned: set[int] = set()
@@ -368,47 +376,12 @@ class TransactionalRunner:
             separators=(",", ":"),
         ).encode("utf-8")
 
-    # ------------------------------------------------------------------------------------ schemas
-
-    def _learn_schemas(self) -> None:
-        """Read the schema topic (at most every 5 s) and register what is new."""
-        now = time.monotonic()
-        if now - self._schemas_read_at < 5.0:
-            return
-        self._schemas_read_at = now
-        count = partition_count(self.config, self._schemas_topic)
-        if not count:
-            return
-        for message in read_to_end(self.config, [TopicPartition(self._schemas_topic, p) for p in range(count)]):
-            if message.value() is None:
-                continue
-            try:
-                self.codec.registry.register(message.value(), family="fetched")
-            except TelemetryError as exc:
-                self._say(f"schema topic offset {message.offset()}: not a schema ({exc})")
-
-    def _decode(self, value: bytes | None) -> dict[str, Any]:
-        if value is None:
-            raise EmptyMessageError("empty message (null value)")
-        if type(value) is bytes and value[2:HEADER_SIZE] in self._local_fingerprints:
-            # the common case, a local writer schema: decode checks the header itself
-            return self.codec.decode(value)
-        try:
-            writer = self.codec.writer_of(value)
-        except UnknownSchemaError:
-            self._learn_schemas()
-            writer = self.codec.writer_of(value)
-        if writer.fingerprint in self._local_fingerprints:
-            return self.codec.decode(value)
-        # a writer learnt from the schema topic: read it as the newest version this consumer knows
-        return self.codec.decode(value, reader=self.codec.latest)
-
     # ------------------------------------------------------------------------------------ a batch
 
     def _handle(self, message: Any) -> tuple[list[Output], str | None]:
         """Outputs for one input message and the run whose state it may have changed."""
         try:
-            record = self._decode(message.value())
+            record = self.schemas.decode(message.value())
         except DecodeError as exc:
             self.counts.rejected += 1
             return self.core.on_rejected(message, Rejection("decode", decode_rule(exc), exc.reason)), None
@@ -584,6 +557,10 @@ class TransactionalRunner:
                         messages += consume(self.batch_size - 1, 0)
                 if not messages and idle_callback is not None:
                     idle_callback()
+                if messages and not self.schemas.prepare(
+                    (message.value() for message in messages if message.error() is None), lambda: self.stop_requested
+                ):
+                    break  # stopped while the Schema Registry was away: the batch is consumed again after a restart
                 try:
                     if messages:
                         self.process_batch(messages)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, TextIO
 
 from avro_schemas import DecodeError, EncodeError, EpochSummary, TelemetryError, epoch_summary_codec
+from avro_schemas.codec import SINGLE_OBJECT, WIRE_FORMATS
 from avro_schemas.ndjson import (
     DEFAULT_MAX_LINE_BYTES, OverlongLine, SegmentFollower, iter_file_lines, iter_records_from, iter_segment_lines,
     iter_stream_lines,
@@ -246,11 +247,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         settings = _kafka_settings(args.bootstrap_servers, args.kafka_config)
         config, namespace = settings.librdkafka_config(), _namespace(args.namespace, settings)
+        schemas = _schema_resolver(args, config, namespace)
         if not args.baseline:  # runs on the epochs topic: --baseline-run, else those the drift group compared with
             baseline_runs = args.baseline_run or drift_baseline_runs(config, namespace.drift_topic, args.run_id)
             topic = namespace.epochs_topic
-            baseline = [r.to_dict() for run in baseline_runs for r in baseline_records(config, run, topic)]
-        inputs = kafka_inputs(config, namespace.epochs_topic, namespace.schemas_topic, args.run_id)
+            baseline = [r.to_dict() for run in baseline_runs for r in baseline_records(config, run, topic, schemas)]
+        inputs = kafka_inputs(config, namespace.epochs_topic, schemas, args.run_id)
         written = watch_group_alerts(config, namespace.alerts_topic, args.run_id)
         source = f"{namespace.epochs_topic} at {config.get('bootstrap.servers')}"
     else:
@@ -418,23 +420,41 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--fault starts at an environment step; --replay trains on recorded steps, so it takes none")
     if args.namespace is not None and args.kafka is None:
         raise UsageError("--namespace prefixes Kafka topic names; it needs --kafka")
+    if (args.schema_registry is not None or args.wire_format != SINGLE_OBJECT) and args.kafka is None:
+        raise UsageError("--wire-format and --schema-registry are about Kafka values; they need --kafka")
     config = config_from_args(args)
     check_fault_steps(config.faults, config.total_steps)  # FaultError: one line, exit 2
     # train writes records through a pipe to its publisher process: a dead publisher must be an error
     # (BrokenPipeError), not a silent death by SIGPIPE as for a filter whose reader went away
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    kafka, topic_prefix = None, ""
+    kafka = None
     if args.kafka is not None:
-        from ppo_telemetry.recorder import kafka_client_config
+        from ppo_telemetry.recorder import kafka_target
 
         # a security mismatch said in seconds, before training starts (issue 9)
-        kafka, topic_prefix = kafka_client_config(args.kafka, args.kafka_config, args.namespace)
+        kafka = kafka_target(args.kafka, args.kafka_config, args.namespace, args.partitions,
+                             args.wire_format, args.schema_registry)
     publisher = PublisherProcess(
         Path(args.ndjson_dir) if args.ndjson_dir else None, args.ndjson_max_bytes, config.run_id,
-        config.enable_telemetry_v1_1, kafka=kafka, kafka_partitions=args.partitions, kafka_namespace=topic_prefix,
+        config.enable_telemetry_v1_1, kafka=kafka,
     )
     faults_file = Path(args.ndjson_dir) / FAULTS_FILE if args.ndjson_dir and config.faults else None
     return TrainingRun(config, publisher, faults_file=faults_file).run()
+
+
+def _registry_client(args: argparse.Namespace):
+    """The `--schema-registry` client (None without the flag); a malformed URL is a one-line error."""
+    from kafka_io.registry_client import RegistryClient
+
+    return RegistryClient(args.schema_registry) if getattr(args, "schema_registry", None) else None
+
+
+def _schema_resolver(args: argparse.Namespace, config: dict[str, Any], namespace: Any):
+    """How a Kafka command finds writer schemas: the namespace's schema topic, and `--schema-registry`."""
+    from consumers.schema_resolver import SchemaResolver, schema_topic_values
+
+    return SchemaResolver(schema_topic=schema_topic_values(config, namespace.schemas_topic),
+                          registry=_registry_client(args))
 
 
 def _kafka_settings(bootstrap: str | None, config_file: str | None):
@@ -497,6 +517,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     runner = TransactionalRunner(
         config, core, instance_id=args.instance_id, namespace=namespace, batch_size=args.batch_size,
         session_timeout_ms=args.session_timeout_ms, scrub=lambda text: scrub(text, config), metrics=metrics,
+        schema_registry=_registry_client(args),
     )
     metrics_server = metrics.serve(args.metrics_port, args.metrics_host) if metrics is not None else None
     # Until this command returns, a SIGTERM or SIGINT asks for nothing more than the runner already does:
@@ -578,7 +599,7 @@ def _drift_group(args: argparse.Namespace, config: dict[str, Any], namespace: An
         return DriftGroup(Baseline.from_records(waited, args.baseline_run), idle_seconds=args.idle_seconds)
     records = []
     for run_id in dict.fromkeys(args.baseline_run):
-        found = baseline_records(config, run_id, topic=namespace.epochs_topic)
+        found = baseline_records(config, run_id, namespace.epochs_topic, _schema_resolver(args, config, namespace))
         if not found:
             raise InputError(f"baseline run {run_id!r} not found on {namespace.epochs_topic} (no valid records; "
                              "--wait-for-baseline waits for it)")
@@ -596,11 +617,12 @@ def _wait_for_baseline(args: argparse.Namespace, config: dict[str, Any], namespa
     from kafka_io import partition_count
 
     topic = namespace.epochs_topic
+    schemas = _schema_resolver(args, config, namespace)
 
     def fetch(run_id: str) -> list[dict]:
         if not partition_count(config, topic):  # a fresh broker: nothing has created the topic yet
             return []
-        return [record.to_dict() for record in baseline_records(config, run_id, topic=topic)]
+        return [record.to_dict() for record in baseline_records(config, run_id, topic, schemas)]
 
     def say(text: str) -> None:
         print(f"{PROG} consume drift ({topic}): {text}", file=sys.stderr, flush=True)
@@ -655,6 +677,30 @@ def _broker_pids(broker: Any) -> str:
     if len(pids) == 1:
         return f"pid {next(iter(pids.values()))}"
     return f"{len(pids)} nodes, pids " + ", ".join(f"{node_id}: {pid}" for node_id, pid in pids.items())
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    """`registry start|stop|status`: the local Schema Registry (Apicurio Registry, Confluent-compatible API)."""
+    from ppo_telemetry.registry_service import LocalRegistry
+
+    registry = LocalRegistry(port=args.port)
+    if args.registry_command == "start":
+        url = registry.start()
+        print(f"{PROG} registry: running (pid {registry.pid()}, in memory: a restart forgets the schemas; "
+              f"log {registry.log_file})", file=sys.stderr)
+        print(url)
+        return 0
+    if args.registry_command == "stop":
+        stopped = registry.stop()
+        print(f"{PROG} registry: {'stopped' if stopped else 'none was running'} on port {args.port}", file=sys.stderr)
+        return 0
+    if registry.running():
+        print(f"{PROG} registry: running (pid {registry.pid()})", file=sys.stderr)
+        print(registry.url)
+        return 0
+    state = "starting or not answering" if registry.pid() is not None else "not running"
+    print(f"{PROG} registry: {state} on port {args.port}", file=sys.stderr)
+    return 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -724,6 +770,10 @@ _NAMESPACE_HELP = (
     "letters, digits, '.', '-'); default: $PPO_TELEMETRY_NAMESPACE, else the settings file's [kafka] namespace, "
     "else none (the SPEC's names)"
 )
+_SCHEMA_REGISTRY_HELP = (
+    "a Confluent-compatible Schema Registry API (Apicurio: http://HOST:PORT/apis/ccompat/v7): where Confluent-framed "
+    "records' schemas are registered (train) and looked up by id (SPEC §11)"
+)
 
 
 def _positive_seconds(text: str) -> float:
@@ -788,6 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-servers", metavar="B", help="read the run from Kafka's epochs topic")
     p.add_argument("--kafka-config", metavar="TOML", help="Kafka connection and security settings ([kafka] table)")
     p.add_argument("--namespace", type=_namespace_name, metavar="NAME", help=_NAMESPACE_HELP)
+    p.add_argument("--schema-registry", metavar="URL", help=_SCHEMA_REGISTRY_HELP)
     _add_max_line_bytes(p)
     p.set_defaults(func=cmd_report)
 
@@ -846,6 +897,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=_positive_int, default=3, metavar="N",
                    help="partitions of the epochs topic when train creates it (default 3)")
     p.add_argument("--namespace", type=_namespace_name, metavar="NAME", help=_NAMESPACE_HELP)
+    p.add_argument("--wire-format", choices=WIRE_FORMATS, default=SINGLE_OBJECT,
+                   help="Kafka values as Avro single-object (default) or in the Confluent wire format, the schema "
+                        "registered with --schema-registry (SPEC §11)")
+    p.add_argument("--schema-registry", metavar="URL", help=_SCHEMA_REGISTRY_HELP)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("consume", help="run one instance of a Kafka consumer group (SPEC §4)")
@@ -874,6 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics on http://HOST:P/metrics (default: not served)")
     p.add_argument("--metrics-host", default="0.0.0.0", metavar="HOST",
                    help="the address the metrics listen on (default 0.0.0.0: every interface)")
+    p.add_argument("--schema-registry", metavar="URL", help=_SCHEMA_REGISTRY_HELP)
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("broker", help="a local KRaft Kafka broker, one node or a cluster (no Docker needed)")
@@ -888,6 +944,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start: SASL_SSL with SCRAM-SHA-512, a CA made at start, one principal per role with ACLs "
                         "(SPEC §11); each role's settings go to <data dir>/secrets/<role>.toml")
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("registry", help="a local Schema Registry (Apicurio, Confluent-compatible API; Java 21+)")
+    p.add_argument("registry_command", choices=("start", "stop", "status"))
+    p.add_argument("--port", type=_port, default=8081, metavar="P",
+                   help="its port on 127.0.0.1 (default 8081); start prints the URL for --schema-registry")
+    p.set_defaults(func=cmd_registry)
 
     p = sub.add_parser("demo", help="run the pipeline end to end, in a fresh namespace of its own")
     p.add_argument("--namespace", type=_namespace_name, metavar="NAME",

@@ -26,11 +26,11 @@ from typing import Any
 
 from avro_schemas.errors import TelemetryError
 from producer.ndjson_sink import DEFAULT_MAX_SEGMENT_BYTES
-from producer.publisher import PublisherProcess
+from producer.publisher import KafkaTarget, PublisherProcess
 from producer.recorder import EpochRecorder as _Recorder
 from producer.recorder import RecorderError, check_recording
 
-__all__ = ["EpochRecorder", "RecorderError", "TelemetryError", "kafka_client_config"]
+__all__ = ["EpochRecorder", "RecorderError", "TelemetryError", "kafka_client_config", "kafka_target"]
 
 
 class EpochRecorder(_Recorder):
@@ -39,7 +39,9 @@ class EpochRecorder(_Recorder):
     `ndjson_dir`: a directory of NDJSON segments (resumed if it holds a stream). `kafka`: bootstrap
     servers (`host:port,...`); `kafka_config`: further client settings, either a mapping of librdkafka
     properties (`{"security.protocol": "SASL_SSL", ...}`) or the path of a TOML settings file (the
-    `--kafka-config` file of the command line). `namespace`: the topics' prefix (SPEC §4). At least one
+    `--kafka-config` file of the command line). `namespace`: the topics' prefix (SPEC §4). `wire_format`:
+    `single-object` (default) or `confluent`, which needs `schema_registry`, the URL of a Confluent-compatible
+    Schema Registry API (SPEC §11). At least one
     of `ndjson_dir` and `kafka` (or a `kafka_config` naming the servers). Errors are one-line
     `TelemetryError`s: a broker whose listener does not fit the security settings is reported here,
     in seconds, before training starts. The publisher's sinks are open when the constructor returns;
@@ -61,18 +63,19 @@ class EpochRecorder(_Recorder):
         telemetry_version: str = "1.1",
         data_mode: str = "mixed",
         wait_for_start: bool = True,
+        wire_format: str = "single-object",
+        schema_registry: str | None = None,
     ) -> None:
         if ndjson_dir is None and kafka is None and kafka_config is None:
             raise RecorderError("an EpochRecorder needs somewhere to publish: ndjson_dir, kafka or both")
-        client, topic_prefix = (None, "") if kafka is None and kafka_config is None else kafka_client_config(
-            kafka, kafka_config, namespace
+        target = None if kafka is None and kafka_config is None else kafka_target(
+            kafka, kafka_config, namespace, kafka_partitions, wire_format, schema_registry
         )
         # checked before the publisher starts: a bad run_id or version is the caller's one-line error
         check_recording(run_id, telemetry_version, data_mode)
         self.publisher = PublisherProcess(
             None if ndjson_dir is None else Path(ndjson_dir), ndjson_max_bytes, run_id, telemetry_version == "1.1",
-            kafka=client, kafka_partitions=kafka_partitions, kafka_namespace=topic_prefix,
-            wait_for_start=wait_for_start,
+            kafka=target, wait_for_start=wait_for_start,
         )
         """The child process that builds, numbers and writes the records (`producer.publisher`)."""
         super().__init__(
@@ -100,6 +103,29 @@ class EpochRecorder(_Recorder):
             super().close()
         finally:
             self.publisher.close()
+
+
+def kafka_target(
+    bootstrap: str | None,
+    settings: Mapping[str, Any] | str | os.PathLike[str] | None,
+    namespace: str | None,
+    partitions: int = 3,
+    wire_format: str = "single-object",
+    schema_registry: str | None = None,
+) -> KafkaTarget:
+    """Where the publisher's Kafka sink writes: `kafka_client_config`'s settings and topic prefix, and the
+    wire format (`confluent` needs `schema_registry`; its URL is checked for form here)."""
+    from avro_schemas.codec import CONFLUENT, WIRE_FORMATS
+    from kafka_io.registry_client import RegistryClient
+
+    if wire_format not in WIRE_FORMATS:
+        raise RecorderError(f"wire_format is one of {', '.join(WIRE_FORMATS)}, got {wire_format!r}")
+    if wire_format == CONFLUENT and not schema_registry:
+        raise RecorderError("the confluent wire format needs a Schema Registry: schema_registry (--schema-registry URL)")
+    if schema_registry:
+        RegistryClient(schema_registry)  # a malformed URL: one line now, not in the publisher
+    client, topic_prefix = kafka_client_config(bootstrap, settings, namespace)
+    return KafkaTarget(client, partitions, topic_prefix, wire_format, schema_registry)
 
 
 def kafka_client_config(

@@ -298,9 +298,10 @@ def _drift(run_records: list[dict[str, Any]], baseline: _BaselineView | None) ->
 # ------------------------------------------------------------------------------------------ Kafka
 
 
-def kafka_inputs(config: dict[str, Any], topic: str, schemas_topic: str, run_id: str) -> list[tuple[str, Verdict]]:
+def kafka_inputs(config: dict[str, Any], topic: str, schemas: Any, run_id: str) -> list[tuple[str, Verdict]]:
     """The messages of run `run_id` (its key) on the epochs topic, from the beginning to the current end,
-    each with its validator verdict; a message that does not decode is an invalid item (rule `decode`).
+    each with its validator verdict, decoded by `schemas` (a `consumers.schema_resolver.SchemaResolver`:
+    either wire format); a message that does not decode is an invalid item (rule `decode`).
     `ReportError` when the topic does not exist or holds no message of the run (naming a few that it holds)."""
     from confluent_kafka import TopicPartition
 
@@ -320,34 +321,20 @@ def kafka_inputs(config: dict[str, Any], topic: str, schemas_topic: str, run_id:
         held = [k.decode("utf-8", "replace") for k in others if k is not None]
         shown = ", ".join(held[:10]) + (f" and {len(held) - 10} more" if len(held) > 10 else "")
         raise ReportError(f"run {run_id} is not on {topic}; it holds {shown or 'no run'}")
-    return list(_checked(config, schemas_topic, run_id, messages))
+    return list(_checked(schemas, run_id, messages))
 
 
-def _checked(
-    config: dict[str, Any], schemas_topic: str, run_id: str, messages: list[Any]
-) -> Iterator[tuple[str, Verdict]]:
+def _checked(schemas: Any, run_id: str, messages: list[Any]) -> Iterator[tuple[str, Verdict]]:
     """Each message decoded and validated in order (duplicates marked)."""
-    from avro_schemas.codec import epoch_summary_codec
-    from avro_schemas.errors import DecodeError, UnknownSchemaError
+    from avro_schemas.errors import DecodeError
     from consumers.validator import Validator
 
-    codec = epoch_summary_codec()
-    local = {version.fingerprint for version in codec.versions.values()}
-    learnt = False
+    schemas.prepare(message.value() for message in messages)
     validator = Validator()
     for message in messages:
         where = f"partition {message.partition()} offset {message.offset()}"
-        value = message.value() or b""
         try:
-            try:
-                writer = codec.writer_of(value)
-            except UnknownSchemaError:
-                if learnt:
-                    raise
-                learnt = _learn_schemas(config, schemas_topic, codec)
-                writer = codec.writer_of(value)
-            # a writer learnt from the schemas topic is read as the newest version known here, as the groups do
-            record = codec.decode(value) if writer.fingerprint in local else codec.decode(value, reader=codec.latest)
+            record = schemas.decode(message.value() or b"")
         except DecodeError as exc:
             yield where, Verdict("invalid", run_id=run_id, errors=[FieldError(None, "decode", str(exc))])
             continue
@@ -400,22 +387,6 @@ def watch_group_alerts(config: dict[str, Any], alerts_topic: str, run_id: str) -
             except DecodeError:
                 continue
     return alerts
-
-
-def _learn_schemas(config: dict[str, Any], schemas_topic: str, codec: Any) -> bool:
-    """Register the writer schemas on the schemas topic (SPEC §4) that this codec does not know."""
-    from confluent_kafka import TopicPartition
-
-    from kafka_io import partition_count, read_to_end
-
-    count = partition_count(config, schemas_topic) or 0
-    for message in read_to_end(config, [TopicPartition(schemas_topic, p) for p in range(count)]):
-        if message.value() is not None:
-            try:
-                codec.registry.register(message.value(), family="fetched")
-            except TelemetryError:
-                continue  # not a schema: the record it was meant for stays undecodable
-    return True
 
 
 # ------------------------------------------------------------------------------------------ HTML

@@ -1,4 +1,4 @@
-"""The Kafka sink: epoch summaries as single-object Avro to `ppo.telemetry.epochs` (SPEC §4).
+"""The Kafka sink: epoch summaries as Avro to `ppo.telemetry.epochs` (SPEC §4), single-object or Confluent-framed.
 
 The only module of the producer side that imports `confluent_kafka`. The producer is idempotent with
 `acks=all`, so librdkafka's retries (a broker restart, a leader change) neither lose nor duplicate a
@@ -19,15 +19,17 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from avro_schemas.codec import SingleObjectCodec, epoch_summary_codec
+from avro_schemas.codec import CONFLUENT, SINGLE_OBJECT, WIRE_FORMATS, SingleObjectCodec, epoch_summary_codec
 from avro_schemas.errors import EncodeError, TelemetryError
 from avro_schemas.registry import SchemaVersion
 from avro_schemas.topics import DEFAULT_NAMESPACE, VERSION_HEADER, Namespace
 from kafka_io import KafkaIOError, ensure_topics, quiet_logger, reason
+from kafka_io.registry_client import RegistryClient, RegistryRejected, RegistryUnavailable, subject_of
 
 __all__ = ["KafkaSink", "KafkaSinkError", "producer_config"]
 
 DEFAULT_PARTITIONS = 3
+REGISTRY_WAIT = 300.0  # seconds a registration is retried while the registry is away (as message.timeout.ms)
 
 
 class KafkaSinkError(TelemetryError):
@@ -57,7 +59,8 @@ class KafkaSink:
     Topics are created when missing: the epochs topic with `partitions` partitions, the schema topic
     compacted; both are `namespace`'s (`topic` overrides the epochs topic's name). A v1.1 record without
     `log_stream_offset` is numbered here, from `first_offset` on (when the NDJSON stream also runs, it
-    numbers the record first and Kafka carries its offset).
+    numbers the record first and Kafka carries its offset). `wire_format` `confluent` needs
+    `schema_registry`, the URL of a Confluent-compatible Schema Registry API.
     """
 
     def __init__(
@@ -68,7 +71,17 @@ class KafkaSink:
         codec: SingleObjectCodec | None = None,
         first_offset: int = 0,
         namespace: Namespace = DEFAULT_NAMESPACE,
+        wire_format: str = SINGLE_OBJECT,
+        schema_registry: str | None = None,
+        registry_wait: float = REGISTRY_WAIT,
     ) -> None:
+        if wire_format not in WIRE_FORMATS:
+            raise KafkaSinkError(f"unknown wire format {wire_format!r}: one of {', '.join(WIRE_FORMATS)}")
+        if wire_format == CONFLUENT and not schema_registry:
+            raise KafkaSinkError("the confluent wire format needs a Schema Registry URL")
+        self.schema_registry = RegistryClient(schema_registry) if wire_format == CONFLUENT else None
+        self.registry_wait = registry_wait
+        self._schema_ids: dict[bytes, int] = {}  # writer fingerprint -> the registry's id (confluent)
         self.topic = topic if topic is not None else namespace.epochs_topic
         self.schemas_topic = namespace.schemas_topic
         self.codec = codec if codec is not None else epoch_summary_codec()
@@ -122,6 +135,30 @@ class KafkaSink:
         self.flush()
         self._schemas_sent.add(writer.fingerprint)
 
+    def _register_schema(self, writer: SchemaVersion) -> int:
+        """The registry's id of the writer schema, registered (at FULL_TRANSITIVE) on first use."""
+        schema_id = self._schema_ids.get(writer.fingerprint)
+        if schema_id is not None:
+            return schema_id
+        subject = subject_of(self.topic)
+        schema = json.dumps(writer.schema, separators=(",", ":"))
+        started = time.monotonic()
+        while True:
+            try:
+                if not self._schema_ids:
+                    self.schema_registry.set_compatibility(subject, "FULL_TRANSITIVE")
+                schema_id = self.schema_registry.register(subject, schema)
+                break
+            except RegistryRejected as exc:
+                raise KafkaSinkError(f"the registry refused telemetry v{writer.version} under {subject}: {exc}") from None
+            except RegistryUnavailable as exc:
+                if time.monotonic() - started > self.registry_wait:
+                    raise KafkaSinkError(f"cannot register telemetry v{writer.version}: {exc}") from None
+                time.sleep(1.0)
+        self._schema_ids[writer.fingerprint] = schema_id
+        self.codec.registry.add_id(schema_id, schema)
+        return schema_id
+
     # ------------------------------------------------------------------------------- TelemetrySink
 
     def publish(self, record: dict[str, Any]) -> None:
@@ -135,10 +172,11 @@ class KafkaSink:
             self.next_offset = record["log_stream_offset"] + 1
         try:
             writer = self.codec.writer_for(record)
-            data = self.codec.encode(record, writer)
+            schema_id = None if self.schema_registry is None else self._register_schema(writer)
+            data = self.codec.encode(record, writer, schema_id)
         except EncodeError as exc:
             raise KafkaSinkError(f"cannot encode the record of epoch {record.get('epoch')}: {exc}") from None
-        if writer.fingerprint not in self._schemas_sent:
+        if schema_id is None and writer.fingerprint not in self._schemas_sent:
             self._publish_schema(writer)
         run_id = record.get("run_id")
         self._produce(

@@ -27,6 +27,7 @@ import signal
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -35,7 +36,7 @@ from avro_schemas.errors import TelemetryError
 if TYPE_CHECKING:
     from producer.records import RowBatch
 
-__all__ = ["PublisherError", "PublisherProcess"]
+__all__ = ["KafkaTarget", "PublisherError", "PublisherProcess"]
 
 _LENGTH = struct.Struct(">I")
 _RAW = 0x8000_0000  # a length with this bit set frames raw packed rows, not a pickle
@@ -44,6 +45,22 @@ _PIPE_BYTES = 1 << 20  # a second's rows fit in the pipe: the training loop neve
 
 class PublisherError(TelemetryError):
     """The publisher process could not write, or stopped."""
+
+
+@dataclass(frozen=True)
+class KafkaTarget:
+    """Where and how the publisher's Kafka sink writes (`producer.kafka_sink.KafkaSink`)."""
+
+    config: dict[str, Any] = field(repr=False)
+    """librdkafka settings: connection and security."""
+    partitions: int = 3
+    """The epochs topic's partitions, when the sink creates it."""
+    namespace: str = ""
+    """The topics' prefix (`avro_schemas.topics.Namespace`)."""
+    wire_format: str = "single-object"
+    """`single-object` or `confluent` (SPEC §11)."""
+    schema_registry: str | None = None
+    """The Confluent-compatible Schema Registry API's URL, for `confluent`."""
 
 
 def _write_frame(stream: BinaryIO, message: Any) -> None:
@@ -93,16 +110,12 @@ class PublisherProcess:
         max_segment_bytes: int,
         run_id: str,
         v1_1: bool,
-        kafka: dict[str, Any] | None = None,
-        kafka_partitions: int = 3,
-        kafka_namespace: str = "",
+        kafka: KafkaTarget | None = None,
         wait_for_start: bool = True,
     ) -> None:
         """Start the child and wait until its sinks are open (a one-line `PublisherError` if not).
 
-        Sinks: the NDJSON stream in `ndjson_dir` and/or Kafka (`kafka`: librdkafka settings, the
-        epochs topic created with `kafka_partitions` partitions when missing; the topics of namespace
-        `kafka_namespace`, see `avro_schemas.topics.Namespace`); at least one.
+        Sinks: the NDJSON stream in `ndjson_dir` and/or Kafka (`kafka`); at least one.
 
         `wait_for_start=False` returns at once, while the child starts (~0.1 s of imports and opening
         the sinks) beside the caller's work: its answer is read by `check` as soon as it is there, and
@@ -127,8 +140,6 @@ class PublisherProcess:
             "run_id": run_id,
             "v1_1": v1_1,
             "kafka": kafka,
-            "kafka_partitions": kafka_partitions,
-            "kafka_namespace": kafka_namespace,
         }
         _widen_pipe(self._process.stdin)
         try:
@@ -238,14 +249,15 @@ def _open_sinks(config: dict[str, Any]) -> list:
             from producer.ndjson_sink import NdjsonSink
 
             sinks.append(NdjsonSink(Path(config["ndjson_dir"]), config["max_segment_bytes"], buffered=True))
-        if config.get("kafka") is not None:
+        target: KafkaTarget | None = config.get("kafka")
+        if target is not None:
             from avro_schemas.topics import Namespace
             from producer.kafka_sink import KafkaSink
 
             first = sinks[0].writer.next_offset if sinks else 0
             kafka = KafkaSink(
-                config["kafka"], partitions=config["kafka_partitions"], first_offset=first,
-                namespace=Namespace(config.get("kafka_namespace", "")),
+                target.config, partitions=target.partitions, first_offset=first, namespace=Namespace(target.namespace),
+                wire_format=target.wire_format, schema_registry=target.schema_registry,
             )
             kafka.on_wait = _waiting_note
             sinks.append(kafka)

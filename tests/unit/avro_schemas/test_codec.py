@@ -1,4 +1,5 @@
-"""The single-object codec (SPEC §3) and the typed model it carries (SPEC §1)."""
+"""The codec's two wire formats, single-object (SPEC §3) and Confluent (SPEC §11), and the typed model it
+carries (SPEC §1)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 
 import pytest
 
-from avro_schemas.codec import HEADER_SIZE, MAGIC, epoch_summary_codec
-from avro_schemas.errors import DecodeError, EncodeError
+from avro_schemas.codec import (
+    CONFLUENT_HEADER_SIZE, HEADER_SIZE, MAGIC, confluent_header, confluent_schema_id, epoch_summary_codec,
+)
+from avro_schemas.errors import DecodeError, EncodeError, UnknownSchemaError, UnknownSchemaIdError, WrongHeaderError
 from avro_schemas.models import V1_1_ADDED_FIELDS, VERSION_FIELDS, DataMode, EpochSummary
 from avro_schemas.registry import SchemaRegistry, crc64_avro, load_family, schema_from_json
 
@@ -172,9 +175,17 @@ def _assert_one_line_reason(error: DecodeError) -> None:
 
 def _bad_messages(codec):
     good = codec.encode(V1_1_RECORD)
+    codec.registry.add_id(7, json.dumps(codec.latest.schema))
+    framed = codec.encode(V1_1_RECORD, schema_id=7)
     return {
         "empty": (b"", "empty message"),
-        "one_byte_wrong": (b"\x00", "wrong header"),
+        "one_byte_wrong": (b"\x07", "wrong header"),
+        "confluent_magic_only": (b"\x00", "truncated header"),
+        "confluent_short_id": (b"\x00\x00\x00\x07", "truncated header"),
+        "confluent_unknown_id": (confluent_header(8) + good[HEADER_SIZE:], "unknown schema id 8"),
+        "confluent_header_only": (framed[:CONFLUENT_HEADER_SIZE], "truncated body"),
+        "confluent_truncated_body": (framed[:-1], "truncated body"),
+        "confluent_trailing_bytes": (framed + b"\x00", "trailing bytes"),
         "one_byte_magic": (b"\xc3", "truncated header"),
         "wrong_magic": (b"\xc3\x02" + good[2:], "wrong header"),
         "json_text": (json.dumps(V1_1_RECORD).encode(), "wrong header"),
@@ -192,6 +203,12 @@ def _bad_messages(codec):
     [
         "empty",
         "one_byte_wrong",
+        "confluent_magic_only",
+        "confluent_short_id",
+        "confluent_unknown_id",
+        "confluent_header_only",
+        "confluent_truncated_body",
+        "confluent_trailing_bytes",
         "one_byte_magic",
         "wrong_magic",
         "json_text",
@@ -209,6 +226,37 @@ def test_bad_message_is_a_decode_error_with_a_one_line_reason(codec, case):
         codec.decode(data)
     _assert_one_line_reason(info.value)
     assert expected in info.value.reason
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_a_confluent_framed_message_holds_the_same_body_after_the_magic_byte_and_the_schema_id(codec, versions, version):
+    codec.registry.add_id(41, json.dumps(versions[version].schema))
+    single = codec.encode(RECORDS[version])
+    framed = codec.encode(RECORDS[version], schema_id=41)
+    assert framed[:CONFLUENT_HEADER_SIZE] == b"\x00\x00\x00\x00\x29"  # 41, big-endian
+    assert framed[CONFLUENT_HEADER_SIZE:] == single[HEADER_SIZE:]
+    assert confluent_schema_id(framed) == 41 and confluent_schema_id(single) is None
+    assert codec.decode(framed) == codec.decode(single) == RECORDS[version]
+    assert codec.writer_of(framed).fingerprint == versions[version].fingerprint
+    resolved = codec.decode(framed, reader=versions["1.1"])
+    assert resolved == codec.decode(single, reader=versions["1.1"])
+
+
+def test_an_unknown_schema_id_names_the_id_and_is_an_unknown_schema(codec):
+    with pytest.raises(UnknownSchemaIdError) as info:
+        codec.decode(confluent_header(123456) + b"\x02")
+    assert info.value.schema_id == 123456 and isinstance(info.value, UnknownSchemaError)
+
+
+def test_a_schema_id_the_header_cannot_hold_is_refused_when_encoding(codec):
+    for bad in (-1, 2**31):
+        with pytest.raises(EncodeError, match="does not fit"):
+            codec.encode(V1_1_RECORD, schema_id=bad)
+
+
+def test_neither_magic_is_a_wrong_header(codec):
+    with pytest.raises(WrongHeaderError, match="expected C3 01 .single-object. or 00 .Confluent., got 7B 22"):
+        codec.decode(json.dumps(V1_1_RECORD).encode())
 
 
 @pytest.mark.parametrize("version", ["1.0", "1.1"])

@@ -178,8 +178,11 @@ def decode_failure(data: bytes) -> DecodeError:
 
 def test_decode_failures_are_classified_by_type_for_the_dlq_rule():
     good = epoch_summary_codec().encode(synthetic_run("r", 1, 6, False)[0])
-    assert decode_rule(decode_failure(b"\x00\x01garbage")) == "wrong_header"
-    assert decode_rule(decode_failure(b"\x00")) == "wrong_header"
+    assert decode_rule(decode_failure(b"\x07\x01garbage")) == "wrong_header"
+    assert decode_rule(decode_failure(b"\x07")) == "wrong_header"
+    # 00: the Confluent wire format's magic byte, then a schema id
+    assert decode_rule(decode_failure(b"\x00\x01garbage")) == "unknown_schema"
+    assert decode_rule(decode_failure(b"\x00")) == "truncated"
     assert decode_rule(decode_failure(good[:6])) == "truncated"
     assert decode_rule(decode_failure(good[:40])) == "truncated"
     assert decode_rule(decode_failure(good[:2] + b"\x07" * 8 + good[10:])) == "unknown_schema"
