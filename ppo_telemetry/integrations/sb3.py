@@ -119,8 +119,8 @@ class _Rollout:
 class TelemetryCallback(BaseCallback):
     """Publishes one v1.1 `EpochSummary` per PPO training epoch to NDJSON, Kafka or both (see the module).
 
-    `ndjson_dir`, `kafka`, `kafka_config`, `namespace`: the sinks, as `ppo_telemetry.recorder.EpochRecorder`
-    takes them (at least one of `ndjson_dir` and `kafka`/`kafka_config`). `run_id`: default
+    `ndjson_dir`, `kafka`, `kafka_config`, `namespace`, `wire_format`, `schema_registry`: the sinks, as
+    `ppo_telemetry.recorder.EpochRecorder` takes them (at least one of `ndjson_dir` and `kafka`/`kafka_config`). `run_id`: default
     `sb3-<env id>-<seed or noseed>-<UTC start time>` (`default_run_id`), fixed when training starts.
     The sinks open when training starts, beside the first rollout (a listener that does not fit the
     security settings fails `learn` before the first step; a directory that cannot hold a stream, at
@@ -136,6 +136,8 @@ class TelemetryCallback(BaseCallback):
         kafka_config: Mapping[str, Any] | str | os.PathLike[str] | None = None,
         *,
         namespace: str | None = None,
+        wire_format: str = "single-object",
+        schema_registry: str | None = None,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -147,6 +149,7 @@ class TelemetryCallback(BaseCallback):
         """The records' run_id (set when training starts if not given)."""
         self._sinks: dict[str, Any] = {
             "ndjson_dir": ndjson_dir, "kafka": kafka, "kafka_config": kafka_config, "namespace": namespace,
+            "wire_format": wire_format, "schema_registry": schema_registry,
         }
         self.recorder: EpochRecorder | None = None
         """The recorder of the `learn` call under way (None outside training)."""
