@@ -290,7 +290,7 @@ def with_faults(records: list[dict[str, Any]], seed: int) -> list[bytes]:
         if index % 37 == 11:
             kind = (index // 37) % 3
             if kind == 0:
-                payloads.append(b"\x00garbage " + str(index).encode())  # wrong header: decode stage
+                payloads.append(b"\x07garbage " + str(index).encode())  # wrong header: decode stage
             elif kind == 1:
                 payloads.append(codec.encode(record)[:14])  # truncated body: decode stage
             else:

@@ -43,7 +43,7 @@ COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
 # a "bomb" (a record that compresses from 8-16 MB to a few KB) is a batch it cannot read
 READER_LIMITS = {"receive.message.max.bytes": 5_000_000, "fetch.max.bytes": 4_000_000}
 FORGED = [("error.rule", b"forged"), ("error.stage", b"none"), ("source.offset", b"-1"), ("original.error.rule", b"x")]
-WRONG_HEADER = "wrong header: expected C3 01, got 00 00"  # the codec's reason for a value starting 00 00
+WRONG_HEADER = "wrong header: expected C3 01 (single-object) or 00 (Confluent), got 07 07"  # the codec's reason for a value starting 07 07
 
 
 @dataclass
@@ -96,7 +96,7 @@ def bad_message(rng: random.Random, keys: list[bytes], room: int, dlq_room: int)
         value = bytes(int(room ** rng.random()))
     elif kind == "boundary":  # around the largest dead letter that still goes whole
         key, headers = keys[0], []
-        value = b"\x00\x00" + rng.randbytes(dlq_room - 2 + rng.randint(-4, 4))
+        value = b"\x07\x07" + rng.randbytes(dlq_room - 2 + rng.randint(-4, 4))
     elif kind == "largest":
         value = rng.randbytes(room)
     elif kind == "avro":  # a single-object header with a body that is not one
@@ -344,7 +344,7 @@ def test_consume_validate_survives_the_issue_s_oversized_value_an_unreadable_hea
     run_id = unique_run_id()
     key, raw_key, schema_key = run_id.encode(), b"raw-" + run_id.encode(), b"schema-" + run_id.encode()
     largest = limit - RECORD_BATCH_OVERHEAD - record_size(key, b"", FORGED)
-    values = [random.randbytes(1_040_000), b"\x00" + random.randbytes(largest - 1)]
+    values = [b"\x07" + random.randbytes(1_039_999), b"\x07" + random.randbytes(largest - 1)]  # 07: neither format
     producer = producers(kafka_config, limit)["none"]
     for value in values:
         producer.produce(epochs, key=key, value=value, headers=FORGED)

@@ -131,7 +131,7 @@ def test_validator_dead_letters_bad_records_once_with_the_spec_headers(kafka_boo
     producer = raw_producer(kafka_config)
     key = run_id.encode()
     payloads = [codec.encode(r) for r in records[:4]]
-    payloads += [b"\x00garbage", codec.encode(invalid), codec.encode(records[5]), codec.encode(records[2])]  # + a re-send
+    payloads += [b"\x07garbage", codec.encode(invalid), codec.encode(records[5]), codec.encode(records[2])]  # + a re-send
     publish(kafka_config, [])  # topics exist
     for payload in payloads:
         producer.produce(EPOCHS_TOPIC, key=key, value=payload, headers=[(VERSION_HEADER, b"1.1")])
@@ -144,7 +144,7 @@ def test_validator_dead_letters_bad_records_once_with_the_spec_headers(kafka_boo
     dead = read_topic(kafka_config, DLQ_TOPIC, {key})
     assert len(dead) == 2
     first, second = (dict(m.headers()) for m in dead)
-    assert dead[0].value() == b"\x00garbage" and dead[1].value() == payloads[5]
+    assert dead[0].value() == b"\x07garbage" and dead[1].value() == payloads[5]
     assert first["error.stage"] == b"decode" and first["error.rule"] == b"wrong_header"
     assert second["error.stage"] == b"validate" and b"policy_loss" in second["error.message"]
     for headers in (first, second):

@@ -146,7 +146,7 @@ def publish(config: dict[str, Any], namespace: Namespace, run_id: str) -> tuple[
     codec = epoch_summary_codec()
     producer = Producer({**config, "enable.idempotence": True, "partitioner": "murmur2_random"})
     key, headers = run_id.encode(), [(VERSION_HEADER, b"1.1")]
-    for value in (b"\x00garbage", codec.encode(dict(records[4], policy_loss=math.nan)), codec.encode(records[2])):
+    for value in (b"\x07garbage", codec.encode(dict(records[4], policy_loss=math.nan)), codec.encode(records[2])):
         producer.produce(namespace.epochs_topic, key=key, value=value, headers=headers)
     assert producer.flush(30) == 0
     return records, {"wrong_header": 1, "finite": 1}
