@@ -97,7 +97,9 @@ def test_dockerignore_keeps_local_and_large_things_out_of_the_context():
     for path in (".venv/bin/python", ".git/HEAD", "compose/kafka-local/target/libs/kafka.jar",
                  "compose/kafka-local/run/9092/data/meta.properties", "runs/run-1/epochs.ndjson",
                  "ppo_telemetry/__pycache__/cli.cpython-311.pyc", "__pycache__/x.pyc",
-                 "ppo_telemetry.egg-info/PKG-INFO", "secrets/broker.pem", "compose/secrets/drift.toml"):
+                 "ppo_telemetry.egg-info/PKG-INFO", "secrets/broker.pem", "compose/secrets/drift.toml",
+                 "compose/apicurio-local/target/apicurio-registry-3.3.3/quarkus-run.jar",
+                 "compose/apicurio-local/run/8081/registry.log"):
         assert ignored(path, patterns), path
     for path in ("ppo_telemetry/cli.py", "avro_schemas/epoch_summary_v1.1.avsc", "kafka_io/__init__.py",
                  "pyproject.toml", "README.md", "compose/Dockerfile", "producer/envs/__init__.py"):
