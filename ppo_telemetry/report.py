@@ -124,7 +124,7 @@ def gather_report(
         tallies.setdefault(verdict.run_id, _Tally()).add(position, where, verdict)
         if verdict.status == "valid":
             records.setdefault(verdict.run_id, []).append(verdict.record)
-    chosen = _pick_run(list(records), run_id, source)
+    chosen = _pick_run(list(records), run_id, source, tallies.get(run_id))
     unattributed = _Tally()
     for key, tally in tallies.items():
         if key not in records:
@@ -150,12 +150,17 @@ def gather_report(
     }
 
 
-def _pick_run(runs: list[str], run_id: str | None, source: str) -> str:
+def _pick_run(runs: list[str], run_id: str | None, source: str, tally: _Tally | None = None) -> str:
+    """The run to report (`run_id`, else the only one); `tally`: `run_id`'s verdicts, to say why none is valid."""
     where = source or "the input"
     if run_id is not None:
         if run_id not in runs:
             held = ", ".join(runs) or "no valid record"
-            raise ReportError(f"run {run_id!r} has no valid record in {where}; it holds {held}")
+            why = ""
+            if tally is not None and tally.examples:
+                first = tally.examples[0]
+                why = f" ({tally.counts['invalid']} invalid; the first, {first['where']}: {first['message']})"
+            raise ReportError(f"run {run_id!r} has no valid record in {where}{why}; it holds {held}")
         return run_id
     if not runs:
         raise ReportError(f"no valid record in {where} (`ppo-telemetry validate` says why)")

@@ -244,3 +244,55 @@ def test_train_publishes_in_the_confluent_format_and_refuses_it_without_a_regist
     resolver.prepare(message.value() for message in messages)
     offsets = [resolver.decode(message.value())["log_stream_offset"] for message in messages]
     assert offsets == list(range(len(messages)))
+
+
+def test_with_a_registry_a_schema_id_it_does_not_have_is_dead_lettered_and_the_rest_read(
+    kafka_config, schema_registry, consumers, namespace, unique_run_id,
+):
+    from confluent_kafka import Producer
+
+    from avro_schemas.codec import confluent_header
+
+    run_id = unique_run_id()
+    records = synthetic_run(run_id, 3, seed=8, unstable=False)
+    publish(kafka_config, namespace, records[:2], **confluent(schema_registry))
+    body = epoch_summary_codec().encode(dict(records[2], log_stream_offset=2))[HEADER_SIZE:]
+    producer = Producer({**kafka_config, "enable.idempotence": True, "partitioner": "murmur2_random"})
+    producer.produce(namespace.epochs_topic, key=run_id.encode(), value=confluent_header(2_000_000_000) + body)
+    assert producer.flush(30) == 0
+    validator = consumers("validate", "--namespace", namespace.name, "--schema-registry", schema_registry)
+    wait_for(lambda: caught_up(kafka_config, namespace.validator_group, namespace.epochs_topic)
+             or validator.process.poll() is not None, 90, "the validator to commit the run")
+    assert validator.terminate() == 0, validator.log()
+    [letter] = read_topic(kafka_config, namespace.dlq_topic)
+    headers = {name: value.decode() for name, value in letter.headers()}
+    assert headers["error.rule"] == "unknown_schema" and "unknown schema id 2000000000" in headers["error.message"]
+    assert "2 processed, 1 rejected" in validator.log()
+
+
+def test_a_producer_whose_registry_stays_away_fails_in_one_line(kafka_config, namespace, unique_run_id):
+    from producer.kafka_sink import KafkaSinkError
+
+    away = f"http://127.0.0.1:{free_ports(28960, 1)}/apis/ccompat/v7"
+    sink = KafkaSink(kafka_config, namespace=namespace, wire_format="confluent", schema_registry=away, registry_wait=2)
+    with pytest.raises(KafkaSinkError) as failed:
+        sink.publish(synthetic_run(unique_run_id(), 1, seed=9, unstable=False)[0])
+    assert "cannot register telemetry v1.1" in str(failed.value) and "not reachable" in str(failed.value)
+    assert "\n" not in str(failed.value)
+    assert read_topic(kafka_config, namespace.epochs_topic) == []  # nothing written unframed instead
+
+
+def test_report_reads_a_confluent_run_with_the_registry_and_without_says_which_flag_is_missing(
+    kafka_bootstrap, kafka_config, schema_registry, namespace, unique_run_id, tmp_path,
+):
+    run_id = unique_run_id()
+    publish(kafka_config, namespace, synthetic_run(run_id, 6, seed=10, unstable=False), **confluent(schema_registry))
+    base = [sys.executable, "-m", "ppo_telemetry", "report", "--bootstrap-servers", kafka_bootstrap,
+            "--namespace", namespace.name, "--run-id", run_id]
+    read = subprocess.run([*base, "--schema-registry", schema_registry, "-o", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0, read.stderr
+    assert f"run {run_id}: 6 records, 0 invalid" in read.stderr
+    unread = subprocess.run([*base, "-o", str(tmp_path / "u.html")], capture_output=True, text=True, timeout=120)
+    assert unread.returncode == 2 and len(unread.stderr.splitlines()) == 1, unread.stderr
+    assert "6 invalid" in unread.stderr and "no Schema Registry was given (--schema-registry)" in unread.stderr
