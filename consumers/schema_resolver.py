@@ -24,7 +24,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from avro_schemas.codec import HEADER_SIZE, SingleObjectCodec, confluent_schema_id, epoch_summary_codec
+from avro_schemas.codec import (
+    CONFLUENT_HEADER_SIZE,
+    HEADER_SIZE,
+    SingleObjectCodec,
+    confluent_schema_id,
+    epoch_summary_codec,
+)
 from avro_schemas.errors import EmptyMessageError, TelemetryError, UnknownSchemaError, UnknownSchemaIdError
 from kafka_io.registry_client import RegistryClient, RegistryUnavailable
 
@@ -52,6 +58,8 @@ class SchemaResolver:
         self.say = say
         self.min_interval = min_interval
         self._local = {version.fingerprint for version in self.codec.versions.values()}
+        # Confluent headers (00 + id) naming a local version; a registry never gives an id to another schema
+        self._local_ids: set[bytes] = set()
         self._topic_read_at = -1e9
         self._missing_ids: dict[int, float] = {}  # ids the registry does not have -> when it said so
 
@@ -62,7 +70,9 @@ class SchemaResolver:
         became true while the registry was away (nothing is decoded then)."""
         if self.registry is None:
             return True
-        wanted = {schema_id for schema_id in map(confluent_schema_id, values) if schema_id is not None}
+        # this runs on every batch: one slice per value, the ids read once per distinct header
+        heads = {value[:CONFLUENT_HEADER_SIZE] for value in values if type(value) is bytes}
+        wanted = {schema_id for schema_id in map(confluent_schema_id, heads) if schema_id is not None}
         for schema_id in sorted(wanted):
             if not self._fetch(schema_id, stopping):
                 return False
@@ -108,8 +118,11 @@ class SchemaResolver:
         if value is None:
             raise EmptyMessageError("empty message (null value)")
         codec = self.codec
-        if type(value) is bytes and value[2:HEADER_SIZE] in self._local and value[0] != 0:
-            return codec.decode(value)  # the common case, a local single-object writer: decode checks the header
+        if type(value) is bytes:  # the common cases, a local writer in either format: decode checks the header
+            if value[2:HEADER_SIZE] in self._local and value[0] != 0:
+                return codec.decode(value)
+            if value[:CONFLUENT_HEADER_SIZE] in self._local_ids:
+                return codec.decode(value)
         try:
             writer = codec.writer_of(value)
         except UnknownSchemaIdError as exc:
@@ -124,6 +137,8 @@ class SchemaResolver:
                 raise
             writer = codec.writer_of(value)
         if writer.fingerprint in self._local:
+            if confluent_schema_id(value) is not None:
+                self._local_ids.add(value[:CONFLUENT_HEADER_SIZE])
             return codec.decode(value)
         return codec.decode(value, reader=codec.latest)
 

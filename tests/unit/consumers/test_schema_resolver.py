@@ -10,7 +10,7 @@ import json
 import pytest
 
 from avro_schemas.codec import confluent_header, epoch_summary_codec
-from avro_schemas.errors import EmptyMessageError, UnknownSchemaError, UnknownSchemaIdError
+from avro_schemas.errors import DecodeError, EmptyMessageError, UnknownSchemaError, UnknownSchemaIdError
 from avro_schemas.registry import schema_from_json
 from consumers.schema_resolver import SchemaResolver
 from kafka_io.registry_client import RegistryClient, RegistryError, subject_of
@@ -41,6 +41,32 @@ def test_both_formats_of_a_local_version_decode_to_the_same_record():
     framed = resolver.codec.encode(RECORD, schema_id=3)
     assert resolver.prepare([single, framed]) is True  # no registry: nothing to fetch
     assert resolver.decode(single) == resolver.decode(framed) == RECORD
+
+
+def test_confluent_values_decode_the_same_every_time_a_local_writer_as_is_a_later_one_resolved():
+    resolver = SchemaResolver()
+    message, text = _written_with_v1_2()
+    resolver.codec.registry.add_id(3, json.dumps(resolver.codec.latest.schema))
+    resolver.codec.registry.add_id(4, text)
+    local = resolver.codec.encode(RECORD, schema_id=3)
+    later = confluent_header(4) + message[10:]
+    for _ in range(3):  # the first read finds the writer by id, later ones take the known header's short way
+        assert resolver.decode(local) == RECORD
+        assert resolver.decode(later) == RECORD  # `seed` is not a field of the reader, v1.1
+    with pytest.raises(DecodeError):  # the short way still reads the body strictly
+        resolver.decode(local[:-3])
+    with pytest.raises(DecodeError):
+        resolver.decode(local + b"\x00")
+
+
+def test_prepare_looks_only_at_framed_bytes_and_fetches_nothing_already_known():
+    # the ids are known, so the registry (nothing listens on port 9) is never asked
+    resolver = SchemaResolver(registry=RegistryClient("http://127.0.0.1:9/apis/ccompat/v7"))
+    resolver.codec.registry.add_id(3, json.dumps(resolver.codec.latest.schema))
+    framed = resolver.codec.encode(RECORD, schema_id=3)
+    values = [None, b"", b"\x00", b"\x00\x00\x00\x00", bytearray(framed), resolver.codec.encode(RECORD), framed]
+    assert resolver.prepare(values) is True
+    assert resolver.prepare(iter(values)) is True
 
 
 def test_an_unknown_fingerprint_is_learnt_from_the_schema_topic_and_read_as_the_newest_local_version():
