@@ -43,10 +43,11 @@ HANG_GUARD_SECONDS = 240
 OUTPUTS: list[str] = []  # everything the module's subprocesses printed, for the leak check
 
 
-def cli(*args: str, timeout: float = HANG_GUARD_SECONDS) -> subprocess.CompletedProcess[str]:
-    """`ppo-telemetry ARGS` with no Kafka settings from the environment; its output is kept for the leak check."""
+def cli(*args: str, timeout: float = HANG_GUARD_SECONDS, **environment: str) -> subprocess.CompletedProcess[str]:
+    """`ppo-telemetry ARGS` with no Kafka settings from the environment (but `environment`); its output is kept
+    for the leak check."""
     env = {name: value for name, value in os.environ.items()
-           if not name.startswith("PPO_TELEMETRY_KAFKA_") and name != "KAFKA_BOOTSTRAP_SERVERS"}
+           if not name.startswith("PPO_TELEMETRY_KAFKA_") and name != "KAFKA_BOOTSTRAP_SERVERS"} | environment
     proc = subprocess.run([sys.executable, "-m", "ppo_telemetry", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
     OUTPUTS.append(proc.stdout + proc.stderr)
@@ -230,6 +231,86 @@ def test_the_demo_runs_as_the_admin_through_its_settings_file(secured: LocalBrok
     logs = [line.split("their log: ", 1)[1].rstrip("):") for line in proc.stdout.splitlines() if "their log: " in line]
     assert logs, proc.stdout
     OUTPUTS.extend(Path(log).read_text() for log in logs)
+
+
+def test_the_watch_principal_pages_alertmanager_from_its_own_poster_group(
+    secured: LocalBroker, system_program, tmp_path: Path,
+) -> None:
+    """`consume watch --alertmanager` as the watch role: its group, the alerts it writes, and the poster's own
+    group (`<watch group>.alertmanager`) reading them back, all within the watch principal's ACLs."""
+    from alertmanager_testing import Alertmanager, Webhook
+
+    from ppo_telemetry.demo import synthetic_run
+    from producer.kafka_sink import KafkaSink
+
+    run_id = f"secure-alerts-{uuid.uuid4().hex[:8]}"
+    sink = KafkaSink(client(secured, "trainer"))  # an unstable run: the test rules fire kl_spike (and more)
+    for record in synthetic_run(run_id, 30, seed=5, unstable=True):
+        sink.publish(record)
+    sink.close()
+    webhook = Webhook()
+    manager = Alertmanager(system_program("prometheus-alertmanager", "prometheus-alertmanager"), tmp_path, webhook)
+    manager.start()
+    log = tmp_path / "watch.log"
+    rules = Path(__file__).with_name("watch_rules.toml")
+    with open(log, "w") as out:
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "ppo_telemetry", "consume", "watch", "--kafka-config", str(secured.settings_file("watch")),
+             "--rules", str(rules), "--instance-id", "pager", "--alertmanager", manager.url],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        admin = secured.client_config("admin")
+        ends = end_offsets(admin, names.epochs_topic)
+
+        def caught_up() -> bool:
+            committed = committed_offsets(admin, names.watch_group, names.epochs_topic)
+            return all(committed.get(partition, -1) >= end for partition, end in ends.items() if end > 0)
+
+        wait_for(lambda: watch.poll() is not None or caught_up(), 120, "the watch group to commit the run")
+        assert watch.poll() is None, log.read_text()
+        transitions = read_topic(admin, names.alerts_topic, {run_id.encode()})
+        assert transitions
+        # every transition posted: Alertmanager counts what it received (an alert that fired and resolved within
+        # one group_wait is never notified, so the webhook alone cannot tell), and what still fires is active
+        wait_for(lambda: manager.received("firing") + manager.received("resolved") >= len(transitions), 120,
+                 f"Alertmanager to receive the {len(transitions)} transitions")
+        assert manager.active(run_id)
+        poster = f"{names.watch_group}.alertmanager"
+        wait_for(lambda: sum(committed_offsets(admin, poster, names.alerts_topic).values()) >= len(transitions), 60,
+                 "the poster to commit what it posted")
+    finally:
+        watch.terminate()
+        watch.wait(60)
+        manager.stop()
+        webhook.close()
+        OUTPUTS.append(log.read_text())
+    assert watch.returncode == 0, log.read_text()
+    assert "not authorized" not in log.read_text().lower(), log.read_text()
+
+
+def test_a_restarted_secured_broker_refuses_a_plaintext_start_and_keeps_its_credentials(
+    secured: LocalBroker, tmp_path: Path,
+) -> None:
+    home = {"PPO_TELEMETRY_BROKER_HOME": str(secured.run_dir.parent)}
+    port = str(secured.port)
+    assert cli("broker", "stop", "--port", port, **home).returncode == 0
+    plain = cli("broker", "start", "--port", port, **home)
+    assert plain.returncode == 2 and len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+    assert "holds a secured broker's data: start it with --secure" in plain.stderr
+    again = cli("broker", "start", "--port", port, "--secure", **home)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines()[-1] == secured.bootstrap
+    # the same CA, credentials and ACLs: the trainer's settings file works as before, and a client without
+    # credentials is still refused
+    run_id = f"secure-restart-{uuid.uuid4().hex[:8]}"
+    trained = cli("train", "--kafka", secured.bootstrap, "--kafka-config", str(secured.settings_file("trainer")),
+                  "--env", "CartPole-v1", "--total-steps", "512", "--run-id", run_id)
+    assert trained.returncode == 0, trained.stderr
+    assert read_topic(secured.client_config("admin"), names.epochs_topic, {run_id.encode()})
+    assert delivery_error(client(secured, "trainer"), names.alerts_topic) is not None
+    refused = cli("consume", "validate", "--bootstrap-servers", secured.bootstrap)
+    assert refused.returncode == 2 and "(SSL or SASL_SSL)" in refused.stderr, refused.stderr
 
 
 def test_no_password_shows_in_any_output_or_log_file(secured: LocalBroker) -> None:
