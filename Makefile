@@ -38,6 +38,7 @@ bench: $(STAMP) $(SB3_STAMP)
 	$(PY) bench/telemetry_overhead.py
 	$(PY) bench/sb3_overhead.py
 	$(PY) bench/kafka_validator.py
+	$(PY) bench/confluent_validator.py
 	$(PY) bench/metrics_overhead.py
 	$(PY) bench/alert_latency.py
 	$(PY) bench/signal_quality.py
