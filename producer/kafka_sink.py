@@ -60,7 +60,8 @@ class KafkaSink:
     compacted; both are `namespace`'s (`topic` overrides the epochs topic's name). A v1.1 record without
     `log_stream_offset` is numbered here, from `first_offset` on (when the NDJSON stream also runs, it
     numbers the record first and Kafka carries its offset). `wire_format` `confluent` needs
-    `schema_registry`, the URL of a Confluent-compatible Schema Registry API.
+    `schema_registry`, the URL of a Confluent-compatible Schema Registry API. `setup_timeout`: how long
+    the topics' check and creation may wait for the cluster.
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class KafkaSink:
         wire_format: str = SINGLE_OBJECT,
         schema_registry: str | None = None,
         registry_wait: float = REGISTRY_WAIT,
+        setup_timeout: float = 30.0,
     ) -> None:
         if wire_format not in WIRE_FORMATS:
             raise KafkaSinkError(f"unknown wire format {wire_format!r}: one of {', '.join(WIRE_FORMATS)}")
@@ -95,6 +97,7 @@ class KafkaSink:
             ensure_topics(
                 config,
                 {self.topic: (partitions, {}), self.schemas_topic: (1, {"cleanup.policy": "compact"})},
+                timeout=setup_timeout,
             )
         except KafkaIOError as exc:
             raise KafkaSinkError(str(exc)) from None

@@ -7,8 +7,10 @@ leadership moves first) and with SIGKILL (none: the cluster notices after the br
 out); before each bounce the groups have made progress and every partition is fully replicated again,
 and while the node is down the groups make progress on the other two. At the end every record train
 published (and had acknowledged) is on the topic once and every output is there exactly once
-(`supervision.SupervisedPipeline.finish_and_verify`). The short plan (one SIGKILL of the leader, the
-harder bounce) runs in `make test`, keeping it under 15 minutes; five of each kind in `make soak`.
+(`supervision.SupervisedPipeline.finish_and_verify`). The short plan (one SIGTERM bounce of the leader)
+runs in `make test`, keeping it under 15 minutes: a broker killed -9 is there too, in test_outages and
+test_faults, but a killed leader of a cluster is noticed only after the broker session times out and takes
+a minute more. `make soak` bounces five times with each signal.
 
 With two of the three nodes down, a write cannot reach two in-sync replicas: train waits and says so,
 and finishes, every record once, when they return.
@@ -96,7 +98,7 @@ def topic_settings(broker: LocalBroker, topic: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     "bounces",
-    [pytest.param(["kill"], id="short"), pytest.param(["term", "kill"] * 5, id="soak", marks=pytest.mark.soak)],
+    [pytest.param(["term"], id="short"), pytest.param(["term", "kill"] * 5, id="soak", marks=pytest.mark.soak)],
 )
 def test_leader_bounces_lose_and_double_nothing(cluster: LocalBroker, tmp_path, unique_run_id, bounces: list[str]):
     # Pendulum-v1: a few dozen records a second, which the groups (on three replicas) keep up with

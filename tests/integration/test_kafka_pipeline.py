@@ -101,7 +101,8 @@ def test_the_first_delivery_failure_is_raised_on_the_next_flush_and_every_later_
 
 def test_an_unreachable_broker_is_one_line_error():
     with pytest.raises(KafkaSinkError) as caught:
-        KafkaSink({"bootstrap.servers": "127.0.0.1:1", "socket.connection.setup.timeout.ms": 1000}, partitions=1)
+        KafkaSink({"bootstrap.servers": "127.0.0.1:1", "socket.connection.setup.timeout.ms": 1000}, partitions=1,
+                  setup_timeout=3)
     assert "cannot reach Kafka" in str(caught.value) and "\n" not in str(caught.value)
 
 
