@@ -17,7 +17,8 @@ inside a `TransactionalRunner`, which owns everything Kafka (SPEC §4):
   as the watch rules' firing states) is written, in the same transaction, to the compacted topic
   `<group>.state`, into the partition of the input partition the run's records come from (records are
   keyed by `run_id`, so a run lives in one partition). When a partition is assigned, its state
-  partition is read back to its end (read_committed); when revoked, its runs are forgotten.
+  partition is read back to its end (read_committed); when revoked, its runs are forgotten. What is kept
+  and how it is read back: `consumers.state_store.RunStates`; the runner does the Kafka reads and writes.
 - **Idle outputs.** A core may have `on_idle(now)` (the drift group's summaries of runs gone quiet):
   the runner calls it when a poll returns nothing, and every `idle_interval` seconds while busy, and
   commits what it returns with those runs' state in a transaction of its own.
@@ -53,7 +54,6 @@ Every message printed passes through `scrub` (no secret from the settings appear
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -79,6 +79,7 @@ from .dead_letter import PRODUCER_MESSAGE_MAX_BYTES, Rejection, decode_rule, rec
 from .metering import RunnerMeter
 from .metrics import ConsumerMetrics
 from .schema_resolver import SchemaResolver, schema_topic_values
+from .state_store import RunStates
 from .validator import StreamTracker, Verdict, validate_record
 from .watchdog import Watchdog
 
@@ -216,8 +217,7 @@ class TransactionalRunner:
         self._meter = None if self.metrics is None else RunnerMeter(self.metrics, self.core, self.counts)
         if self._meter is not None:
             self.core = self._meter.core  # the same core, its calls noted for the metrics
-        self.tracker = StreamTracker()
-        self._run_partition: dict[str, int] = {}
+        self.states = RunStates(self.core, self._say)
         self.group_id = self.namespace.qualify(self.core.group)  # the core's group in this namespace
         if self.input_topic is None:
             self.input_topic = self.namespace.epochs_topic
@@ -340,41 +340,23 @@ class TransactionalRunner:
     def _forget(self, partitions: set[int]) -> None:
         for partition in partitions:  # read again from a committed offset: a skip not committed is redone
             self._skipped_to.pop(partition, None)
-        for run_id in [r for r, p in self._run_partition.items() if p in partitions]:
-            del self._run_partition[run_id]
-            self.tracker.last_offsets.pop(run_id, None)
-            self.core.forget_run(run_id)
+        self.states.forget(partitions)
 
     def _restore(self, partitions: Iterable[int]) -> None:
-        """Read the state partitions of `partitions` back (the last value per run wins)."""
+        """Read the state partitions of `partitions` back into `states` (the last value per run wins)."""
         partitions = list(partitions)
         self._forget(set(partitions))
-        latest: dict[str, tuple[int, bytes | None]] = {}
         state_partitions = [TopicPartition(self._state_topic, p) for p in partitions]
         with self._deadline("reading state back", RESTORE_TIMEOUT):
-            for message in read_to_end(self.config, state_partitions, timeout=RESTORE_TIMEOUT):
-                key = message.key()
-                if key is not None:
-                    latest[key.decode("utf-8", "replace")] = (message.partition(), message.value())
-        for run_id, (partition, value) in latest.items():
-            if value is None:
-                continue  # a tombstone: the run's state was dropped
-            try:
-                state = json.loads(value)
-                last = state.get("last_log_stream_offset")
-                if last is not None:
-                    self.tracker.last_offsets[run_id] = int(last)
-                self.core.restore_run(run_id, state.get("core"))
-            except (ValueError, TypeError, AttributeError, TelemetryError) as exc:
-                self._say(f"state of run {run_id} is unreadable, starting it afresh: {exc}")
-                continue
-            self._run_partition[run_id] = partition
+            messages = [
+                (message.key().decode("utf-8", "replace"), message.partition(), message.value())
+                for message in read_to_end(self.config, state_partitions, timeout=RESTORE_TIMEOUT)
+                if message.key() is not None
+            ]
+        self.states.restore(messages)
 
-    def _state_message(self, run_id: str) -> bytes:
-        return json.dumps(
-            {"last_log_stream_offset": self.tracker.last_offsets.get(run_id), "core": self.core.run_state(run_id)},
-            separators=(",", ":"),
-        ).encode("utf-8")
+    def _state_output(self, run_id: str) -> Output:
+        return Output(self._state_topic, run_id.encode("utf-8"), self.states.message(run_id))
 
     # ------------------------------------------------------------------------------------ a batch
 
@@ -385,7 +367,7 @@ class TransactionalRunner:
         except DecodeError as exc:
             self.counts.rejected += 1
             return self.core.on_rejected(message, Rejection("decode", decode_rule(exc), exc.reason)), None
-        verdict = self.tracker.check(validate_record(record))
+        verdict = self.states.tracker.check(validate_record(record))
         if verdict.status == "duplicate":
             self.counts.duplicates += 1
             return [], None
@@ -396,7 +378,7 @@ class TransactionalRunner:
             return self.core.on_rejected(message, Rejection("validate", first.rule, text)), None
         self.counts.processed += 1
         run_id = verdict.run_id
-        self._run_partition[run_id] = message.partition()
+        self.states.processed(run_id, message.partition())
         # the typed model costs ~5 µs a record: built only for a core that reads it
         model = EpochSummary.from_dict(verdict.record) if self.core.needs_model else None
         return self.core.on_record(model, verdict), run_id
@@ -472,7 +454,7 @@ class TransactionalRunner:
             if run_id is not None:
                 touched[run_id] = partition
         for run_id, partition in touched.items():
-            self._produce(Output(self._state_topic, run_id.encode("utf-8"), self._state_message(run_id)), partition)
+            self._produce(self._state_output(run_id), partition)
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         if offsets:
             metadata = self._consumer.consumer_group_metadata()
@@ -502,9 +484,9 @@ class TransactionalRunner:
             for output in run_outputs:
                 self._produce(output)
             outputs += len(run_outputs)
-            partition = self._run_partition.get(run_id)
+            partition = self.states.partition_of.get(run_id)
             if partition is not None:
-                self._produce(Output(self._state_topic, run_id.encode("utf-8"), self._state_message(run_id)), partition)
+                self._produce(self._state_output(run_id), partition)
         self._transactional("commit_transaction", 60, producer.commit_transaction)
         if self._meter is not None:
             self._meter.committed()
