@@ -22,7 +22,7 @@ $(SB3_STAMP): $(STAMP)
 	touch $@
 
 test: $(STAMP) $(SB3_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # the long versions of the integration tests (marker `soak`): see docs/performance.md for their figures
 soak: $(STAMP) $(SB3_STAMP)
