@@ -30,7 +30,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avro_schemas.errors import TelemetryError
+from ppo_telemetry.local_process import await_exit, pid_alive, port_taken, send_signal
 
 __all__ = [
     "BrokerError", "BrokerNode", "LocalBroker", "KAFKA_LOCAL_DIR", "DEFAULT_PORT", "MAX_NODES", "answers",
@@ -72,21 +72,6 @@ def _java() -> str:
     return _find("java", "install a Java 17+ runtime (Debian: apt install openjdk-17-jre-headless)")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (a child of ours not yet reaped) is not a running broker
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def registered_brokers(bootstrap: str, timeout: float = 2.0, config: dict[str, str] | None = None) -> set[int] | None:
     """The node ids a Kafka cluster at `bootstrap` lists in a metadata answer within `timeout` seconds
     (None when nothing answers). KRaft lists the live, unfenced brokers only. `config`: the client's
@@ -106,18 +91,6 @@ def registered_brokers(bootstrap: str, timeout: float = 2.0, config: dict[str, s
 def answers(bootstrap: str, timeout: float = 2.0) -> bool:
     """Whether a Kafka broker at `bootstrap` answers a metadata request within `timeout` seconds."""
     return registered_brokers(bootstrap, timeout) is not None
-
-
-def _port_taken(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:`port` (SO_REUSEADDR, as Java binds: a port a stopped
-    broker's connections still hold in TIME_WAIT is free)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -147,7 +120,7 @@ class BrokerNode:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def last_error(self) -> str:
         """The last ERROR or exception line of its output or log (for a one-line start failure)."""
@@ -169,25 +142,10 @@ class BrokerNode:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        _signal(pid, signum)
-        _await_exit([pid], timeout)
+        send_signal(pid, signum)
+        await_exit([pid], timeout)
         self.pid_file.unlink(missing_ok=True)
         return True
-
-
-def _await_exit(pids: list[int], timeout: float) -> None:
-    """Wait until every pid has exited, SIGKILLing whatever outlives `timeout`; reaps our children."""
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive:
-        for pid in alive:
-            _reap(pid)
-        alive = [pid for pid in alive if _pid_alive(pid)]
-        if alive and time.monotonic() > deadline:
-            for pid in alive:
-                _signal(pid, signal.SIGKILL)
-            deadline = float("inf")  # SIGKILL is not refused: wait for it
-        time.sleep(0.05)
 
 
 @dataclass(frozen=True)
@@ -450,7 +408,7 @@ class LocalBroker:
     def _check_ports_free(self, nodes: list[BrokerNode]) -> None:
         for node in nodes:
             for port in (node.port, node.controller_port):
-                if not _port_taken(port):
+                if not port_taken(port):
                     continue
                 # a taken client port that answers Kafka is someone's broker: say how to use it
                 if port == node.port and registered_brokers(node.bootstrap, 1.0, self.client_config()) is not None:
@@ -561,8 +519,8 @@ class LocalBroker:
         live = {node: node.pid() for node in self.node_list}
         running = {node: pid for node, pid in live.items() if pid is not None}
         for pid in running.values():
-            _signal(pid, signal.SIGTERM)
-        _await_exit(list(running.values()), timeout)
+            send_signal(pid, signal.SIGTERM)
+        await_exit(list(running.values()), timeout)
         for node in self.node_list:
             node.pid_file.unlink(missing_ok=True)
         return bool(running)
@@ -579,8 +537,8 @@ class LocalBroker:
         """SIGKILL every node (for fault tests: no controlled shutdown)."""
         pids = [pid for pid in self.pids().values() if pid is not None]
         for pid in pids:
-            _signal(pid, signal.SIGKILL)
-        _await_exit(pids, STOP_TIMEOUT)
+            send_signal(pid, signal.SIGKILL)
+        await_exit(pids, STOP_TIMEOUT)
 
 
 def _new_cluster_id() -> str:
@@ -591,16 +549,3 @@ def _new_cluster_id() -> str:
 def _argfile_quote(argument: str) -> str:
     # a Java argument file splits on white space and reads quotes and backslashes: quote every argument
     return '"' + argument.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _signal(pid: int, signum: int) -> None:
-    # the process may have ended since it was seen alive: nothing left to signal
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -34,7 +34,7 @@ from pathlib import Path
 from avro_schemas.errors import TelemetryError
 
 # the process helpers the local broker uses: same pid-file life cycle, same port test
-from ppo_telemetry.broker import _await_exit, _pid_alive, _port_taken, _signal
+from ppo_telemetry.local_process import await_exit, pid_alive, port_taken, send_signal
 
 __all__ = [
     "RegistryError", "LocalRegistry", "APICURIO_LOCAL_DIR", "DEFAULT_PORT", "MIN_JAVA", "CCOMPAT_PATH",
@@ -197,7 +197,7 @@ class LocalRegistry:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) and _runs_registry(pid) else None
+        return pid if pid_alive(pid) and _runs_registry(pid) else None
 
     def running(self) -> bool:
         """Its process is alive and the API answers."""
@@ -262,7 +262,7 @@ class LocalRegistry:
         return self.url
 
     def _check_port_free(self) -> None:
-        if not _port_taken(self.port):
+        if not port_taken(self.port):
             return
         if answers(self.url, 1.0):
             raise RegistryError(f"port {self.port} is served by a Schema Registry this project did not start; "
@@ -312,8 +312,8 @@ class LocalRegistry:
         """End it by its pid (SIGTERM; SIGKILL after `timeout`); returns whether it was running."""
         pid = self.pid()
         if pid is not None:
-            _signal(pid, signal.SIGTERM)
-            _await_exit([pid], timeout)
+            send_signal(pid, signal.SIGTERM)
+            await_exit([pid], timeout)
         self.pid_file.unlink(missing_ok=True)
         return pid is not None
 
